@@ -1,0 +1,287 @@
+"""Guardrails: what any planner's proposed action must pass before it may happen.
+
+Checked in this order, every verdict recorded with its reason:
+allow-list of tools per playbook -> kill switch per tool -> strict parameters -> idempotency
+(an effect key seen before yields no second effect) -> eligibility (e.g. never retry a hard
+decline) -> value threshold (auto / needs approval / deny) -> per-customer budget over a period
+-> global budget per UTC day. Configuration comes from ``rules/policy.yaml``; nothing here has
+business defaults of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from outreach.agents.state import AgentState
+from outreach.agents.tools import TOOLS, ToolName, ToolParams
+from outreach.rules.durations import Duration, format_duration
+from outreach.rules.state import Window
+
+VerdictStatus = Literal["executed", "scheduled", "pending_approval", "blocked", "duplicate"]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Threshold(_Config):
+    """Value limits: up to ``auto_max`` runs alone, up to ``approval_max`` needs a person."""
+
+    auto_max: float | None = None
+    approval_max: float | None = None
+    unknown_value: Literal["auto", "approval", "deny"] = Field(
+        description="what to do when the value cannot be known (e.g. no order value)"
+    )
+
+    def level(self, value: float | None) -> tuple[str, str]:
+        """(``auto`` | ``approval`` | ``deny``, why)."""
+        if value is None:
+            return self.unknown_value, f"value unknown -> {self.unknown_value}"
+        if self.auto_max is None:
+            return "auto", f"{value:g}: no auto limit"
+        if value <= self.auto_max:
+            return "auto", f"{value:g} <= auto limit {self.auto_max:g}"
+        if self.approval_max is None or value <= self.approval_max:
+            upto = "" if self.approval_max is None else f", <= approval limit {self.approval_max:g}"
+            return "approval", f"needs approval: {value:g} > auto limit {self.auto_max:g}{upto}"
+        return "deny", f"denied: {value:g} > approval limit {self.approval_max:g}"
+
+
+class Budget(_Config):
+    """At most ``max`` (sum of values, or number of actions if ``count``) per ``period``."""
+
+    max: float = Field(gt=0)
+    period: Duration
+    count: bool = False
+
+
+class ToolGuard(_Config):
+    """The guardrails of one tool."""
+
+    threshold: Threshold | None = None
+    per_customer: Budget | None = None
+    global_per_utc_day: float | None = Field(default=None, gt=0)
+    never_for_declines: list[str] = Field(default_factory=list)
+
+
+class KillSwitches(_Config):
+    """Emergency stops: tools and channels that must do nothing at all."""
+
+    tools: list[ToolName] = Field(default_factory=list)
+    channels: list[Literal["sms", "email"]] = Field(default_factory=list)
+
+
+class GuardrailsConfig(_Config):
+    """The ``guardrails:`` section of ``rules/policy.yaml``."""
+
+    playbooks: dict[str, list[ToolName]] = Field(description="allow-list of tools per playbook")
+    tools: dict[ToolName, ToolGuard] = Field(default_factory=dict)
+    kill_switches: KillSwitches = Field(default_factory=KillSwitches)
+    effect_memory: Duration = Field(description="how long effect keys are remembered")
+
+
+class SharedLedger:
+    """Counters shared by all customers (global daily budgets). In memory for replay; the live
+    runtime substitutes a store-backed ledger with the same two methods."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+
+    def total(self, key: str) -> float:
+        """Spent so far under ``key``."""
+        return self.totals.get(key, 0.0)
+
+    def add(self, key: str, amount: float) -> None:
+        """Spend ``amount`` under ``key``."""
+        self.totals[key] = self.totals.get(key, 0.0) + amount
+
+
+@dataclass
+class Check:
+    """One guardrail's verdict on one action."""
+
+    check: str
+    result: str
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        """JSON-ready form for the decision log."""
+        return {"check": self.check, "result": self.result, "detail": self.detail}
+
+
+@dataclass
+class Verdict:
+    """The guardrails' decision on one action, with every check that led to it."""
+
+    status: VerdictStatus
+    reason: str
+    checks: list[Check] = field(default_factory=list)
+    params: ToolParams | None = None
+    value: float | None = None
+    currency: str | None = None
+
+    @property
+    def approved(self) -> bool:
+        """Whether the action will (or may, once approved) happen."""
+        return self.status in ("executed", "scheduled", "pending_approval")
+
+
+def _ledger_key(tool: str, currency: str | None) -> str:
+    return f"{tool}:{currency or '-'}"
+
+
+def global_key(tool: str, currency: str | None, at: float) -> str:
+    """Shared-ledger key of a tool's spend on the UTC day of ``at``."""
+    day = datetime.fromtimestamp(at, UTC).date().isoformat()
+    return f"{tool}:{currency or '-'}:{day}"
+
+
+class Guardrails:
+    """Judges proposed actions against ``GuardrailsConfig``; pure until ``commit``."""
+
+    def __init__(self, config: GuardrailsConfig) -> None:
+        self.config = config
+
+    def check(
+        self,
+        tool_name: str,
+        raw_params: dict[str, object],
+        playbook: str,
+        idempotency_key: str,
+        state: AgentState,
+        shared: SharedLedger,
+        now: float,
+        at: float | None = None,
+        recheck: bool = False,
+    ) -> Verdict:
+        """Judge one proposed action; ``at`` is its scheduled time (None: now).
+
+        ``recheck``: the action was approved earlier under this key and is now due; judge it
+        again (kill switches, budgets) without treating its own key as a duplicate.
+        """
+        checks: list[Check] = []
+
+        def block(check: str, reason: str) -> Verdict:
+            checks.append(Check(check, "fail", reason))
+            return Verdict("blocked", reason, checks)
+
+        tool = TOOLS.get(tool_name)
+        if tool is None:
+            return block("tool", f"'{tool_name}' is not a pre-approved tool")
+        allowed = self.config.playbooks.get(playbook, [])
+        if tool_name not in allowed:
+            return block("allow_list", f"{tool_name} is not allowed for playbook {playbook}")
+        checks.append(Check("allow_list", "pass", f"{tool_name} allowed for {playbook}"))
+        if tool_name in self.config.kill_switches.tools:
+            return block("kill_switch", f"kill switch: {tool_name} is switched off")
+        try:
+            params = tool.params.model_validate(raw_params)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            return block("params", f"invalid parameters: {where}: {first['msg']}")
+        if not recheck and idempotency_key in state.effects:
+            checks.append(Check("idempotency", "fail", "effect already recorded"))
+            return Verdict("duplicate", "effect already recorded for this key", checks)
+        guard = self.config.tools.get(tool_name)  # type: ignore[call-overload]
+        value, currency = tool.value_of(params), tool.currency_of(params)
+        verdict = Verdict("executed", "", checks, params, value, currency)
+        level = self._judge(tool_name, guard, params, value, currency, state, shared, now, at, checks)
+        if level in ("deny", "blocked"):
+            verdict.status, verdict.reason = "blocked", checks[-1].detail
+        elif level == "approval":
+            verdict.status, verdict.reason = "pending_approval", checks[-1].detail
+        elif at is not None and at > now:
+            verdict.status, verdict.reason = "scheduled", "scheduled; rechecked when due"
+        else:
+            verdict.reason = "all guardrails passed"
+        return verdict
+
+    def _judge(
+        self,
+        tool: str,
+        guard: ToolGuard | None,
+        params: ToolParams,
+        value: float | None,
+        currency: str | None,
+        state: AgentState,
+        shared: SharedLedger,
+        now: float,
+        at: float | None,
+        checks: list[Check],
+    ) -> str:
+        """Eligibility, threshold and budgets; returns auto | approval | deny | blocked."""
+        if guard is None:
+            checks.append(Check("threshold", "auto", "no limits configured for this tool"))
+            return "auto"
+        decline = getattr(params, "decline_code", None)
+        if decline is not None and decline in guard.never_for_declines:
+            checks.append(Check("eligibility", "fail", f"never retried after a {decline} decline"))
+            return "blocked"
+        level = "auto"
+        if guard.threshold is not None:
+            level, why = guard.threshold.level(value)
+            checks.append(Check("threshold", level, why))
+            if level == "deny":
+                return "deny"
+        when = now if at is None else max(at, now)
+        if not self._within_budgets(tool, guard, value, currency, state, shared, when, checks):
+            return "blocked"
+        return level
+
+    def _within_budgets(
+        self,
+        tool: str,
+        guard: ToolGuard,
+        value: float | None,
+        currency: str | None,
+        state: AgentState,
+        shared: SharedLedger,
+        when: float,
+        checks: list[Check],
+    ) -> bool:
+        budget = guard.per_customer
+        if budget is not None:
+            ledger = state.spend.get(_ledger_key(tool, currency))
+            period = budget.period.total_seconds()
+            used = 0.0
+            if ledger is not None:
+                lo, hi = ledger.span(when, period)
+                used = float(hi - lo) if budget.count else float(sum(ledger.vals[lo:hi]))
+            amount = 1.0 if budget.count else (value or 0.0)
+            unit = "actions" if budget.count else (currency or "")
+            window = format_duration(budget.period)
+            detail = f"{used:g} + {amount:g} of {budget.max:g} {unit} per customer per {window}"
+            if used + amount > budget.max:
+                checks.append(Check("customer_budget", "fail", f"per-customer budget exceeded: {detail}"))
+                return False
+            checks.append(Check("customer_budget", "pass", detail))
+        if guard.global_per_utc_day is not None:
+            spent = shared.total(global_key(tool, currency, when))
+            amount = value or 0.0
+            detail = f"{spent:g} + {amount:g} of {guard.global_per_utc_day:g} {currency or ''} today (UTC)"
+            if spent + amount > guard.global_per_utc_day:
+                checks.append(Check("global_budget", "fail", f"global daily budget exceeded: {detail}"))
+                return False
+            checks.append(Check("global_budget", "pass", detail))
+        return True
+
+    def commit_spend(
+        self, tool: str, verdict: Verdict, state: AgentState, shared: SharedLedger, when: float
+    ) -> None:
+        """Count an executed action against its budgets."""
+        guard = self.config.tools.get(tool)  # type: ignore[call-overload]
+        if guard is None:
+            return
+        if guard.per_customer is not None:
+            key = _ledger_key(tool, verdict.currency)
+            ledger = state.spend.get(key)
+            if ledger is None:
+                ledger = state.spend[key] = Window()
+            ledger.add(when, verdict.value or 0.0, guard.per_customer.period.total_seconds())
+        if guard.global_per_utc_day is not None:
+            shared.add(global_key(tool, verdict.currency, when), verdict.value or 0.0)

@@ -1,0 +1,58 @@
+"""Per-customer state of the agents: playbook subjects, open actions, effects, spend ledgers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from outreach.rules.state import Window
+
+
+class Entity(msgspec.Struct, kw_only=True):
+    """A playbook's memory about one subject (a shipment, an invoice) of one rule."""
+
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+    touched: float = 0.0
+    closed: str | None = None  # why the subject was closed (delivered, paid...)
+
+
+class OpenAction(msgspec.Struct, kw_only=True):
+    """An action decided but not yet done: scheduled for later or waiting for approval."""
+
+    action_id: str
+    signal_id: str
+    rule_id: str
+    playbook: str
+    entity: str
+    tool: str
+    params: dict[str, Any]
+    target: str
+    status: str  # "scheduled" | "pending_approval"
+    idempotency_key: str
+    created: float
+    due: float | None = None
+    timer_id: str | None = None
+
+
+class AgentState(msgspec.Struct, kw_only=True):
+    """Everything the agents of one customer remember between events."""
+
+    entities: dict[str, Entity] = msgspec.field(default_factory=dict)
+    open: dict[str, OpenAction] = msgspec.field(default_factory=dict)
+    effects: dict[str, float] = msgspec.field(default_factory=dict)  # idempotency key -> when
+    spend: dict[str, Window] = msgspec.field(default_factory=dict)  # budget ledgers
+
+    def entity(self, rule_id: str, key: str | None) -> tuple[str, Entity]:
+        """The subject ``rule|key`` (created on first use)."""
+        name = f"{rule_id}|{key or ''}"
+        found = self.entities.get(name)
+        if found is None:
+            found = self.entities[name] = Entity()
+        return name, found
+
+    def open_for(self, entity: str, tools: tuple[str, ...] = ()) -> list[OpenAction]:
+        """Open actions of a subject, optionally only those of some tools."""
+        return [
+            a for a in self.open.values() if a.entity == entity and (not tools or a.tool in tools)
+        ]

@@ -1,0 +1,164 @@
+"""``outreach ...``: the command line. Thin: parse arguments, call the package, print."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from outreach.events import json_schemas
+from outreach.rulebook import RuleBook, describe, load_rulebook
+from outreach.rules.yamlfile import RuleFileError
+
+app = typer.Typer(
+    help="Event-driven proactive outreach: detect risk, fix what is allowed, tell customers first.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+schema_app = typer.Typer(help="The event contract for backend teams.", no_args_is_help=True)
+rules_app = typer.Typer(help="Check and test rule folders.", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
+app.add_typer(rules_app, name="rules")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _load(folder: Path) -> RuleBook:
+    try:
+        return load_rulebook(folder)
+    except RuleFileError as exc:
+        err.print(f"[bold red]{folder}: {len(exc.problems)} problem(s); nothing was run.[/]")
+        for problem in exc.problems:
+            err.print(str(problem), markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+@schema_app.command("export")
+def schema_export(
+    folder: Annotated[Path, typer.Argument(help="where to write <type>.schema.json files")],
+) -> None:
+    """Write one JSON Schema per event type."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (folder / f"{name}.schema.json").write_bytes(
+            orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+        )
+    out.print(f"wrote {len(json_schemas())} schemas to {folder}")
+
+
+@rules_app.command("check")
+def rules_check(folder: Annotated[Path, typer.Argument(help="the rules folder")]) -> None:
+    """Validate a rules folder: policy, templates, rule files; explains every problem."""
+    book = _load(folder)
+    table = Table("rule", "v", "trigger", "playbook", "state", "holdout", "tests", title=str(folder))
+    for row in describe(book):
+        state = "disabled" if not row["enabled"] else ("shadow" if row["shadow"] else "live")
+        table.add_row(
+            row["id"], str(row["version"]), row["trigger"], row["playbook"], state,
+            f"{row['holdout']:g}%", str(row["tests"]),
+        )  # fmt: skip
+    out.print(table)
+    out.print(f"[green]ok[/]: {len(book.specs)} rules, {len(book.templates.ids())} templates")
+
+
+@rules_app.command("test")
+def rules_test(
+    folder: Annotated[Path, typer.Argument(help="the rules folder")],
+    only: Annotated[str | None, typer.Option("-k", help="rule id or case name contains")] = None,
+) -> None:
+    """Run the test cases written in the rule files."""
+    from outreach.ruletests import run_all
+
+    book = _load(folder)
+    results = run_all(book, only)
+    failed = [r for r in results if not r.passed]
+    for result in results:
+        mark = "[green]PASS[/]" if result.passed else "[bold red]FAIL[/]"
+        out.print(f"{mark} {result.rule_id}: {result.name}  [dim]{result.location}[/]")
+        for problem in result.problems:
+            out.print(f"    {problem}", markup=False, highlight=False)
+    out.print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    if not results:
+        err.print("no test cases matched")
+        raise typer.Exit(1)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def replay(
+    events: Annotated[Path, typer.Argument(help="a JSONL file of events")],
+    rules: Annotated[Path, typer.Option("--rules", help="the rules folder")] = Path("rules"),
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for the decision log")] = Path(
+        "decisions"
+    ),
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Replay (backtest) recorded events through the rules with an event-time clock."""
+    from outreach.replay import replay as run_replay
+
+    book = _load(rules)
+    if not events.is_file():
+        err.print(f"[bold red]cannot read the events file {events}[/]")
+        raise typer.Exit(2)
+    started = time.perf_counter()
+    size = events.stat().st_size
+    bar = Progress(
+        TextColumn("replay"), BarColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+        console=err, disable=not progress or size < 1 << 20, transient=True,
+    )  # fmt: skip
+    with bar:
+        task = bar.add_task("replay", total=size)
+        result = run_replay(events, book, out_dir, progress=lambda done: bar.update(task, completed=done))
+    elapsed = time.perf_counter() - started
+    _print_summary(result.summary, elapsed, result.customers)
+    out.print(f"decision log: {out_dir}/ (signals, actions, messages, dlq .jsonl; summary.json)")
+
+
+def _print_summary(summary: dict[str, Any], elapsed: float, customers: int) -> None:
+    events = summary["events"]
+    table = Table("rule", "signals", "holdout", "shadow", "actions", "messages", title="per rule")
+    for rule_id, row in summary["rules"].items():
+        table.add_row(
+            rule_id, str(row["signals"]), str(row["holdout"]), str(row["shadow"]),
+            ", ".join(f"{k} {v}" for k, v in row["actions"].items()) or "-",
+            ", ".join(f"{k} {v}" for k, v in row["messages"].items()) or "-",
+        )  # fmt: skip
+    out.print(table)
+    rate = events["processed"] / elapsed if elapsed > 0 else 0.0
+    out.print(
+        f"{events['processed']} events ({events['duplicates']} duplicates, "
+        f"{events['invalid']} invalid -> dlq), {customers} customers, "
+        f"{events['timers_fired']} timers fired, in {elapsed:.1f}s ({rate:,.0f} events/s)"
+    )
+
+
+@app.command()
+def sample(
+    customers: Annotated[int, typer.Option(min=1, help="number of customers")] = 1000,
+    days: Annotated[int, typer.Option(min=1, help="simulated days")] = 30,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same file)")] = 1,
+    out_file: Annotated[Path | None, typer.Option("--out", help="file (default: stdout)")] = None,
+) -> None:
+    """Write realistic synthetic events (JSONL, in occurred_at order)."""
+    from outreach.sample import write_sample
+
+    if out_file is None:
+        write_sample(sys.stdout.buffer, customers, days, seed)
+        return
+    count = write_sample(out_file, customers, days, seed)
+    err.print(f"wrote {count} events for {customers} customers over {days} days to {out_file}")
+
+
+def main() -> None:
+    """Entry point of the ``outreach`` script."""
+    app()

@@ -1,0 +1,423 @@
+"""The input event contract: envelope + payload models, one per event type.
+
+This module is the public contract for backend teams (ARCHITECTURE.md, "Input event
+envelope"). Events are validated strictly: unknown fields are refused, money is integer minor
+units plus an ISO-4217 currency, timestamps must carry an offset. ``outreach schema export``
+writes one JSON Schema per type from these models.
+
+Besides the public types, the engine consumes three types of its own making (the "engine
+types"): ``contact.suppressed`` / ``contact.unsuppressed`` (opt-outs, bounces, complaints fed
+back by the outbound webhooks) and ``timer.fired`` (scheduled work re-entering as an event).
+They share the envelope so that replay sees exactly what the live runtime sees.
+
+Must not import: faust, aiokafka, twilio, sendgrid, openai, fastapi, sqlalchemy.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeAlias
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from babel.numbers import list_currencies
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from outreach.errors import OutreachError
+
+SCHEMA_VERSION = 1
+
+_CURRENCIES = frozenset(list_currencies())
+
+
+def _check_currency(code: str) -> str:
+    if code not in _CURRENCIES:
+        raise PydanticCustomError(
+            "currency", "'{code}' is not an ISO 4217 currency code (e.g. USD, EUR)", {"code": code}
+        )
+    return code
+
+
+@functools.lru_cache(maxsize=1024)
+def _zone_exists(key: str) -> bool:
+    try:
+        ZoneInfo(key)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _check_timezone(key: str) -> str:
+    if not _zone_exists(key):
+        raise PydanticCustomError(
+            "timezone", "'{key}' is not an IANA timezone (e.g. Europe/Paris)", {"key": key}
+        )
+    return key
+
+
+def _normalise_locale(tag: str) -> str:
+    parts = tag.replace("_", "-").split("-")
+    head = parts[0].lower()
+    rest = [p.upper() if len(p) == 2 else p for p in parts[1:]]
+    return "-".join([head, *rest])
+
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$"), AfterValidator(_check_currency)]
+MinorUnits = Annotated[int, Field(ge=0, description="integer minor units (cents)")]
+Timestamp = AwareDatetime
+E164 = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{1,14}$")]
+Timezone = Annotated[str, AfterValidator(_check_timezone)]
+Locale = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$", max_length=35),
+    AfterValidator(_normalise_locale),
+]
+Tier = Literal["standard", "premium"]
+ShipmentStatus = Literal[
+    "label_created", "in_transit", "out_for_delivery", "delivered", "exception", "returned"
+]
+Channel = Literal["sms", "email"]
+
+
+class Model(BaseModel):
+    """Base for contract models: immutable, unknown fields refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class Money(Model):
+    """An amount in integer minor units with its ISO-4217 currency."""
+
+    amount: MinorUnits
+    currency: Currency
+
+
+class ChannelConsent(Model):
+    """Consent for one channel, per purpose; an absent purpose leaves it unchanged."""
+
+    transactional: bool | None = None
+    marketing: bool | None = None
+
+
+class Consent(Model):
+    """Consent per channel; an absent channel leaves it unchanged."""
+
+    sms: ChannelConsent | None = None
+    email: ChannelConsent | None = None
+
+
+class CustomerUpdatedData(Model):
+    """Profile fields; absent = unchanged, explicit null = cleared."""
+
+    email: EmailStr | None = None
+    phone: E164 | None = None
+    timezone: Timezone | None = None
+    locale: Locale | None = None
+    tier: Tier | None = None
+    consent: Consent | None = None
+
+
+class ShipmentUpdatedData(Model):
+    """A shipment's latest status and delivery estimate."""
+
+    shipment_id: Id
+    order_id: Id
+    carrier: Text
+    status: ShipmentStatus
+    promised_delivery: Timestamp
+    estimated_delivery: Timestamp | None = None
+    exception_code: Text | None = None
+    order_value: Money | None = None
+
+
+class PaymentFailedData(Model):
+    """A failed charge attempt on an invoice."""
+
+    payment_id: Id
+    invoice_id: Id
+    amount: MinorUnits
+    currency: Currency
+    decline_code: Text
+    attempt: Annotated[int, Field(ge=1)]
+
+
+class PaymentSucceededData(Model):
+    """A successful charge on an invoice."""
+
+    payment_id: Id
+    invoice_id: Id
+    amount: MinorUnits
+    currency: Currency
+
+
+class UsageReportedData(Model):
+    """One usage measurement of a metric over a period."""
+
+    metric: Text
+    value: Annotated[float, Field(ge=0)]
+    period_start: Timestamp
+    period_end: Timestamp
+
+    @model_validator(mode="after")
+    def _period_in_order(self) -> UsageReportedData:
+        if self.period_end < self.period_start:
+            raise PydanticCustomError(
+                "period_order", "period_end is before period_start; swap them or fix the clock"
+            )
+        return self
+
+
+class RenewalUpcomingData(Model):
+    """A subscription that will renew (or lapse) soon."""
+
+    subscription_id: Id
+    plan: Text
+    renews_at: Timestamp
+    amount: MinorUnits
+    currency: Currency
+    auto_renew: bool
+
+
+class RenewalDoneData(Model):
+    """A subscription that renewed or was cancelled."""
+
+    subscription_id: Id
+    plan: Text
+
+
+class ContactSuppressedData(Model):
+    """A channel the customer must no longer receive (STOP, bounce, complaint, unsubscribe)."""
+
+    channel: Channel
+    reason: Literal["stop", "bounce", "complaint", "unsubscribe", "manual"]
+    address: Text | None = None
+
+
+class ContactUnsuppressedData(Model):
+    """A channel the customer may receive again (START, resubscribe)."""
+
+    channel: Channel
+    reason: Literal["start", "resubscribe", "manual"]
+
+
+class TimerFiredData(Model):
+    """Scheduled work that became due; the core looks the timer up in the customer's state."""
+
+    timer_id: Id
+    due_at: Timestamp
+
+
+class Envelope(Model):
+    """Fields every event carries."""
+
+    event_id: Id = Field(description="unique per event; the idempotency key")
+    customer_id: Id = Field(description="the Kafka message key must equal this")
+    occurred_at: Timestamp = Field(description="RFC 3339 with an offset")
+    source: Text | None = None
+    schema_version: Literal[1] = 1
+
+
+class CustomerUpdated(Envelope):
+    """``customer.updated``"""
+
+    type: Literal["customer.updated"]
+    data: CustomerUpdatedData
+
+
+class ShipmentUpdated(Envelope):
+    """``shipment.updated``"""
+
+    type: Literal["shipment.updated"]
+    data: ShipmentUpdatedData
+
+
+class PaymentFailed(Envelope):
+    """``payment.failed``"""
+
+    type: Literal["payment.failed"]
+    data: PaymentFailedData
+
+
+class PaymentSucceeded(Envelope):
+    """``payment.succeeded``"""
+
+    type: Literal["payment.succeeded"]
+    data: PaymentSucceededData
+
+
+class UsageReported(Envelope):
+    """``usage.reported``"""
+
+    type: Literal["usage.reported"]
+    data: UsageReportedData
+
+
+class RenewalUpcoming(Envelope):
+    """``renewal.upcoming``"""
+
+    type: Literal["renewal.upcoming"]
+    data: RenewalUpcomingData
+
+
+class RenewalRenewed(Envelope):
+    """``renewal.renewed``"""
+
+    type: Literal["renewal.renewed"]
+    data: RenewalDoneData
+
+
+class RenewalCancelled(Envelope):
+    """``renewal.cancelled``"""
+
+    type: Literal["renewal.cancelled"]
+    data: RenewalDoneData
+
+
+class ContactSuppressed(Envelope):
+    """``contact.suppressed`` (engine type)"""
+
+    type: Literal["contact.suppressed"]
+    data: ContactSuppressedData
+
+
+class ContactUnsuppressed(Envelope):
+    """``contact.unsuppressed`` (engine type)"""
+
+    type: Literal["contact.unsuppressed"]
+    data: ContactUnsuppressedData
+
+
+class TimerFired(Envelope):
+    """``timer.fired`` (engine type, produced by the scheduler or the replay clock)"""
+
+    type: Literal["timer.fired"]
+    data: TimerFiredData
+
+
+PUBLIC_TYPES: tuple[type[Envelope], ...] = (
+    CustomerUpdated,
+    ShipmentUpdated,
+    PaymentFailed,
+    PaymentSucceeded,
+    UsageReported,
+    RenewalUpcoming,
+    RenewalRenewed,
+    RenewalCancelled,
+)
+ENGINE_TYPES: tuple[type[Envelope], ...] = (ContactSuppressed, ContactUnsuppressed, TimerFired)
+
+Event: TypeAlias = (
+    CustomerUpdated
+    | ShipmentUpdated
+    | PaymentFailed
+    | PaymentSucceeded
+    | UsageReported
+    | RenewalUpcoming
+    | RenewalRenewed
+    | RenewalCancelled
+    | ContactSuppressed
+    | ContactUnsuppressed
+    | TimerFired
+)
+
+MODELS: dict[str, type[Envelope]] = {
+    m.model_fields["type"].annotation.__args__[0]: m  # type: ignore[union-attr]
+    for m in (*PUBLIC_TYPES, *ENGINE_TYPES)
+}
+DATA_MODELS: dict[str, type[Model]] = {
+    t: m.model_fields["data"].annotation for t, m in MODELS.items()  # type: ignore[misc]
+}
+EVENT_TYPES: tuple[str, ...] = tuple(MODELS)
+
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
+
+
+class InvalidEventError(OutreachError, ValueError):
+    """An input that is not a valid event; ``problems`` are ``field: what is wrong`` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def parse_event(raw: bytes | str) -> Event:
+    """Decode and validate one JSON event; raises ``InvalidEventError`` naming each bad field."""
+    try:
+        return _ADAPTER.validate_json(raw, strict=True)
+    except ValidationError as exc:
+        raise InvalidEventError(describe_errors(exc)) from None
+
+
+def event_from_obj(obj: Any) -> Event:
+    """Validate an already-decoded event (a dict from YAML test cases, the API...)."""
+    try:
+        return _ADAPTER.validate_python(obj)
+    except ValidationError as exc:
+        raise InvalidEventError(describe_errors(exc)) from None
+
+
+_TAG = re.compile(r"^[a-z]+\.[a-z_]+$")
+
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    """Turn pydantic errors into ``data.status: Input should be ... (got 'lost')`` lines."""
+    lines: list[str] = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        if loc and _TAG.match(loc[0]) and loc[0] in MODELS:
+            loc = loc[1:]  # the union tag pydantic puts first says nothing to the producer
+        where = ".".join(loc) or "(event)"
+        msg = err["msg"]
+        if err["type"] == "missing":
+            msg = "is required but missing"
+        elif err["type"] == "extra_forbidden":
+            msg = "is not a field of this event type (remove it or check the spelling)"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"unknown event type; expected one of {', '.join(EVENT_TYPES)}"
+        elif "input" in err and err["type"] not in ("json_invalid",):
+            shown = repr(err["input"])
+            msg = f"{msg} (got {shown[:80]})"
+        lines.append(f"{where}: {msg}")
+    return lines
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """One JSON Schema per public and engine event type, keyed by the type name."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, model in MODELS.items():
+        schema = model.model_json_schema()
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = f"https://outreach.dev/schemas/v{SCHEMA_VERSION}/{name}.json"
+        schema["title"] = name
+        schema["description"] = (
+            f"Outreach event `{name}`, envelope schema_version {SCHEMA_VERSION}. "
+            "Kafka message key = customer_id; money in integer minor units."
+        )
+        out[name] = schema
+    return out
+
+
+def is_engine_type(event: Event) -> bool:
+    """True for the types the engine itself produces (suppression feedback, timers)."""
+    return isinstance(event, ENGINE_TYPES)
+
+
+def utc_iso(ts: datetime) -> str:
+    """RFC 3339 UTC with a ``Z`` suffix, seconds precision unless sub-second is present."""
+    text = ts.astimezone(ZoneInfo("UTC")).isoformat()
+    return text.replace("+00:00", "Z")

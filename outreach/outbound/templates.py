@@ -1,0 +1,532 @@
+"""Message templates: the text of every SMS and email, per channel and locale.
+
+Owns the template file format (``rules/templates/*.yaml``, one template per file), its
+located validation (``file:line:col: field: message``), compilation in a jinja2 sandbox
+(``StrictUndefined``, no autoescape: SMS and plain-text email), locale fallback, the
+localisation filters and ``check()``, which proves every variant renders its sample within
+its SMS budget. Rendering never sends anything and never enforces the budget; callers decide.
+
+Filters (localised in the variant's locale, times shown in ``customer.timezone``, default UTC):
+``when`` (``Wed, Mar 4, 3:00 PM``), ``day`` (``Wed, Mar 4``), ``date`` (``Mar 4, 2026``),
+``money(currency)`` on integer minor units, ``percent`` (``20`` -> ``20%``). Their output uses
+plain spaces and apostrophes: CLDR's no-break spaces would silently turn an SMS into UCS-2.
+
+Must not import faust, aiokafka, twilio, sendgrid, openai, fastapi or sqlalchemy.
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import date, datetime, tzinfo
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date, format_skeleton, format_time
+from babel.numbers import format_currency, format_percent, get_currency_precision, is_currency
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, pass_context
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from outreach.errors import TemplateRenderError
+from outreach.outbound.segments import SegmentInfo, count_segments
+from outreach.rules.yamlfile import Loc, Problem, RuleFileError, YamlDoc, load_yaml
+
+Channel = Literal["sms", "email"]
+_LOCALE_KEY = "__outreach_locale__"  # a template global: the variant's own locale tag
+_TAG = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
+_PLAIN = str.maketrans({"\u00a0": " ", "\u202f": " ", "\u2009": " ", "\u2019": "'", "\u2212": "-"})
+
+
+# --- the file format ------------------------------------------------------------------------
+
+Variants = dict[str, Annotated[str, StringConstraints(min_length=1)]]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SmsSpec(_Spec):
+    """The SMS text per locale, and the segment budget every variant must fit."""
+
+    max_segments: int = Field(ge=1, le=10)
+    text: Variants = Field(min_length=1)
+
+
+class EmailSpec(_Spec):
+    """The email subject and plain-text body per locale (the same locales for both)."""
+
+    subject: Variants = Field(min_length=1)
+    body: Variants = Field(min_length=1)
+
+
+class TemplateSpec(_Spec):
+    """One template file: an id, a sample context, and at least one channel."""
+
+    id: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]
+    description: str = ""
+    sample: dict[str, Any] = Field(default_factory=dict)
+    sms: SmsSpec | None = None
+    email: EmailSpec | None = None
+
+    @model_validator(mode="after")
+    def _has_a_channel(self) -> TemplateSpec:
+        if self.sms is None and self.email is None:
+            raise ValueError("a template needs at least one channel: add 'sms:' or 'email:'")
+        return self
+
+
+# --- the sandbox and its filters ------------------------------------------------------------
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Read-only sandbox that also refuses the two cheap memory bombs (``'x' * 10**9``)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        """Refuse huge repetitions and exponents, then compute as usual."""
+        sized = [len(x) for x in (left, right) if isinstance(x, str | list | tuple)]
+        counts = [x for x in (left, right) if isinstance(x, int)]
+        if operator == "*" and sized and counts and sized[0] * abs(counts[-1]) > 100_000:
+            raise SecurityError("repetition result too large")
+        if operator == "**" and isinstance(right, int) and abs(right) > 100:
+            raise SecurityError("exponent too large")
+        return super().call_binop(context, operator, left, right)
+
+
+def _babel_locale(ctx: Context) -> Locale:
+    return _parse_locale(str(ctx.get(_LOCALE_KEY, "en")))
+
+
+@lru_cache(maxsize=256)
+def _parse_locale(tag: str) -> Locale:
+    return Locale.parse(tag.replace("-", "_"))
+
+
+@lru_cache(maxsize=256)
+def _zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ValueError, KeyError) as exc:  # ZoneInfoNotFoundError is a KeyError
+        raise TemplateRenderError(f"unknown timezone {name!r} in customer.timezone") from exc
+
+
+def _customer_zone(ctx: Context) -> tzinfo:
+    customer = ctx.get("customer")
+    if isinstance(customer, Mapping):
+        name = customer.get("timezone")
+    else:
+        name = getattr(customer, "timezone", None)
+    return _zone(str(name or "UTC"))
+
+
+def _moment(value: object, what: str) -> datetime | date:
+    """An aware datetime or a date, from a datetime/date object or an RFC 3339 string."""
+    if isinstance(value, str):
+        try:
+            value = date.fromisoformat(value) if len(value) == 10 else datetime.fromisoformat(value)
+        except ValueError:
+            raise TemplateRenderError(
+                f"{what} expects an RFC 3339 timestamp, got {value!r}"
+            ) from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise TemplateRenderError(f"{what} refuses a timestamp without offset: {value}")
+        return value
+    if isinstance(value, date):
+        return value
+    raise TemplateRenderError(f"{what} expects a timestamp, got {type(value).__name__}")
+
+
+def _local_date(ctx: Context, value: object, what: str) -> date:
+    moment = _moment(value, what)
+    return moment.astimezone(_customer_zone(ctx)).date() if isinstance(moment, datetime) else moment
+
+
+@pass_context
+def _when(ctx: Context, value: object) -> str:
+    """``Wed, Mar 4, 3:00 PM``: babel cannot combine skeletons, so glue as CLDR says
+    (abbreviated month -> the locale's medium date-time pattern)."""
+    locale, zone, moment = _babel_locale(ctx), _customer_zone(ctx), _moment(value, "when")
+    if not isinstance(moment, datetime):
+        raise TemplateRenderError(f"when needs a time of day, got the date {moment}")
+    moment = moment.astimezone(zone)
+    day = format_skeleton("MMMEd", moment, tzinfo=zone, locale=locale)
+    clock = format_time(moment, "short", tzinfo=zone, locale=locale)
+    glue = str(locale.datetime_formats["medium"]).replace("'", "")
+    return glue.replace("{1}", str(day)).replace("{0}", str(clock)).translate(_PLAIN)
+
+
+@pass_context
+def _day(ctx: Context, value: object) -> str:
+    """``Wed, Mar 4``."""
+    moment = _local_date(ctx, value, "day")
+    return str(format_skeleton("MMMEd", moment, locale=_babel_locale(ctx))).translate(_PLAIN)
+
+
+@pass_context
+def _date(ctx: Context, value: object) -> str:
+    """``Mar 4, 2026``."""
+    moment = _local_date(ctx, value, "date")
+    return str(format_date(moment, "medium", locale=_babel_locale(ctx))).translate(_PLAIN)
+
+
+@pass_context
+def _money(ctx: Context, amount: object, currency: str | None = None) -> str:
+    """Integer minor units -> ``$19.99``; also takes ``{amount, currency}`` alone."""
+    if isinstance(amount, Mapping) and currency is None:
+        pair: Mapping[str, Any] = amount
+        amount, currency = pair.get("amount"), pair.get("currency")
+    if not isinstance(amount, int) or isinstance(amount, bool):
+        raise TemplateRenderError(
+            f"money expects integer minor units (1999 = 19.99), got {amount!r}"
+        )
+    if not isinstance(currency, str) or not is_currency(currency):
+        raise TemplateRenderError(f"money needs an ISO 4217 currency code, got {currency!r}")
+    value = Decimal(amount).scaleb(-int(get_currency_precision(currency)))
+    text = format_currency(value, currency, locale=_babel_locale(ctx))
+    return str(text).translate(_PLAIN)
+
+
+@pass_context
+def _percent(ctx: Context, value: object) -> str:
+    """``20`` -> ``20%`` (``20 %`` in fr); fractions are kept (``12.5%``)."""
+    if not isinstance(value, int | float | Decimal) or isinstance(value, bool):
+        raise TemplateRenderError(f"percent expects a number, got {value!r}")
+    ratio = Decimal(str(value)) / 100
+    text = format_percent(ratio, locale=_babel_locale(ctx), decimal_quantization=False)
+    return str(text).translate(_PLAIN)
+
+
+# the filter names template authors use
+FILTERS: dict[str, Callable[..., str]] = {
+    "when": _when,
+    "day": _day,
+    "date": _date,
+    "money": _money,
+    "percent": _percent,
+}
+
+
+def make_environment() -> ImmutableSandboxedEnvironment:
+    """The sandbox every template is compiled in."""
+    env = _Sandbox(
+        undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
+    )
+    env.filters.update(FILTERS)
+    return env
+
+
+def _template_line(exc: BaseException) -> int | None:
+    lines = [
+        f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<template>"
+    ]
+    return lines[-1] if lines else None
+
+
+# --- compiled catalog -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One rendered message; ``segments`` only for SMS (the budget is the caller's call)."""
+
+    template: str
+    channel: Literal["sms", "email"]
+    locale: str
+    subject: str | None
+    body: str
+    segments: SegmentInfo | None
+
+
+@dataclass(frozen=True)
+class _Part:
+    tag: str  # the locale as written in the file
+    template: Template
+    site: Problem  # where the source was written (message empty)
+
+
+class _PartError(TemplateRenderError):
+    """A render failure inside one part; ``check()`` locates it at that part."""
+
+    def __init__(self, what: str, detail: str, part: _Part) -> None:
+        super().__init__(f"{what}: {detail}")
+        self.detail, self.part = detail, part
+
+
+@dataclass(frozen=True)
+class _Variant:
+    tag: str
+    body: _Part
+    subject: _Part | None = None
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    id: str
+    sample: Mapping[str, Any]
+    max_segments: int | None
+    channels: Mapping[str, Mapping[str, _Variant]]  # channel -> normalised tag -> variant
+
+
+def _norm(tag: str) -> str:
+    return tag.replace("_", "-").lower()
+
+
+def _shown(path: Path, root: Path | None) -> str:
+    if root is not None and path.is_relative_to(root):
+        return str(path.relative_to(root))
+    return str(path)
+
+
+def _run(part: _Part, what: str, context: Mapping[str, Any]) -> str:
+    try:
+        return part.template.render(context).strip()
+    except Exception as exc:  # any error inside a template is a render failure, wrapped
+        line = _template_line(exc)
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        detail = f"line {line} of the text: {message}" if line else message
+        raise _PartError(what, detail, part) from exc
+
+
+class TemplateCatalog:
+    """Every message template, compiled once; renders by id, channel and locale."""
+
+    def __init__(self, templates: Mapping[str, _Compiled], default_locale: str = "en") -> None:
+        self._templates = dict(templates)
+        self._default = _norm(default_locale)
+
+    @classmethod
+    def load(
+        cls, folder: Path, default_locale: str = "en", display_root: Path | None = None
+    ) -> TemplateCatalog:
+        """Load ``*.yaml``/``*.yml`` in ``folder``; raises ``RuleFileError`` with every problem."""
+        if not _TAG.match(default_locale):
+            raise ValueError(f"default locale {default_locale!r} is not a locale tag")
+        if not folder.exists():
+            return cls({}, default_locale)
+        if not folder.is_dir():
+            raise RuleFileError([Problem(str(folder), 1, 1, "", "is not a templates folder")])
+        files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        env, problems = make_environment(), []
+        templates: dict[str, _Compiled] = {}
+        first_seen: dict[str, str] = {}
+        for path in files:
+            shown = _shown(path, display_root)
+            try:
+                doc = load_yaml(path, shown)
+            except RuleFileError as exc:
+                problems.extend(exc.problems)
+                continue
+            compiled, found = _FileCompiler(doc, env, _norm(default_locale)).compile()
+            problems.extend(found)
+            if compiled is None:
+                continue
+            if compiled.id in templates:
+                message = f"'{compiled.id}' is already the id of {first_seen[compiled.id]}"
+                problems.append(doc.problem(("id",), f"{message}; ids must be unique"))
+                continue
+            templates[compiled.id], first_seen[compiled.id] = compiled, shown
+        if problems:
+            raise RuleFileError(problems)
+        return cls(templates, default_locale)
+
+    def ids(self) -> frozenset[str]:
+        """Every template id."""
+        return frozenset(self._templates)
+
+    def has(self, template_id: str, channel: str) -> bool:
+        """Whether ``template_id`` exists and has a ``channel`` variant."""
+        return channel in self.channels(template_id)
+
+    def channels(self, template_id: str) -> frozenset[str]:
+        """The channels of ``template_id`` (empty if there is no such template)."""
+        found = self._templates.get(template_id)
+        return frozenset(found.channels) if found else frozenset()
+
+    def max_segments(self, template_id: str) -> int | None:
+        """The SMS segment budget of ``template_id`` (None without an SMS variant)."""
+        found = self._templates.get(template_id)
+        return found.max_segments if found else None
+
+    def render(
+        self,
+        template_id: str,
+        channel: str,
+        locale: str | None,
+        context: Mapping[str, Any],
+    ) -> Rendered:
+        """Render in the best locale (``fr-CA``, ``fr``, default); raises TemplateRenderError."""
+        found = self._templates.get(template_id)
+        if found is None:
+            raise TemplateRenderError(f"there is no template '{template_id}'")
+        variants = found.channels.get(channel)
+        if variants is None:
+            have = ", ".join(sorted(found.channels))
+            raise TemplateRenderError(
+                f"template '{template_id}' has no {channel} text (has {have})"
+            )
+        return self._render(found, channel, self._pick(variants, locale), context)
+
+    def check(self, brand: Mapping[str, Any]) -> list[Problem]:
+        """Render every variant with its sample; located problems for failures and SMS overruns.
+
+        The context is ``brand``, the sample's values, and ``customer`` = the sample's customer
+        (if any) with ``timezone`` defaulting to UTC and ``locale`` set to the variant's.
+        """
+        problems: list[Problem] = []
+        for found in self._templates.values():
+            for channel, variants in found.channels.items():
+                for variant in variants.values():
+                    problems.extend(self._check_variant(found, channel, variant, brand))
+        return sorted(problems)
+
+    def _pick(self, variants: Mapping[str, _Variant], locale: str | None) -> _Variant:
+        tag = _norm(locale or "")
+        while tag:
+            if tag in variants:
+                return variants[tag]
+            tag = tag.rpartition("-")[0]
+        return variants[self._default]  # present in every channel: load() checks it
+
+    def _render(
+        self, found: _Compiled, channel: str, variant: _Variant, context: Mapping[str, Any]
+    ) -> Rendered:
+        what = f"template '{found.id}' ({channel}, {variant.tag})"
+        subject = None
+        if variant.subject is not None:
+            subject = " ".join(_run(variant.subject, f"{what} subject", context).split())
+        body = _run(variant.body, what, context)
+        if not body or subject == "":
+            raise TemplateRenderError(f"{what} renders to an empty {'subject' if body else 'text'}")
+        segments = count_segments(body) if channel == "sms" else None
+        kind: Channel = "sms" if channel == "sms" else "email"
+        return Rendered(found.id, kind, variant.tag, subject, body, segments)
+
+    def _check_variant(
+        self, found: _Compiled, channel: str, variant: _Variant, brand: Mapping[str, Any]
+    ) -> list[Problem]:
+        sample_customer = found.sample.get("customer")
+        customer = dict(sample_customer) if isinstance(sample_customer, Mapping) else {}
+        customer = {"timezone": "UTC", **customer, "locale": variant.tag}
+        context = {"brand": brand, **found.sample, "customer": customer}
+        try:
+            rendered = self._render(found, channel, variant, context)
+        except TemplateRenderError as exc:
+            site, detail = variant.body.site, str(exc)
+            if isinstance(exc, _PartError):
+                site, detail = exc.part.site, exc.detail
+            return [replace(site, message=f"does not render with the sample: {detail}")]
+        info, budget = rendered.segments, found.max_segments
+        if info is not None and budget is not None and info.segments > budget:
+            message = (
+                f"renders to {info.segments} SMS segments ({info.describe()}) but the budget is "
+                f"{budget}; shorten the text or raise sms.max_segments"
+            )
+            return [replace(variant.body.site, message=message)]
+        return []
+
+
+# --- loading one file -----------------------------------------------------------------------
+
+
+class _FileCompiler:
+    """Validates and compiles one template file, collecting located problems."""
+
+    def __init__(self, doc: YamlDoc, env: ImmutableSandboxedEnvironment, default: str) -> None:
+        self.doc, self.env, self.default = doc, env, default
+        self.problems: list[Problem] = []
+
+    def compile(self) -> tuple[_Compiled | None, list[Problem]]:
+        """The compiled template, or None and the problems."""
+        if not isinstance(self.doc.data, dict):
+            what = "is empty" if self.doc.data is None else "is not a mapping"
+            return None, [self.doc.problem((), f"the file {what}; expected id, sms and/or email")]
+        try:
+            spec = TemplateSpec.model_validate(self.doc.data)
+        except ValidationError as exc:
+            return None, self.doc.validation_problems(exc)
+        channels: dict[str, dict[str, _Variant]] = {}
+        if spec.sms is not None:
+            texts = self._parts(("sms", "text"), spec.sms.text)
+            channels["sms"] = {key: _Variant(part.tag, part) for key, part in texts.items()}
+        if spec.email is not None:
+            channels["email"] = self._email(spec.email)
+        if self.problems:
+            return None, self.problems
+        budget = spec.sms.max_segments if spec.sms else None
+        return _Compiled(spec.id, spec.sample, budget, channels), []
+
+    def _email(self, email: EmailSpec) -> dict[str, _Variant]:
+        subjects = self._parts(("email", "subject"), email.subject)
+        bodies = self._parts(("email", "body"), email.body)
+        written = {
+            "subject": {_norm(t): t for t in email.subject},
+            "body": {_norm(t): t for t in email.body},
+        }
+        for field, other in (("subject", "body"), ("body", "subject")):
+            for key in sorted(written[other].keys() - written[field].keys()):
+                message = (
+                    f"has no '{written[other][key]}' variant but email.{other} has one; "
+                    "give subject and body the same locales"
+                )
+                self.problems.append(self.doc.problem(("email", field), message))
+        return {
+            key: _Variant(body.tag, body, subjects[key])
+            for key, body in bodies.items()
+            if key in subjects
+        }
+
+    def _parts(self, loc: Loc, sources: Mapping[str, str]) -> dict[str, _Part]:
+        parts: dict[str, _Part] = {}
+        seen: set[str] = set()
+        for tag, source in sources.items():
+            key = (*loc, tag)
+            if not _TAG.match(tag) or not self._known_locale(tag):
+                message = f"'{tag}' is not a locale tag babel knows; use e.g. en, fr, fr-CA, pt-BR"
+                self.problems.append(self.doc.problem(key, message))
+            elif _norm(tag) in seen:
+                self.problems.append(self.doc.problem(key, f"locale '{tag}' is given twice"))
+            else:
+                part = self._compile_source(key, tag, source)
+                if part is not None:
+                    parts[_norm(tag)] = part
+            seen.add(_norm(tag))
+        if self.default not in {_norm(t) for t in sources}:
+            message = f"has no '{self.default}' variant; the default locale is every fallback"
+            self.problems.append(self.doc.problem(loc, message))
+        return parts
+
+    @staticmethod
+    def _known_locale(tag: str) -> bool:
+        try:
+            _parse_locale(tag)
+        except (UnknownLocaleError, ValueError):
+            return False
+        return True
+
+    def _compile_source(self, key: Loc, tag: str, source: str) -> _Part | None:
+        try:
+            template = self.env.from_string(source, globals={_LOCALE_KEY: tag})
+        except TemplateSyntaxError as exc:
+            message = f"template error on line {exc.lineno} of the text: {exc.message}"
+            self.problems.append(self.doc.problem(key, message))
+            return None
+        return _Part(tag, template, self.doc.problem(key, ""))

@@ -1,0 +1,229 @@
+"""The offline runtime: replay/backtest a JSONL file through the decision core.
+
+Events are processed in ``occurred_at`` order (ties keep file order) with an event-time clock:
+before each event, every timer due at or before its time fires at its own due time; after the
+last event the clock runs on until nothing scheduled remains. A malformed line goes to
+``dlq.jsonl`` with its 1-based line number and the run continues.
+
+Ordering without holding the file in memory: a first pass reads only each line's
+``occurred_at``; a file already in order (the usual case for recordings) is then streamed as
+is, otherwise it is sorted externally in chunks of ``chunk_lines`` lines (temporary files,
+heap merge). Memory grows with customers and pending timers, not with events.
+
+Effects are never performed here: a backtest must not touch customers. Executed actions and
+sent messages are counted in the summary (and handed to ``on_decisions`` if given).
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from outreach.agents.guardrails import SharedLedger
+from outreach.core import DecisionCore
+from outreach.decisionlog import DecisionLog
+from outreach.decisions import Decisions, Timer
+from outreach.events import Event, InvalidEventError, TimerFired, TimerFiredData, parse_event
+from outreach.rulebook import RuleBook
+from outreach.state import CustomerState
+
+Line = tuple[float, int, bytes]  # (occurred_at or -inf, 1-based line number, raw bytes)
+Progress = Callable[[int], None]  # called with bytes consumed so far
+
+
+def _occurred(raw: bytes) -> float:
+    """The line's ``occurred_at`` as epoch seconds, or -inf if it cannot be read (-> DLQ)."""
+    try:
+        value = orjson.loads(raw).get("occurred_at")
+        stamp = datetime.fromisoformat(value)
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return float("-inf")
+    if stamp.tzinfo is None:
+        return float("-inf")
+    return stamp.timestamp()
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes, int]]:
+    """(line number, raw line without newline, bytes consumed) for non-blank lines."""
+    consumed = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            consumed += len(raw)
+            line = raw.rstrip(b"\r\n")
+            if line.strip():
+                yield number, line, consumed
+
+
+def is_ordered(path: Path) -> bool:
+    """Whether the file's readable ``occurred_at`` values never go backwards."""
+    last = float("-inf")
+    for _, raw, _ in _lines(path):
+        stamp = _occurred(raw)
+        if stamp == float("-inf"):
+            continue
+        if stamp < last:
+            return False
+        last = stamp
+    return True
+
+
+def _spill(chunk: list[Line], folder: Path, index: int) -> Path:
+    chunk.sort(key=lambda item: (item[0], item[1]))
+    path = folder / f"chunk-{index:05d}.bin"
+    with path.open("wb") as handle:
+        for stamp, number, raw in chunk:
+            handle.write(orjson.dumps([stamp if stamp != float("-inf") else None, number]))
+            handle.write(b"\t" + raw + b"\n")
+    return path
+
+
+def _read_chunk(path: Path) -> Iterator[Line]:
+    with path.open("rb") as handle:
+        for row in handle:
+            head, raw = row.rstrip(b"\n").split(b"\t", 1)
+            stamp, number = orjson.loads(head)
+            yield (float("-inf") if stamp is None else stamp, number, raw)
+
+
+def ordered_lines(path: Path, chunk_lines: int, progress: Progress | None = None) -> Iterator[Line]:
+    """Every non-blank line of ``path`` in (occurred_at, line number) order."""
+    if is_ordered(path):
+        for number, raw, consumed in _lines(path):
+            if progress is not None and number % 4096 == 0:
+                progress(consumed)
+            yield 0.0, number, raw  # already in order: the key is not needed
+        return
+    with tempfile.TemporaryDirectory(prefix="outreach-replay-") as tmp:
+        folder = Path(tmp)
+        chunks: list[Path] = []
+        chunk: list[Line] = []
+        for number, raw, _ in _lines(path):
+            chunk.append((_occurred(raw), number, raw))
+            if len(chunk) >= chunk_lines:
+                chunks.append(_spill(chunk, folder, len(chunks)))
+                chunk = []
+        if chunk:
+            chunks.append(_spill(chunk, folder, len(chunks)))
+        done = 0
+        total = path.stat().st_size
+        for item in heapq.merge(*(_read_chunk(c) for c in chunks), key=lambda i: (i[0], i[1])):
+            done += len(item[2]) + 1
+            if progress is not None and item[1] % 4096 == 0:
+                progress(min(done, total))
+            yield item
+
+
+@dataclass
+class ReplayResult:
+    """What a replay did."""
+
+    summary: dict[str, Any]
+    customers: int
+    out: Path
+
+
+class Replayer:
+    """Drives the core over ordered lines with an event-time clock and a timer heap."""
+
+    def __init__(
+        self,
+        book: RuleBook,
+        log: DecisionLog,
+        on_decisions: Callable[[Decisions], None] | None = None,
+    ) -> None:
+        self.core = DecisionCore(book)
+        self.log = log
+        self.on_decisions = on_decisions
+        self.states: dict[str, CustomerState] = {}
+        self.shared = SharedLedger()
+        self.timers: list[tuple[float, int, str, str]] = []  # (due, seq, timer id, customer)
+        self._seq = 0
+
+    def _state(self, customer_id: str) -> CustomerState:
+        state = self.states.get(customer_id)
+        if state is None:
+            state = self.states[customer_id] = self.core.new_state(customer_id)
+        return state
+
+    def _record(self, decisions: Decisions) -> None:
+        self.log.write(decisions)
+        for timer in decisions.timers:
+            self._schedule(timer)
+        if self.on_decisions is not None:
+            self.on_decisions(decisions)
+
+    def _schedule(self, timer: Timer) -> None:
+        self._seq += 1
+        heapq.heappush(self.timers, (timer.due_at.timestamp(), self._seq, timer.timer_id, timer.customer_id))
+
+    def fire_until(self, until: float) -> None:
+        """Fire, in due order, every timer due at or before ``until``."""
+        timers = self.timers
+        while timers and timers[0][0] <= until:
+            due, _, timer_id, customer_id = heapq.heappop(timers)
+            when = datetime.fromtimestamp(due, UTC)
+            event = TimerFired.model_construct(
+                event_id=timer_id,
+                type="timer.fired",
+                customer_id=customer_id,
+                occurred_at=when,
+                source="replay",
+                schema_version=1,
+                data=TimerFiredData.model_construct(timer_id=timer_id, due_at=when),
+            )
+            self.log.summary.timers_fired += 1
+            self._record(self.core.evaluate(event, self._state(customer_id), self.shared, when))
+
+    def feed(self, number: int, raw: bytes) -> None:
+        """Process one input line (validated here; invalid lines go to the DLQ)."""
+        try:
+            event = parse_event(raw)
+        except InvalidEventError as exc:
+            self.log.dead_letter(number, raw, str(exc))
+            return
+        self.feed_event(event)
+
+    def feed_event(self, event: Event) -> None:
+        """Process one validated event at its own time, after the timers due before it."""
+        stamp = event.occurred_at.timestamp()
+        self.fire_until(stamp)
+        now = datetime.fromtimestamp(stamp, UTC)
+        decisions = self.core.evaluate(event, self._state(event.customer_id), self.shared, now)
+        self.log.summary.events += 1
+        if decisions.duplicate:
+            self.log.summary.duplicates += 1
+        self._record(decisions)
+
+    def drain(self) -> None:
+        """Run the clock on until nothing scheduled remains."""
+        self.fire_until(float("inf"))
+
+
+def replay(
+    events: Path,
+    book: RuleBook,
+    out: Path,
+    *,
+    chunk_lines: int = 200_000,
+    progress: Progress | None = None,
+    on_decisions: Callable[[Decisions], None] | None = None,
+) -> ReplayResult:
+    """Replay ``events`` through ``book`` into the decision-log folder ``out``."""
+    if not events.is_file() or not os.access(events, os.R_OK):
+        raise FileNotFoundError(f"cannot read the events file {events}")
+    with DecisionLog(out) as log:
+        replayer = Replayer(book, log, on_decisions)
+        for _, number, raw in ordered_lines(events, chunk_lines, progress):
+            replayer.feed(number, raw)
+        replayer.drain()
+        summary = log.close({"rulebook": book.fingerprint})
+    return ReplayResult(summary, len(replayer.states), out)
+

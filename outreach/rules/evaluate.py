@@ -1,0 +1,268 @@
+"""Evaluate compiled rules against one event: update windows, detect signals.
+
+Order per event: windows and ``latest`` take the event in first (so "2 payment.failed in 7 days"
+counts the one that just arrived), then each triggered rule is evaluated by priority, then the
+event's value joins its ``previous()`` baselines (so a baseline never contains its own event).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from outreach.events import DATA_MODELS, Event, utc_iso
+from outreach.ids import make_id
+from outreach.rules.compile import CompiledRule, CompiledRules
+from outreach.rules.durations import format_duration
+from outreach.rules.model import in_audience_locale
+from outreach.rules.state import CustomerView, Latest, RuleState, Window
+
+
+class Signal(BaseModel):
+    """A rule fired for a customer: the start of every decision, with its evidence."""
+
+    model_config = ConfigDict(frozen=True)
+
+    signal_id: str
+    rule_id: str
+    rule_version: int
+    customer_id: str
+    detected_at: datetime
+    evidence: dict[str, Any]
+    key: str | None
+    event_id: str
+    event_type: str
+    priority: int
+    category: str
+    shadow: bool = False
+    holdout: bool = False
+    note: str = ""  # the playbook's account of its plan
+    preview: dict[str, Any] | None = None  # shadow rules: what would have been done
+
+
+class Baseline:
+    """What ``previous(field, n)`` returns: the n values before this event and their stats."""
+
+    __slots__ = ("count", "sum", "mean", "min", "max", "last")
+
+    def __init__(self, values: list[float]) -> None:
+        self.count = len(values)
+        self.sum = float(sum(values))
+        self.mean = self.sum / self.count if values else None
+        self.min = min(values) if values else None
+        self.max = max(values) if values else None
+        self.last = values[-1] if values else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form for evidence."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class EvalContext:
+    """What compiled expressions call for windows and facts (``ctx.count(...)`` ...)."""
+
+    __slots__ = ("rules", "state", "event", "now")
+
+    def __init__(self, rules: CompiledRules, state: RuleState, event: Event, now: float) -> None:
+        self.rules = rules
+        self.state = state
+        self.event = event
+        self.now = now
+
+    def _window(self, sid: int, window: float) -> tuple[Window | None, int, int]:
+        series = self.state.series.get(self.rules.series[sid].key)
+        if series is None:
+            return None, 0, 0
+        lo, hi = series.span(self.now, window)
+        return series, lo, hi
+
+    def count(self, sid: int, window: float) -> int:
+        _, lo, hi = self._window(sid, window)
+        return hi - lo
+
+    def exists(self, sid: int, window: float) -> bool:
+        _, lo, hi = self._window(sid, window)
+        return hi > lo
+
+    def sum(self, sid: int, window: float) -> float:
+        series, lo, hi = self._window(sid, window)
+        return float(sum(series.vals[lo:hi])) if series else 0.0
+
+    def avg(self, sid: int, window: float) -> float | None:
+        series, lo, hi = self._window(sid, window)
+        return sum(series.vals[lo:hi]) / (hi - lo) if series and hi > lo else None
+
+    def min(self, sid: int, window: float) -> float | None:
+        series, lo, hi = self._window(sid, window)
+        return min(series.vals[lo:hi]) if series and hi > lo else None
+
+    def max(self, sid: int, window: float) -> float | None:
+        series, lo, hi = self._window(sid, window)
+        return max(series.vals[lo:hi]) if series and hi > lo else None
+
+    def latest(self, lid: int, window: float | None) -> BaseModel | None:
+        spec = self.rules.latest[lid]
+        entry = self.state.latest.get(spec.key)
+        if entry is None or entry.ts > self.now:
+            return None
+        if window is not None and entry.ts <= self.now - window:
+            return None
+        return DATA_MODELS[spec.type].model_validate(entry.data)
+
+    def previous(self, bid: int, n: int) -> Baseline:
+        spec = self.rules.baselines[bid]
+        by = "" if spec.by is None else str(spec.by(self.event, self.event.data))
+        values = self.state.baselines.get(spec.key, {}).get(by, [])
+        return Baseline(values[-n:])
+
+    def signaled(self, rule_id: str, window: float) -> bool:
+        times = self.state.signals.get(rule_id)
+        return bool(times) and any(self.now - window < t <= self.now for t in times)  # type: ignore[union-attr]
+
+    def signals(self, rule_id: str, window: float) -> int:
+        times = self.state.signals.get(rule_id, [])
+        return sum(1 for t in times if self.now - window < t <= self.now)
+
+
+def ingest(rules: CompiledRules, state: RuleState, event: Event, ts: float) -> None:
+    """Add the event to the windows and ``latest`` slots that any rule reads."""
+    data = event.data
+    for spec in rules.series_by_type.get(event.type, ()):
+        if spec.where is not None and not spec.where(event, data):
+            continue
+        value = 1.0 if spec.value is None else spec.value(event, data)
+        if value is None:
+            continue
+        window = state.series.get(spec.key)
+        if window is None:
+            window = state.series[spec.key] = Window()
+        window.add(ts, float(value), spec.retention)
+    for latest in rules.latest_by_type.get(event.type, ()):
+        if latest.where is not None and not latest.where(event, data):
+            continue
+        current = state.latest.get(latest.key)
+        if current is None or ts >= current.ts:
+            state.latest[latest.key] = Latest(ts, data.model_dump(mode="json"))
+
+
+def ingest_baselines(rules: CompiledRules, state: RuleState, event: Event) -> None:
+    """After evaluation: the event's value joins the baselines of its type."""
+    data = event.data
+    for spec in rules.baselines_by_type.get(event.type, ()):
+        value = spec.value(event, data)
+        if value is None:
+            continue
+        by = "" if spec.by is None else str(spec.by(event, data))
+        values = state.baselines.setdefault(spec.key, {}).setdefault(by, [])
+        values.append(float(value))
+        if len(values) > spec.size:
+            del values[: len(values) - spec.size]
+
+
+def in_holdout(rule_id: str, customer_id: str, percent: float) -> bool:
+    """The control group: a stable hash of rule and customer, below ``percent`` of 100."""
+    if percent <= 0:
+        return False
+    bucket = int(hashlib.sha256(f"{rule_id}:{customer_id}".encode()).hexdigest()[:8], 16) % 100
+    return bucket < percent
+
+
+def _audience(rule: CompiledRule, view: CustomerView, args: tuple[Any, ...]) -> bool:
+    aud = rule.spec.audience
+    if aud.tier is not None and view.tier not in aud.tier:
+        return False
+    if aud.locale is not None and not in_audience_locale(view.locale, aud.locale):
+        return False
+    if aud.country is not None and view.country not in aud.country:
+        return False
+    if aud.consent is not None:
+        for name in aud.consent:
+            channel, purpose = name.split(".")
+            if not getattr(getattr(view.consent, channel), purpose):
+                return False
+    return rule.audience is None or bool(rule.audience(*args))
+
+
+def _cooled_down(rule: CompiledRule, state: RuleState, key: str | None, now: float) -> bool:
+    """True if the rule may fire (and starts its cooldown); False while it is cooling down."""
+    cooldown = rule.spec.cooldown_spec()
+    if cooldown is None:
+        return True
+    slot = rule.spec.id if cooldown.per == "customer" else f"{rule.spec.id}|{key}"
+    last = state.cooldowns.get(slot)
+    if last is not None and now - last < cooldown.period.total_seconds():
+        return False
+    state.cooldowns[slot] = now
+    return True
+
+
+def detect(
+    rules: CompiledRules,
+    event: Event,
+    state: RuleState,
+    view: CustomerView,
+    now: datetime,
+    now_ts: float,
+) -> list[Signal]:
+    """Evaluate the rules triggered by ``event``; returns the signals raised, by priority."""
+    triggered = rules.by_trigger.get(event.type)
+    if not triggered:
+        return []
+    ctx = EvalContext(rules, state, event, now_ts)
+    args = (event, event.data, view, ctx, now)
+    signals = []
+    for rule in triggered:
+        if not rule.condition(*args) or not _audience(rule, view, args):
+            continue
+        raw_key = rule.key(*args) if rule.key is not None else None
+        key = None if raw_key is None else str(raw_key)
+        if not _cooled_down(rule, state, key, now_ts):
+            continue
+        spec = rule.spec
+        retention = rules.registry.signal_retention.get(spec.id)
+        if retention:
+            state.record_signal(spec.id, now_ts, retention)
+        signals.append(
+            Signal(
+                signal_id=make_id("sig", spec.id, event.event_id),
+                rule_id=spec.id,
+                rule_version=spec.version,
+                customer_id=event.customer_id,
+                detected_at=now,
+                evidence=jsonable(rule.evidence(*args)),
+                key=key,
+                event_id=event.event_id,
+                event_type=event.type,
+                priority=spec.priority,
+                category=spec.category,
+                shadow=spec.shadow,
+                holdout=in_holdout(spec.id, event.customer_id, spec.holdout),
+            )
+        )
+    return signals
+
+
+def jsonable(value: Any) -> Any:
+    """Evidence values as JSON: timestamps in UTC, durations as ``47h``, models as objects."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, datetime):
+        return utc_iso(value)
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Baseline):
+        return jsonable(value.as_dict())
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, set | frozenset):
+        return sorted(jsonable(v) for v in value)
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return str(value)
