@@ -59,7 +59,9 @@ def schema_export(
 def rules_check(folder: Annotated[Path, typer.Argument(help="the rules folder")]) -> None:
     """Validate a rules folder: policy, templates, rule files; explains every problem."""
     book = _load(folder)
-    table = Table("rule", "v", "trigger", "playbook", "state", "holdout", "tests", title=str(folder))
+    table = Table(
+        "rule", "v", "trigger", "playbook", "state", "holdout", "tests", title=str(folder)
+    )
     for row in describe(book):
         state = "disabled" if not row["enabled"] else ("shadow" if row["shadow"] else "live")
         table.add_row(
@@ -118,7 +120,9 @@ def replay(
     )  # fmt: skip
     with bar:
         task = bar.add_task("replay", total=size)
-        result = run_replay(events, book, out_dir, progress=lambda done: bar.update(task, completed=done))
+        result = run_replay(
+            events, book, out_dir, progress=lambda done: bar.update(task, completed=done)
+        )
     elapsed = time.perf_counter() - started
     _print_summary(result.summary, elapsed, result.customers)
     out.print(f"decision log: {out_dir}/ (signals, actions, messages, dlq .jsonl; summary.json)")

@@ -19,7 +19,13 @@ from datetime import datetime
 from outreach.agents.executor import Executor
 from outreach.agents.guardrails import Guardrails, SharedLedger
 from outreach.decisions import Decisions
-from outreach.events import ContactSuppressed, ContactUnsuppressed, CustomerUpdated, Event, TimerFired
+from outreach.events import (
+    ContactSuppressed,
+    ContactUnsuppressed,
+    CustomerUpdated,
+    Event,
+    TimerFired,
+)
 from outreach.outbound.policy import ContactPolicy
 from outreach.rulebook import RuleBook
 from outreach.rules.evaluate import detect, ingest, ingest_baselines
@@ -78,7 +84,9 @@ class DecisionCore:
         self._apply_contact_facts(event, state)
         ingest(self.rules, state.rules, event, occurred)
         self._cancel(event, state, now, out)
-        view = CustomerView(state.profile, state.contact.suppressed, self.contact.config.default_timezone)
+        view = CustomerView(
+            state.profile, state.contact.suppressed, self.contact.config.default_timezone
+        )
         for signal in detect(self.rules, event, state.rules, view, now, now_ts):
             self.executor.run(signal, event, state, shared, now, out)
         ingest_baselines(self.rules, state.rules, event)

@@ -61,7 +61,13 @@ class Summary:
     def as_dict(self) -> dict[str, Any]:
         """The ``summary.json`` document."""
         per_rule: dict[str, dict[str, Any]] = defaultdict(
-            lambda: {"signals": 0, "shadow": 0, "holdout": 0, "actions": Counter(), "messages": Counter()}
+            lambda: {
+                "signals": 0,
+                "shadow": 0,
+                "holdout": 0,
+                "actions": Counter(),
+                "messages": Counter(),
+            }
         )
         for rule, count in self.signals.items():
             per_rule[rule]["signals"] = count
@@ -109,11 +115,17 @@ class DecisionLog:
         """Append one evaluation's records."""
         self.summary.add(decisions)
         if decisions.signals:
-            self._files["signals"].writelines(dumps(s.model_dump(mode="json")) for s in decisions.signals)
+            self._files["signals"].writelines(
+                dumps(s.model_dump(mode="json")) for s in decisions.signals
+            )
         if decisions.actions:
-            self._files["actions"].writelines(dumps(a.model_dump(mode="json")) for a in decisions.actions)
+            self._files["actions"].writelines(
+                dumps(a.model_dump(mode="json")) for a in decisions.actions
+            )
         if decisions.messages:
-            self._files["messages"].writelines(dumps(m.model_dump(mode="json")) for m in decisions.messages)
+            self._files["messages"].writelines(
+                dumps(m.model_dump(mode="json")) for m in decisions.messages
+            )
 
     def dead_letter(self, line: int, raw: bytes, error: str) -> None:
         """Record an input line that is not a valid event."""

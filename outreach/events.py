@@ -340,7 +340,8 @@ MODELS: dict[str, type[Envelope]] = {
     for m in (*PUBLIC_TYPES, *ENGINE_TYPES)
 }
 DATA_MODELS: dict[str, type[Model]] = {
-    t: m.model_fields["data"].annotation for t, m in MODELS.items()  # type: ignore[misc]
+    t: m.model_fields["data"].annotation  # type: ignore[misc]
+    for t, m in MODELS.items()
 }
 EVENT_TYPES: tuple[str, ...] = tuple(MODELS)
 

@@ -162,7 +162,9 @@ class Replayer:
 
     def _schedule(self, timer: Timer) -> None:
         self._seq += 1
-        heapq.heappush(self.timers, (timer.due_at.timestamp(), self._seq, timer.timer_id, timer.customer_id))
+        heapq.heappush(
+            self.timers, (timer.due_at.timestamp(), self._seq, timer.timer_id, timer.customer_id)
+        )
 
     def fire_until(self, until: float) -> None:
         """Fire, in due order, every timer due at or before ``until``."""
@@ -226,4 +228,3 @@ def replay(
         replayer.drain()
         summary = log.close({"rulebook": book.fingerprint})
     return ReplayResult(summary, len(replayer.states), out)
-

@@ -44,7 +44,9 @@ class EngineSettings(_Config):
     """How long the engine remembers things."""
 
     dedup_window: Duration = Field(description="an event id seen again within this is a duplicate")
-    state_ttl: Duration = Field(description="forget a subject untouched this long with no open work")
+    state_ttl: Duration = Field(
+        description="forget a subject untouched this long with no open work"
+    )
 
 
 class PolicyFile(_Config):
@@ -96,7 +98,9 @@ def _rule_files(folder: Path) -> list[Path]:
     return sorted(f for f in files if f.name != POLICY_FILE)
 
 
-def _load_rule(path: Path, folder: Path, problems: list[Problem]) -> tuple[RuleSpec, YamlDoc] | None:
+def _load_rule(
+    path: Path, folder: Path, problems: list[Problem]
+) -> tuple[RuleSpec, YamlDoc] | None:
     try:
         doc = load_yaml(path, _display(path, folder))
     except RuleFileError as exc:
@@ -113,12 +117,18 @@ def _load_rule(path: Path, folder: Path, problems: list[Problem]) -> tuple[RuleS
 
 
 def _bind_playbook(
-    spec: RuleSpec, doc: YamlDoc, policy: PolicyFile, templates: TemplateCatalog, problems: list[Problem]
+    spec: RuleSpec,
+    doc: YamlDoc,
+    policy: PolicyFile,
+    templates: TemplateCatalog,
+    problems: list[Problem],
 ) -> RulePlaybook | None:
     playbook = PLAYBOOKS.get(spec.playbook)
     if playbook is None:
         known = ", ".join(sorted(PLAYBOOKS))
-        problems.append(doc.problem(("playbook",), f"unknown playbook '{spec.playbook}'; known: {known}"))
+        problems.append(
+            doc.problem(("playbook",), f"unknown playbook '{spec.playbook}'; known: {known}")
+        )
         return None
     if spec.trigger not in playbook.triggers:
         allowed = ", ".join(sorted(playbook.triggers))
@@ -175,7 +185,9 @@ def load_rulebook(folder: Path) -> RuleBook:
             continue
         loaded[spec.id] = result
     if not loaded and not problems:
-        problems.append(Problem(str(folder), 1, 1, "", "no rule files (*.yaml besides policy.yaml)"))
+        problems.append(
+            Problem(str(folder), 1, 1, "", "no rule files (*.yaml besides policy.yaml)")
+        )
     if policy is None:
         raise RuleFileError(problems)
     problems.extend(templates.check(policy.brand.model_dump()))
@@ -188,7 +200,11 @@ def load_rulebook(folder: Path) -> RuleBook:
     problems.extend(compile_problems)
     if problems or compiled is None:
         raise RuleFileError(problems)
-    files = [*_rule_files(folder), folder / POLICY_FILE, *sorted((folder / TEMPLATES_DIR).glob("*.y*ml"))]
+    files = [
+        *_rule_files(folder),
+        folder / POLICY_FILE,
+        *sorted((folder / TEMPLATES_DIR).glob("*.y*ml")),
+    ]
     return RuleBook(folder, policy, templates, compiled, loaded, playbooks, _fingerprint(files))
 
 

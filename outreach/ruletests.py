@@ -173,7 +173,11 @@ def _equal(want: Any, got: Any) -> bool:
         return all(k in got and _equal(v, got[k]) for k, v in want.items())
     if isinstance(want, list) and isinstance(got, list):
         return len(want) == len(got) and all(_equal(w, g) for w, g in zip(want, got, strict=True))
-    if isinstance(want, int | float) and isinstance(got, int | float) and not isinstance(want, bool):
+    if (
+        isinstance(want, int | float)
+        and isinstance(got, int | float)
+        and not isinstance(want, bool)
+    ):
         return float(want) == float(got)
     return bool(want == got)
 

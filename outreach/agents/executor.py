@@ -74,14 +74,18 @@ class Executor:
         )  # fmt: skip
         plan = rule.playbook.plan(ctx)
         if signal.shadow:
-            out.signals.append(signal.model_copy(update={"note": plan.note, "preview": _preview(plan)}))
+            out.signals.append(
+                signal.model_copy(update={"note": plan.note, "preview": _preview(plan)})
+            )
             return
         out.signals.append(signal.model_copy(update={"note": plan.note}))
         if signal.holdout:
             self._hold_out(signal, plan, rule, now, out)
             return
         if plan.cancel_tools:
-            self.cancel(cs, entity_name, plan.cancel_reason, now, out, tools=plan.cancel_tools, close=False)
+            self.cancel(
+                cs, entity_name, plan.cancel_reason, now, out, tools=plan.cancel_tools, close=False
+            )
         self._execute(signal, plan, rule.playbook.name, entity_name, cs, shared, now, out)
 
     def _execute(
@@ -100,17 +104,29 @@ class Executor:
             verdict = self._check(signal, action, playbook, cs, shared, now)
             verdicts[action.ref] = verdict
             if action.announce is None:
-                self._commit_action(signal, action, verdict, playbook, entity_name, cs, shared, now, out)
-        decided = [self._decide_message(signal, m, verdicts, entity_name, cs, now) for m in plan.messages]
+                self._commit_action(
+                    signal, action, verdict, playbook, entity_name, cs, shared, now, out
+                )
+        decided = [
+            self._decide_message(signal, m, verdicts, entity_name, cs, now) for m in plan.messages
+        ]
         for action in plan.actions:
             if action.announce is None:
                 continue
             verdict = verdicts[action.ref]
             announced = next((d for d in decided if d and d[0].ref == action.announce), None)
             if verdict.approved and (announced is None or not announced[2].deliverable):
-                reason = "no message could announce it" if announced is None else announced[2].reason
-                verdict = Verdict("blocked", f"offer not made: {reason}", [*verdict.checks, Check("announce", "fail", reason)])
-            self._commit_action(signal, action, verdict, playbook, entity_name, cs, shared, now, out)
+                reason = (
+                    "no message could announce it" if announced is None else announced[2].reason
+                )
+                verdict = Verdict(
+                    "blocked",
+                    f"offer not made: {reason}",
+                    [*verdict.checks, Check("announce", "fail", reason)],
+                )
+            self._commit_action(
+                signal, action, verdict, playbook, entity_name, cs, shared, now, out
+            )
         for entry in decided:
             if entry is not None:
                 _, msg, decision, dm_entity = entry
@@ -142,9 +158,10 @@ class Executor:
     ) -> tuple[PlannedMessage, OutboundMessage, MessageDecision, str] | None:
         chosen: PlannedMessage | None = planned
         why = ""
-        unmet = [r for r in planned.requires if verdicts.get(r) is None or verdicts[r].status not in ("executed", "scheduled")]
+        unmet = [r for r in planned.requires if not _approved(verdicts.get(r))]
         if unmet:
-            why = f"{', '.join(unmet)} not approved ({verdicts[unmet[0]].reason if unmet[0] in verdicts else 'not planned'})"
+            first = verdicts.get(unmet[0])
+            why = f"{', '.join(unmet)} not approved ({first.reason if first else 'not planned'})"
             chosen = planned.fallback
         if chosen is None:
             return None
@@ -194,10 +211,19 @@ class Executor:
         scheduled = action.at if verdict.status == "scheduled" else None
         out.actions.append(
             ActionRecord(
-                action_id=action_id, signal_id=signal.signal_id, customer_id=signal.customer_id,
-                rule_id=signal.rule_id, type=action.tool, params=params, status=verdict.status,
-                at=now, reason=verdict.reason, target=action.target, idempotency_key=key,
-                scheduled_for=scheduled, checks=[c.as_dict() for c in verdict.checks],
+                action_id=action_id,
+                signal_id=signal.signal_id,
+                customer_id=signal.customer_id,
+                rule_id=signal.rule_id,
+                type=action.tool,
+                params=params,
+                status=verdict.status,
+                at=now,
+                reason=verdict.reason,
+                target=action.target,
+                idempotency_key=key,
+                scheduled_for=scheduled,
+                checks=[c.as_dict() for c in verdict.checks],
             )  # fmt: skip
         )
         if not verdict.approved:
@@ -206,7 +232,15 @@ class Executor:
         cs.agents.effects[key] = now_ts
         if verdict.status == "executed":
             self.guardrails.commit_spend(action.tool, verdict, cs.agents, shared, now_ts)
-            out.effects.append(Effect(idempotency_key=key, action_id=action_id, customer_id=signal.customer_id, tool=action.tool, params=params))
+            out.effects.append(
+                Effect(
+                    idempotency_key=key,
+                    action_id=action_id,
+                    customer_id=signal.customer_id,
+                    tool=action.tool,
+                    params=params,
+                )
+            )
             return
         open_action = OpenAction(
             action_id=action_id, signal_id=signal.signal_id, rule_id=signal.rule_id,
@@ -239,22 +273,36 @@ class Executor:
         segments = rendered.segments if rendered else None
         out.messages.append(
             MessageRecord(
-                message_id=msg.message_id, signal_id=msg.signal_id, customer_id=cs.customer_id,
-                rule_id=msg.rule_id, channel=decision.channel, to=decision.to, purpose=msg.purpose,
+                message_id=msg.message_id,
+                signal_id=msg.signal_id,
+                customer_id=cs.customer_id,
+                rule_id=msg.rule_id,
+                channel=decision.channel,
+                to=decision.to,
+                purpose=msg.purpose,
                 subject=rendered.subject if rendered else None,
-                body=rendered.body if rendered else None, send_at=decision.send_at,
-                status=decision.status, reason=decision.reason, template=msg.template,
-                notice=msg.notice, locale=rendered.locale if rendered else None,
+                body=rendered.body if rendered else None,
+                send_at=decision.send_at,
+                status=decision.status,
+                reason=decision.reason,
+                template=msg.template,
+                notice=msg.notice,
+                locale=rendered.locale if rendered else None,
                 segments=segments.segments if segments else None,
-                encoding=segments.encoding if segments else None, checks=decision.checks,
+                encoding=segments.encoding if segments else None,
+                checks=decision.checks,
             )  # fmt: skip
         )
         if decision.status == "sent" and rendered is not None and decision.to is not None:
             out.deliveries.append(
                 Delivery(
-                    message_id=msg.message_id, customer_id=cs.customer_id,
-                    channel=decision.channel, to=decision.to, purpose=msg.purpose,
-                    subject=rendered.subject, body=rendered.body,
+                    message_id=msg.message_id,
+                    customer_id=cs.customer_id,
+                    channel=decision.channel,
+                    to=decision.to,
+                    purpose=msg.purpose,
+                    subject=rendered.subject,
+                    body=rendered.body,
                 )  # fmt: skip
             )
         if decision.status == "deferred":
@@ -271,15 +319,26 @@ class Executor:
     ) -> None:
         reason = f"holdout: customer is in the {rule.holdout:g}% control group of {signal.rule_id}"
         actions = plan.actions or [
-            PlannedAction("notify", "notify", {"templates": [m.template for m in plan.messages]}, signal.key or "message")
+            PlannedAction(
+                "notify",
+                "notify",
+                {"templates": [m.template for m in plan.messages]},
+                signal.key or "message",
+            )
         ]
         for action in actions:
             out.actions.append(
                 ActionRecord(
                     action_id=make_id("act", signal.signal_id, action.tool, action.target),
-                    signal_id=signal.signal_id, customer_id=signal.customer_id,
-                    rule_id=signal.rule_id, type=action.tool, params=action.params,
-                    status="skipped_holdout", at=now, reason=reason, target=action.target,
+                    signal_id=signal.signal_id,
+                    customer_id=signal.customer_id,
+                    rule_id=signal.rule_id,
+                    type=action.tool,
+                    params=action.params,
+                    status="skipped_holdout",
+                    at=now,
+                    reason=reason,
+                    target=action.target,
                     idempotency_key=make_id("eff", signal.signal_id, action.tool, action.target),
                 )  # fmt: skip
             )
@@ -313,7 +372,12 @@ class Executor:
             entity.touched = now.timestamp()
 
     def _drop_deferred(
-        self, deferred: DeferredMessage, cs: CustomerState, reason: str, now: datetime, out: Decisions
+        self,
+        deferred: DeferredMessage,
+        cs: CustomerState,
+        reason: str,
+        now: datetime,
+        out: Decisions,
     ) -> None:
         msg = _from_deferred(deferred)
         order = getattr(self.policy.config.channels, msg.purpose)
@@ -346,17 +410,31 @@ class Executor:
         if verdict.status == "pending_approval":
             oa.status, oa.timer_id, oa.due = "pending_approval", None, None
             cs.agents.open[action_id] = oa
+        reason = "due; guardrails passed" if verdict.status == "executed" else verdict.reason
         record = ActionRecord(
             action_id=oa.action_id, signal_id=oa.signal_id, customer_id=cs.customer_id,
             rule_id=oa.rule_id, type=oa.tool, params=oa.params, status=verdict.status,
-            at=now, reason=verdict.reason if verdict.status != "executed" else "due; guardrails passed",
+            at=now, reason=reason,
             target=oa.target, idempotency_key=oa.idempotency_key,
             checks=[c.as_dict() for c in verdict.checks],
         )  # fmt: skip
         out.actions.append(record)
         if verdict.status == "executed":
             self.guardrails.commit_spend(oa.tool, verdict, cs.agents, shared, now.timestamp())
-            out.effects.append(Effect(idempotency_key=oa.idempotency_key, action_id=oa.action_id, customer_id=cs.customer_id, tool=oa.tool, params=oa.params))
+            out.effects.append(
+                Effect(
+                    idempotency_key=oa.idempotency_key,
+                    action_id=oa.action_id,
+                    customer_id=cs.customer_id,
+                    tool=oa.tool,
+                    params=oa.params,
+                )
+            )
+
+
+def _approved(verdict: Verdict | None) -> bool:
+    """A message may promise an action only if it is certain: executed or scheduled."""
+    return verdict is not None and verdict.status in ("executed", "scheduled")
 
 
 def _cancelled(oa: OpenAction, customer_id: str, reason: str, now: datetime) -> ActionRecord:
@@ -378,7 +456,12 @@ def _from_deferred(d: DeferredMessage) -> OutboundMessage:
 def _preview(plan: Plan) -> dict[str, Any]:
     return {
         "actions": [
-            {"type": a.tool, "params": a.params, "target": a.target, "at": a.at.isoformat() if a.at else None}
+            {
+                "type": a.tool,
+                "params": a.params,
+                "target": a.target,
+                "at": a.at.isoformat() if a.at else None,
+            }
             for a in plan.actions
         ],
         "messages": [{"template": m.template, "purpose": m.purpose} for m in plan.messages],

@@ -187,10 +187,12 @@ class Guardrails:
         if not recheck and idempotency_key in state.effects:
             checks.append(Check("idempotency", "fail", "effect already recorded"))
             return Verdict("duplicate", "effect already recorded for this key", checks)
-        guard = self.config.tools.get(tool_name)  # type: ignore[call-overload]
+        guard = self.config.tools.get(tool_name)
         value, currency = tool.value_of(params), tool.currency_of(params)
         verdict = Verdict("executed", "", checks, params, value, currency)
-        level = self._judge(tool_name, guard, params, value, currency, state, shared, now, at, checks)
+        level = self._judge(
+            tool_name, guard, params, value, currency, state, shared, now, at, checks
+        )
         if level in ("deny", "blocked"):
             verdict.status, verdict.reason = "blocked", checks[-1].detail
         elif level == "approval":
@@ -257,15 +259,20 @@ class Guardrails:
             window = format_duration(budget.period)
             detail = f"{used:g} + {amount:g} of {budget.max:g} {unit} per customer per {window}"
             if used + amount > budget.max:
-                checks.append(Check("customer_budget", "fail", f"per-customer budget exceeded: {detail}"))
+                checks.append(
+                    Check("customer_budget", "fail", f"per-customer budget exceeded: {detail}")
+                )
                 return False
             checks.append(Check("customer_budget", "pass", detail))
         if guard.global_per_utc_day is not None:
             spent = shared.total(global_key(tool, currency, when))
             amount = value or 0.0
-            detail = f"{spent:g} + {amount:g} of {guard.global_per_utc_day:g} {currency or ''} today (UTC)"
+            limit = guard.global_per_utc_day
+            detail = f"{spent:g} + {amount:g} of {limit:g} {currency or ''} today (UTC)"
             if spent + amount > guard.global_per_utc_day:
-                checks.append(Check("global_budget", "fail", f"global daily budget exceeded: {detail}"))
+                checks.append(
+                    Check("global_budget", "fail", f"global daily budget exceeded: {detail}")
+                )
                 return False
             checks.append(Check("global_budget", "pass", detail))
         return True

@@ -109,13 +109,21 @@ def _none(_: Any) -> None:
 
 TOOLS: dict[str, Tool] = {
     "rebook_shipment": Tool(
-        "rebook_shipment", RebookShipment, lambda p: p.order_value, "order value", lambda p: p.currency
+        "rebook_shipment",
+        RebookShipment,
+        lambda p: p.order_value,
+        "order value",
+        lambda p: p.currency,
     ),
-    "retry_payment": Tool("retry_payment", RetryPayment, lambda p: p.amount, "amount", lambda p: p.currency),
+    "retry_payment": Tool(
+        "retry_payment", RetryPayment, lambda p: p.amount, "amount", lambda p: p.currency
+    ),
     "request_payment_update": Tool(
         "request_payment_update", RequestPaymentUpdate, _none, "", lambda p: p.currency
     ),
-    "grant_credit": Tool("grant_credit", GrantCredit, lambda p: p.amount, "amount", lambda p: p.currency),
+    "grant_credit": Tool(
+        "grant_credit", GrantCredit, lambda p: p.amount, "amount", lambda p: p.currency
+    ),
     "offer_discount": Tool("offer_discount", OfferDiscount, lambda p: p.percent, "percent", _none),
     "escalate_to_human": Tool("escalate_to_human", EscalateToHuman, _none, "", _none),
 }

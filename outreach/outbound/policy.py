@@ -244,7 +244,8 @@ class ContactPolicy:
             1 for t in contact.marketing if datetime.fromtimestamp(t, tz).date() == today
         )
         if sent_today >= caps.per_local_day:
-            return f"marketing cap: {sent_today} already sent today (local), limit {caps.per_local_day}"
+            limit = caps.per_local_day
+            return f"marketing cap: {sent_today} already sent today (local), limit {limit}"
         window = caps.rolling.window.total_seconds()
         recent = sum(1 for t in contact.marketing if now.timestamp() - window < t)
         if recent >= caps.rolling.count:

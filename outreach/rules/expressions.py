@@ -259,7 +259,7 @@ class Checker:
         item_ty = items[0][1] if items else ANY
         values = [c.value for c, _ in items if isinstance(c, ast.Constant)]
         if len(values) == len(items):
-            code: ast.expr = ast.Constant(frozenset(values))
+            code: ast.expr = ast.Constant(frozenset(values))  # type: ignore[arg-type]
         else:
             code = ast.Tuple([c for c, _ in items], ast.Load())
         return code, Ty("list", item=item_ty)
@@ -325,9 +325,7 @@ class Checker:
             hint = ""
             if {lty.kind, rty.kind} == {"duration", "number"}:
                 hint = "; write the number with a unit, e.g. 24h or 7d"
-            raise self.error(
-                node, f"cannot order {lty.describe()} against {rty.describe()}{hint}"
-            )
+            raise self.error(node, f"cannot order {lty.describe()} against {rty.describe()}{hint}")
         if lty.optional or rty.optional:
             name = {ast.Lt: "_lt", ast.LtE: "_le", ast.Gt: "_gt", ast.GtE: "_ge"}[type(op)]
             return _call(name, left, right)
@@ -342,7 +340,7 @@ class Checker:
                 raise self.error(
                     node, f"'in' compares {lty.describe()} with a list of {rty.item.describe()}"
                 )
-            if isinstance(right, ast.Constant) and lty.enum:
+            if isinstance(right, ast.Constant) and isinstance(right.value, frozenset) and lty.enum:
                 for value in right.value:
                     self._check_enum_value(lty, right_node, value)
         elif rty.kind == "str":
@@ -396,7 +394,7 @@ def _duration(node: ast.Call) -> Any:
 
 def _literal_number(node: ast.Call) -> float:
     arg = node.args[0]
-    assert isinstance(arg, ast.Constant)
+    assert isinstance(arg, ast.Constant) and isinstance(arg.value, int | float)
     return float(arg.value)
 
 

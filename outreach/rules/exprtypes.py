@@ -15,9 +15,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import AwareDatetime, BaseModel, EmailStr
 
-Kind = Literal[
-    "bool", "number", "str", "datetime", "duration", "null", "list", "record", "any"
-]
+Kind = Literal["bool", "number", "str", "datetime", "duration", "null", "list", "record", "any"]
 
 
 @dataclass(frozen=True)
@@ -104,26 +102,27 @@ def from_annotation(annotation: Any) -> Ty:
         return base.as_optional(optional)
     if origin is Literal:
         return Ty("str", enum=frozenset(str(a) for a in get_args(annotation)))
-    if annotation is AwareDatetime:
-        return DATETIME
-    if annotation is EmailStr:
-        return STR
-    if annotation is bool:
-        return BOOL
-    if annotation in (int, float):
-        return NUMBER
-    if annotation is str:
-        return STR
+    simple = _SIMPLE.get(annotation)
+    if simple is not None:
+        return simple
     if isinstance(annotation, type):
-        if issubclass(annotation, datetime):
-            return DATETIME
-        if issubclass(annotation, timedelta):
-            return DURATION
         if issubclass(annotation, BaseModel):
             return model_type(annotation)
-        if issubclass(annotation, str):
-            return STR
+        for parent, mapped in _SUBCLASSES:
+            if issubclass(annotation, parent):
+                return mapped
     return ANY
+
+
+_SIMPLE: dict[Any, Ty] = {
+    AwareDatetime: DATETIME,
+    EmailStr: STR,
+    bool: BOOL,
+    int: NUMBER,
+    float: NUMBER,
+    str: STR,
+}
+_SUBCLASSES: tuple[tuple[type, Ty], ...] = ((datetime, DATETIME), (timedelta, DURATION), (str, STR))
 
 
 def suggest(word: str, options: list[str]) -> str:

@@ -110,7 +110,9 @@ class Registry:
         return {f"K{i}": value for i, value in enumerate(self.constants)}
 
 
-def _bind(checker: Checker, node: ast.Call, params: list[str], required: int) -> dict[str, ast.expr]:
+def _bind(
+    checker: Checker, node: ast.Call, params: list[str], required: int
+) -> dict[str, ast.expr]:
     name = node.func.id  # type: ignore[attr-defined]
     bound: dict[str, ast.expr] = {}
     if len(node.args) > len(params):
@@ -136,9 +138,7 @@ def _event_type(checker: Checker, node: ast.expr) -> str:
         raise checker.error(node, 'the event type must be quoted text, e.g. "payment.failed"')
     if node.value not in MODELS:
         known = list(MODELS)
-        raise checker.error(
-            node, f"unknown event type '{node.value}'{suggest(node.value, known)}"
-        )
+        raise checker.error(node, f"unknown event type '{node.value}'{suggest(node.value, known)}")
     return node.value
 
 
@@ -165,7 +165,9 @@ def _registry(checker: Checker) -> Registry:
     return reg
 
 
-def _sub_expr(checker: Checker, node: ast.expr, etype: str, want: Ty | None) -> tuple[Extractor, str]:
+def _sub_expr(
+    checker: Checker, node: ast.expr, etype: str, want: Ty | None
+) -> tuple[Extractor, str]:
     """Compile an argument evaluated on each stored event of type ``etype``."""
     source = checker.text(node)
     scope = Scope(
@@ -301,9 +303,7 @@ def _signals(as_bool: bool) -> Callable[[Checker, ast.Call], tuple[ast.expr, Ty]
         reg = _registry(checker)
         if reg.rule_ids and rule.value not in reg.rule_ids:
             known = sorted(reg.rule_ids)
-            raise checker.error(
-                rule, f"no rule has id '{rule.value}'{suggest(rule.value, known)}"
-            )
+            raise checker.error(rule, f"no rule has id '{rule.value}'{suggest(rule.value, known)}")
         window = _window(checker, args["within"])
         assert window is not None
         reg.signal_retention[rule.value] = max(reg.signal_retention.get(rule.value, 0), window)
@@ -334,7 +334,9 @@ def _plain(name: str, kinds: tuple[str, ...], result: Ty | None) -> Callable[...
         args = _bind(checker, node, params, 1)
         code, ty = checker.check(args["value"])
         if ty.kind not in (*kinds, "any"):
-            raise checker.error(node, f"{name}() works on {' or '.join(kinds)}, not {ty.describe()}")
+            raise checker.error(
+                node, f"{name}() works on {' or '.join(kinds)}, not {ty.describe()}"
+            )
         extra = [checker.check(args["digits"])[0]] if "digits" in args else []
         out = result or ty
         return ast.Call(ast.Name(f"_{name}", ast.Load()), [code, *extra], []), out.as_optional(

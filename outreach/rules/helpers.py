@@ -84,7 +84,22 @@ def _upper(a: Any) -> str | None:
 HELPERS: dict[str, Callable[..., Any]] = {
     f.__name__: f
     for f in (
-        _get, _lt, _le, _gt, _ge, _neg, _contains, _add, _sub, _mul, _div,
-        _seconds, _abs, _round, _len, _lower, _upper,
+        _get,
+        _lt,
+        _le,
+        _gt,
+        _ge,
+        _neg,
+        _contains,
+        _add,
+        _sub,
+        _mul,
+        _div,
+        _seconds,
+        _abs,
+        _round,
+        _len,
+        _lower,
+        _upper,
     )  # fmt: skip
 }

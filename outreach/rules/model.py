@@ -19,13 +19,17 @@ from outreach.rules.expressions import RESERVED
 
 RuleId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 Expr = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
-ConsentName = Literal["sms.transactional", "sms.marketing", "email.transactional", "email.marketing"]
+ConsentName = Literal[
+    "sms.transactional", "sms.marketing", "email.transactional", "email.marketing"
+]
 Category = Literal["service_failure", "retention", "informational"]
 
 
 def _known_type(value: str) -> str:
     if value not in EVENT_TYPES:
-        raise ValueError(f"'{value}' is not an event type; expected one of {', '.join(EVENT_TYPES)}")
+        raise ValueError(
+            f"'{value}' is not an event type; expected one of {', '.join(EVENT_TYPES)}"
+        )
     return value
 
 
@@ -154,4 +158,3 @@ def in_audience_locale(locale: str | None, wanted: list[str]) -> bool:
         return False
     lowered = locale.lower()
     return any(lowered == w.lower() or lowered.startswith(w.lower() + "-") for w in wanted)
-

@@ -34,7 +34,9 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}:{self.col}"
-        head = f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        head = (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
         return f"{head}\n{self.excerpt}" if self.excerpt else head
 
 

@@ -127,7 +127,10 @@ class PaymentRecovery:
             plan.actions.append(self._escalation(ctx, p, data, why))
         plan.messages.append(
             PlannedMessage(
-                "update", p.update_template, "transactional", self._context(ctx, data),
+                "update",
+                p.update_template,
+                "transactional",
+                self._context(ctx, data),
                 f"payment-update:{data.invoice_id}",
             )  # fmt: skip
         )
@@ -145,7 +148,9 @@ class PaymentRecovery:
         self, ctx: PlaybookContext, p: PaymentRecoveryParams, data: PaymentFailedData, why: str
     ) -> PlannedAction:
         tried = [
-            f"{a.tool} #{a.params.get('retry')} scheduled" for a in ctx.open_actions if a.tool == "retry_payment"
+            f"{a.tool} #{a.params.get('retry')} scheduled"
+            for a in ctx.open_actions
+            if a.tool == "retry_payment"
         ]
         retries = ctx.entity.data.get("retries")
         if retries:
@@ -156,14 +161,18 @@ class PaymentRecovery:
             params={
                 "queue": p.escalation_queue,
                 "priority": "high" if data.decline_code in p.escalate_declines else "normal",
-                "summary": f"Payment for invoice {data.invoice_id} failed ({data.decline_code}); {why}.",
+                "summary": (
+                    f"Payment for invoice {data.invoice_id} failed ({data.decline_code}); {why}."
+                ),
                 "what_happened": [
                     f"payment {data.payment_id} of {data.amount} {data.currency} failed "
                     f"with {data.decline_code} (attempt {data.attempt})",
                 ],
                 "tried": tried or ["nothing automatic: hard decline"],
                 "evidence": ctx.signal.evidence,
-                "next_step": "Contact the customer about the payment method; do not retry the card.",
+                "next_step": (
+                    "Contact the customer about the payment method; do not retry the card."
+                ),
             },
             target=f"{data.invoice_id}#escalation",
         )

@@ -73,7 +73,8 @@ class ShipmentDelay:
         slip = p.renotify_slip.total_seconds()
         if est is not None and est.timestamp() >= float(last) + slip:  # type: ignore[attr-defined, arg-type]
             return True, f"estimate slipped a further {format_duration(p.renotify_slip)} or more"
-        return False, f"already notified; estimate has not slipped a further {format_duration(p.renotify_slip)}"
+        slip_text = format_duration(p.renotify_slip)
+        return False, f"already notified; estimate has not slipped a further {slip_text}"
 
     def _remediation(
         self, ctx: PlaybookContext, p: ShipmentDelayParams, data: ShipmentUpdatedData
@@ -114,7 +115,7 @@ class ShipmentDelay:
         remediating: bool,
     ) -> PlannedMessage:
         est = data.estimated_delivery
-        context = {
+        context: dict[str, object] = {
             "order_id": data.order_id,
             "shipment_id": data.shipment_id,
             "carrier": data.carrier,

@@ -1,0 +1,121 @@
+"""Test helpers: event builders and an in-memory replay through a rules folder.
+
+Import as ``from support import make_event, profile, run_events`` (tests/ is on pythonpath).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from outreach.events import Event, event_from_obj
+from outreach.replay import Replayer
+from outreach.rulebook import RuleBook
+from outreach.ruletests import MemoryLog, final_states
+
+REPO = Path(__file__).resolve().parent.parent
+RULES = REPO / "rules"
+_ids = itertools.count(1)
+
+
+def ts(text: str) -> datetime:
+    """``"2026-03-02T10:00:00Z"`` -> aware datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def make_event(
+    type: str,
+    at: str | datetime,
+    customer: str = "cus_1",
+    event_id: str | None = None,
+    **data: Any,
+) -> dict[str, Any]:
+    """An event as a JSON-ready dict (validated later, like a producer's message)."""
+    when = at if isinstance(at, str) else at.isoformat()
+    return {
+        "event_id": event_id or f"evt_{next(_ids)}",
+        "type": type,
+        "customer_id": customer,
+        "occurred_at": when,
+        "data": data,
+    }
+
+
+def profile(
+    at: str | datetime,
+    customer: str = "cus_1",
+    *,
+    phone: str | None = "+14155550100",
+    email: str | None = "ann@example.com",
+    timezone: str = "America/New_York",
+    locale: str = "en-US",
+    tier: str = "standard",
+    sms: tuple[bool, bool] = (True, False),
+    mail: tuple[bool, bool] = (True, False),
+) -> dict[str, Any]:
+    """A ``customer.updated`` event; ``sms``/``mail`` are (transactional, marketing) consent."""
+    data: dict[str, Any] = {
+        "timezone": timezone,
+        "locale": locale,
+        "tier": tier,
+        "consent": {
+            "sms": {"transactional": sms[0], "marketing": sms[1]},
+            "email": {"transactional": mail[0], "marketing": mail[1]},
+        },
+    }
+    if phone:
+        data["phone"] = phone
+    if email:
+        data["email"] = email
+    return make_event("customer.updated", at, customer, **data)
+
+
+@dataclass
+class Run:
+    """The outcome of an in-memory replay."""
+
+    log: MemoryLog
+    replayer: Replayer
+
+    @property
+    def signals(self) -> list[dict[str, Any]]:
+        return self.log.signals
+
+    @property
+    def actions(self) -> list[dict[str, Any]]:
+        """Final state of each action, in order of first appearance."""
+        return final_states(self.log.actions, "action_id")
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """Final state of each message, in order of first appearance."""
+        return final_states(self.log.messages, "message_id")
+
+    def of(self, rule_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(actions, messages) of one rule, final states."""
+        return (
+            [a for a in self.actions if a["rule_id"] == rule_id],
+            [m for m in self.messages if m["rule_id"] == rule_id],
+        )
+
+
+def run_events(book: RuleBook, events: Iterable[dict[str, Any] | Event], drain: bool = True) -> Run:
+    """Validate, order by occurred_at (stable) and replay events in memory."""
+    log = MemoryLog()
+    replayer = Replayer(book, log)  # type: ignore[arg-type]
+    parsed = [e if not isinstance(e, dict) else event_from_obj(e) for e in events]
+    parsed.sort(key=lambda e: e.occurred_at)
+    for event in parsed:
+        replayer.feed_event(event)
+    if drain:
+        replayer.drain()
+    return Run(log, replayer)
+
+
+def later(at: str, **delta: float) -> str:
+    """``later("2026-03-02T10:00:00Z", hours=5)`` -> an RFC 3339 string."""
+    return (ts(at) + timedelta(**delta)).isoformat()
