@@ -166,3 +166,7 @@ def sample(
 def main() -> None:
     """Entry point of the ``outreach`` script."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -28,11 +28,12 @@ from outreach.events import (
 )
 from outreach.outbound.policy import ContactPolicy
 from outreach.rulebook import RuleBook
-from outreach.rules.evaluate import detect, ingest, ingest_baselines
+from outreach.rules.evaluate import close_baselines, detect, ingest, open_baselines
 from outreach.rules.state import CustomerView
 from outreach.state import CustomerState
 
 DAY = 86400.0
+_CONTACT_FACTS = frozenset({"customer.updated", "contact.suppressed", "contact.unsuppressed"})
 
 
 class DecisionCore:
@@ -58,6 +59,8 @@ class DecisionCore:
             policy.contact.notice_dedup.total_seconds(),
             DAY * 2,
         )
+        self._ingested = frozenset(self.rules.series_by_type) | frozenset(self.rules.latest_by_type)
+        self._baselined = frozenset(self.rules.baselines_by_type)
         cooldowns = [s.cooldown_spec() for s, _ in book.specs.values()]
         self.cooldown_memory = max((c.period.total_seconds() for c in cooldowns if c), default=0.0)
 
@@ -66,33 +69,63 @@ class DecisionCore:
         return CustomerState(customer_id=customer_id)
 
     def evaluate(
-        self, event: Event, state: CustomerState, shared: SharedLedger, now: datetime
+        self,
+        event: Event,
+        state: CustomerState,
+        shared: SharedLedger,
+        now: datetime,
+        occurred: float | None = None,
     ) -> Decisions:
-        """Decide what ``event`` calls for; updates ``state`` and ``shared`` in place."""
+        """Decide what ``event`` calls for; updates ``state`` and ``shared`` in place.
+
+        ``occurred``: ``event.occurred_at`` as epoch seconds, if the caller has it already
+        (it is the hot path's most expensive conversion)."""
         out = Decisions()
         if isinstance(event, TimerFired):
             ref = state.timers.pop(event.data.timer_id, None)
             if ref is not None:
                 self.executor.fire(ref, state, shared, now, out)
             return out
-        occurred = event.occurred_at.timestamp()
-        if not state.rules.first_sighting(event.event_id, occurred, self.dedup_window):
+        if occurred is None:
+            occurred = event.occurred_at.timestamp()
+        if not state.rules.first_sighting(event.event_id, occurred):
             out.duplicate = True
             return out
         now_ts = now.timestamp()
-        state.last_seen = max(state.last_seen, now_ts)
-        self._apply_contact_facts(event, state)
-        ingest(self.rules, state.rules, event, occurred)
-        self._cancel(event, state, now, out)
-        view = CustomerView(
-            state.profile, state.contact.suppressed, self.contact.config.default_timezone
-        )
-        for signal in detect(self.rules, event, state.rules, view, now, now_ts):
-            self.executor.run(signal, event, state, shared, now, out)
-        ingest_baselines(self.rules, state.rules, event)
+        if now_ts > state.last_seen:
+            state.last_seen = now_ts
+        self._decide(event, state, shared, now, now_ts, occurred, out)
         if now_ts - state.pruned_at >= DAY:
             self._prune(state, now_ts)
         return out
+
+    def _decide(
+        self,
+        event: Event,
+        state: CustomerState,
+        shared: SharedLedger,
+        now: datetime,
+        now_ts: float,
+        occurred: float,
+        out: Decisions,
+    ) -> None:
+        """A new (not duplicate) event: facts, windows, cancellations, rules, baselines."""
+        etype = event.type
+        rules = self.rules
+        if etype in _CONTACT_FACTS:
+            self._apply_contact_facts(event, state)
+        if etype in self._ingested:
+            ingest(rules, state.rules, event, occurred)
+        if etype in rules.cancels:
+            self._cancel(event, state, now, out)
+        opened = open_baselines(rules, state.rules, event) if etype in self._baselined else {}
+        if rules.by_trigger.get(etype):
+            tz = self.contact.config.default_timezone
+            view = CustomerView(state.profile, state.contact.suppressed, tz)
+            for signal in detect(rules, event, state.rules, view, now, now_ts, opened):
+                self.executor.run(signal, event, state, shared, now, out)
+        if opened:
+            close_baselines(rules, opened)
 
     def _apply_contact_facts(self, event: Event, state: CustomerState) -> None:
         if isinstance(event, CustomerUpdated):
@@ -119,17 +152,23 @@ class DecisionCore:
     def _prune(self, state: CustomerState, now: float) -> None:
         """Forget what no rule, cooldown, budget or dedup can need any more."""
         state.pruned_at = now
+        state.rules.forget_seen(now - self.dedup_window)
         agents = state.agents
-        busy = {a.entity for a in agents.open.values()}
-        busy |= {d.entity for d in state.contact.deferred.values()}
-        for name, entity in list(agents.entities.items()):
-            if name not in busy and now - entity.touched > self.state_ttl:
-                del agents.entities[name]
-        for key, when in list(agents.effects.items()):
-            if now - when > self.effect_memory:
-                del agents.effects[key]
-        state.contact.prune(now, self.contact_memory)
-        cooldowns = state.rules.cooldowns
-        for slot, when in list(cooldowns.items()):
-            if now - when > self.cooldown_memory:
-                del cooldowns[slot]
+        if agents.entities:
+            busy = {a.entity for a in agents.open.values()}
+            busy |= {d.entity for d in state.contact.deferred.values()}
+            for name, entity in list(agents.entities.items()):
+                if name not in busy and now - entity.touched > self.state_ttl:
+                    del agents.entities[name]
+        if agents.effects:
+            _forget_older(agents.effects, now - self.effect_memory)
+        if state.contact.marketing or state.contact.notices:
+            state.contact.prune(now, self.contact_memory)
+        if state.rules.cooldowns:
+            _forget_older(state.rules.cooldowns, now - self.cooldown_memory)
+
+
+def _forget_older(stamps: dict[str, float], before: float) -> None:
+    """Drop entries whose timestamp is before ``before``."""
+    for key in [k for k, when in stamps.items() if when < before]:
+        del stamps[key]

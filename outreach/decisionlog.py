@@ -111,6 +111,13 @@ class DecisionLog:
             name: (folder / f"{name}.jsonl").open("wb", buffering=1 << 20) for name in FILES
         }
 
+    def reset(self) -> None:
+        """Discard everything written so far (a replay starting over)."""
+        self.summary = Summary()
+        for handle in self._files.values():
+            handle.seek(0)
+            handle.truncate()
+
     def write(self, decisions: Decisions) -> None:
         """Append one evaluation's records."""
         self.summary.add(decisions)

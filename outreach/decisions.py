@@ -103,4 +103,5 @@ class Decisions:
     notes: dict[str, str] = field(default_factory=dict)  # signal_id -> playbook note
 
     def __bool__(self) -> bool:
-        return bool(self.signals or self.actions or self.messages or self.timers)
+        """Whether anything was decided (records, timers or effects)."""
+        return bool(self.signals or self.actions or self.messages or self.timers or self.effects)

@@ -5,13 +5,15 @@ before each event, every timer due at or before its time fires at its own due ti
 last event the clock runs on until nothing scheduled remains. A malformed line goes to
 ``dlq.jsonl`` with its 1-based line number and the run continues.
 
-Ordering without holding the file in memory: a first pass reads only each line's
-``occurred_at``; a file already in order (the usual case for recordings) is then streamed as
-is, otherwise it is sorted externally in chunks of ``chunk_lines`` lines (temporary files,
-heap merge). Memory grows with customers and pending timers, not with events.
+Ordering without holding the file in memory: the file is replayed in file order, checking
+that ``occurred_at`` never goes backwards; a file in order (the usual case: recordings and
+``outreach sample``) is thus read once. At the first event out of order the partial output is
+discarded and the file is sorted externally in chunks of ``chunk_lines`` lines (temporary
+files, heap merge) and replayed from the start. Memory grows with customers and pending
+timers, not with events.
 
 Effects are never performed here: a backtest must not touch customers. Executed actions and
-sent messages are counted in the summary (and handed to ``on_decisions`` if given).
+sent messages are counted in the summary.
 """
 
 from __future__ import annotations
@@ -62,17 +64,8 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes, int]]:
                 yield number, line, consumed
 
 
-def is_ordered(path: Path) -> bool:
-    """Whether the file's readable ``occurred_at`` values never go backwards."""
-    last = float("-inf")
-    for _, raw, _ in _lines(path):
-        stamp = _occurred(raw)
-        if stamp == float("-inf"):
-            continue
-        if stamp < last:
-            return False
-        last = stamp
-    return True
+class OutOfOrderError(Exception):
+    """An event older than one already replayed: the file must be sorted first."""
 
 
 def _spill(chunk: list[Line], folder: Path, index: int) -> Path:
@@ -93,14 +86,8 @@ def _read_chunk(path: Path) -> Iterator[Line]:
             yield (float("-inf") if stamp is None else stamp, number, raw)
 
 
-def ordered_lines(path: Path, chunk_lines: int, progress: Progress | None = None) -> Iterator[Line]:
-    """Every non-blank line of ``path`` in (occurred_at, line number) order."""
-    if is_ordered(path):
-        for number, raw, consumed in _lines(path):
-            if progress is not None and number % 4096 == 0:
-                progress(consumed)
-            yield 0.0, number, raw  # already in order: the key is not needed
-        return
+def sorted_lines(path: Path, chunk_lines: int, progress: Progress | None = None) -> Iterator[Line]:
+    """Every non-blank line of ``path`` in (occurred_at, line number) order (external sort)."""
     with tempfile.TemporaryDirectory(prefix="outreach-replay-") as tmp:
         folder = Path(tmp)
         chunks: list[Path] = []
@@ -133,15 +120,11 @@ class ReplayResult:
 class Replayer:
     """Drives the core over ordered lines with an event-time clock and a timer heap."""
 
-    def __init__(
-        self,
-        book: RuleBook,
-        log: DecisionLog,
-        on_decisions: Callable[[Decisions], None] | None = None,
-    ) -> None:
+    def __init__(self, book: RuleBook, log: DecisionLog, require_order: bool = False) -> None:
         self.core = DecisionCore(book)
         self.log = log
-        self.on_decisions = on_decisions
+        self.require_order = require_order
+        self.clock = float("-inf")
         self.states: dict[str, CustomerState] = {}
         self.shared = SharedLedger()
         self.timers: list[tuple[float, int, str, str]] = []  # (due, seq, timer id, customer)
@@ -154,11 +137,10 @@ class Replayer:
         return state
 
     def _record(self, decisions: Decisions) -> None:
-        self.log.write(decisions)
-        for timer in decisions.timers:
-            self._schedule(timer)
-        if self.on_decisions is not None:
-            self.on_decisions(decisions)
+        if decisions:
+            self.log.write(decisions)
+            for timer in decisions.timers:
+                self._schedule(timer)
 
     def _schedule(self, timer: Timer) -> None:
         self._seq += 1
@@ -196,9 +178,16 @@ class Replayer:
     def feed_event(self, event: Event) -> None:
         """Process one validated event at its own time, after the timers due before it."""
         stamp = event.occurred_at.timestamp()
-        self.fire_until(stamp)
+        if stamp < self.clock:
+            if self.require_order:
+                raise OutOfOrderError(event.event_id)
+        else:
+            self.clock = stamp
+        if self.timers and self.timers[0][0] <= stamp:
+            self.fire_until(stamp)
         now = datetime.fromtimestamp(stamp, UTC)
-        decisions = self.core.evaluate(event, self._state(event.customer_id), self.shared, now)
+        state = self._state(event.customer_id)
+        decisions = self.core.evaluate(event, state, self.shared, now, stamp)
         self.log.summary.events += 1
         if decisions.duplicate:
             self.log.summary.duplicates += 1
@@ -216,15 +205,22 @@ def replay(
     *,
     chunk_lines: int = 200_000,
     progress: Progress | None = None,
-    on_decisions: Callable[[Decisions], None] | None = None,
 ) -> ReplayResult:
     """Replay ``events`` through ``book`` into the decision-log folder ``out``."""
     if not events.is_file() or not os.access(events, os.R_OK):
         raise FileNotFoundError(f"cannot read the events file {events}")
     with DecisionLog(out) as log:
-        replayer = Replayer(book, log, on_decisions)
-        for _, number, raw in ordered_lines(events, chunk_lines, progress):
-            replayer.feed(number, raw)
+        replayer = Replayer(book, log, require_order=True)
+        try:
+            for number, raw, consumed in _lines(events):
+                if progress is not None and number % 4096 == 0:
+                    progress(consumed)
+                replayer.feed(number, raw)
+        except OutOfOrderError:
+            log.reset()
+            replayer = Replayer(book, log)
+            for _, number, raw in sorted_lines(events, chunk_lines, progress):
+                replayer.feed(number, raw)
         replayer.drain()
         summary = log.close({"rulebook": book.fingerprint})
     return ReplayResult(summary, len(replayer.states), out)

@@ -46,31 +46,45 @@ class Signal(BaseModel):
 class Baseline:
     """What ``previous(field, n)`` returns: the n values before this event and their stats."""
 
-    __slots__ = ("count", "sum", "mean", "min", "max", "last")
+    __slots__ = ("values", "count", "sum", "mean")
+    FIELDS = ("count", "sum", "mean", "min", "max", "last")
 
     def __init__(self, values: list[float]) -> None:
-        self.count = len(values)
-        self.sum = float(sum(values))
-        self.mean = self.sum / self.count if values else None
-        self.min = min(values) if values else None
-        self.max = max(values) if values else None
-        self.last = values[-1] if values else None
+        self.values = values
+        self.count = count = len(values)
+        self.sum = total = float(sum(values))
+        self.mean = total / count if count else None
+
+    @property
+    def min(self) -> float | None:
+        return min(self.values) if self.count else None
+
+    @property
+    def max(self) -> float | None:
+        return max(self.values) if self.count else None
+
+    @property
+    def last(self) -> float | None:
+        return self.values[-1] if self.count else None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form for evidence."""
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in self.FIELDS}
 
 
 class EvalContext:
     """What compiled expressions call for windows and facts (``ctx.count(...)`` ...)."""
 
-    __slots__ = ("rules", "state", "event", "now")
+    __slots__ = ("rules", "state", "event", "now", "opened")
 
-    def __init__(self, rules: CompiledRules, state: RuleState, event: Event, now: float) -> None:
+    def __init__(
+        self, rules: CompiledRules, state: RuleState, event: Event, now: float, opened: Opened
+    ) -> None:
         self.rules = rules
         self.state = state
         self.event = event
         self.now = now
+        self.opened = opened
 
     def _window(self, sid: int, window: float) -> tuple[Window | None, int, int]:
         series = self.state.series.get(self.rules.series[sid].key)
@@ -113,10 +127,7 @@ class EvalContext:
         return DATA_MODELS[spec.type].model_validate(entry.data)
 
     def previous(self, bid: int, n: int) -> Baseline:
-        spec = self.rules.baselines[bid]
-        by = "" if spec.by is None else str(spec.by(self.event, self.event.data))
-        values = self.state.baselines.get(spec.key, {}).get(by, [])
-        return Baseline(values[-n:])
+        return Baseline(self.opened[bid][0][-n:])
 
     def signaled(self, rule_id: str, window: float) -> bool:
         times = self.state.signals.get(rule_id)
@@ -148,18 +159,29 @@ def ingest(rules: CompiledRules, state: RuleState, event: Event, ts: float) -> N
             state.latest[latest.key] = Latest(ts, data.model_dump(mode="json"))
 
 
-def ingest_baselines(rules: CompiledRules, state: RuleState, event: Event) -> None:
-    """After evaluation: the event's value joins the baselines of its type."""
+Opened = dict[int, tuple[list[float], Any]]  # baseline id -> (its values, this event's value)
+
+
+def open_baselines(rules: CompiledRules, state: RuleState, event: Event) -> Opened:
+    """Before evaluation: find each baseline of the event's type and the event's own value."""
     data = event.data
+    opened: Opened = {}
     for spec in rules.baselines_by_type.get(event.type, ()):
-        value = spec.value(event, data)
-        if value is None:
-            continue
         by = "" if spec.by is None else str(spec.by(event, data))
         values = state.baselines.setdefault(spec.key, {}).setdefault(by, [])
+        opened[spec.id] = (values, spec.value(event, data))
+    return opened
+
+
+def close_baselines(rules: CompiledRules, opened: Opened) -> None:
+    """After evaluation: the event's value joins its baselines (never before: see previous)."""
+    for bid, (values, value) in opened.items():
+        if value is None:
+            continue
         values.append(float(value))
-        if len(values) > spec.size:
-            del values[: len(values) - spec.size]
+        size = rules.baselines[bid].size
+        if len(values) > size:
+            del values[: len(values) - size]
 
 
 def in_holdout(rule_id: str, customer_id: str, percent: float) -> bool:
@@ -206,12 +228,13 @@ def detect(
     view: CustomerView,
     now: datetime,
     now_ts: float,
+    opened: Opened,
 ) -> list[Signal]:
     """Evaluate the rules triggered by ``event``; returns the signals raised, by priority."""
     triggered = rules.by_trigger.get(event.type)
     if not triggered:
         return []
-    ctx = EvalContext(rules, state, event, now_ts)
+    ctx = EvalContext(rules, state, event, now_ts, opened)
     args = (event, event.data, view, ctx, now)
     signals = []
     for rule in triggered:

@@ -99,19 +99,27 @@ class RuleState(msgspec.Struct, kw_only=True):
     signals: dict[str, list[float]] = msgspec.field(default_factory=dict)
     cooldowns: dict[str, float] = msgspec.field(default_factory=dict)
 
-    def first_sighting(self, event_id: str, ts: float, horizon: float) -> bool:
-        """Record ``event_id``; False if it was already seen within the dedup horizon."""
+    def first_sighting(self, event_id: str, ts: float) -> bool:
+        """Record ``event_id``; False if it is remembered already (see ``forget_seen``)."""
         seen = self.seen
         if event_id in seen:
             return False
         seen[event_id] = ts
-        limit = ts - horizon
-        while seen:
-            oldest = next(iter(seen))
-            if seen[oldest] >= limit:
-                break
-            del seen[oldest]
         return True
+
+    def forget_seen(self, before: float) -> None:
+        """Forget event ids that occurred before ``before`` (the dedup window's start).
+
+        Ids are kept in arrival order, which is nearly time order, so only the oldest few are
+        visited; an id that arrived late lingers until those before it expire."""
+        seen = self.seen
+        stale = []
+        for event_id, ts in seen.items():
+            if ts >= before:
+                break
+            stale.append(event_id)
+        for event_id in stale:
+            del seen[event_id]
 
     def record_signal(self, rule_id: str, ts: float, retention: float) -> None:
         """Remember that ``rule_id`` fired, for ``signaled()`` in other rules."""
