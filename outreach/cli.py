@@ -32,6 +32,14 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _table(title: str, *headers: str) -> Table:
+    """A table whose cells wrap instead of being cut (ids must stay readable at 80 columns)."""
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table
+
+
 def _load(folder: Path) -> RuleBook:
     try:
         return load_rulebook(folder)
@@ -59,9 +67,7 @@ def schema_export(
 def rules_check(folder: Annotated[Path, typer.Argument(help="the rules folder")]) -> None:
     """Validate a rules folder: policy, templates, rule files; explains every problem."""
     book = _load(folder)
-    table = Table(
-        "rule", "v", "trigger", "playbook", "state", "holdout", "tests", title=str(folder)
-    )
+    table = _table(str(folder), "rule", "v", "trigger", "playbook", "state", "holdout", "tests")
     for row in describe(book):
         state = "disabled" if not row["enabled"] else ("shadow" if row["shadow"] else "live")
         table.add_row(
@@ -130,7 +136,7 @@ def replay(
 
 def _print_summary(summary: dict[str, Any], elapsed: float, customers: int) -> None:
     events = summary["events"]
-    table = Table("rule", "signals", "holdout", "shadow", "actions", "messages", title="per rule")
+    table = _table("per rule", "rule", "signals", "holdout", "shadow", "actions", "messages")
     for rule_id, row in summary["rules"].items():
         table.add_row(
             rule_id, str(row["signals"]), str(row["holdout"]), str(row["shadow"]),
@@ -144,6 +150,8 @@ def _print_summary(summary: dict[str, Any], elapsed: float, customers: int) -> N
         f"{events['invalid']} invalid -> dlq), {customers} customers, "
         f"{events['timers_fired']} timers fired, in {elapsed:.1f}s ({rate:,.0f} events/s)"
     )
+    if events.get("rule_errors"):
+        err.print(f"[yellow]{events['rule_errors']} rule evaluation errors: see errors.jsonl[/]")
 
 
 @app.command()

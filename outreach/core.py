@@ -61,7 +61,7 @@ class DecisionCore:
         )
         self._ingested = frozenset(self.rules.series_by_type) | frozenset(self.rules.latest_by_type)
         self._baselined = frozenset(self.rules.baselines_by_type)
-        cooldowns = [s.cooldown_spec() for s, _ in book.specs.values()]
+        cooldowns = [s.cooldown for s, _ in book.specs.values()]
         self.cooldown_memory = max((c.period.total_seconds() for c in cooldowns if c), default=0.0)
 
     def new_state(self, customer_id: str) -> CustomerState:
@@ -120,9 +120,15 @@ class DecisionCore:
             self._cancel(event, state, now, out)
         opened = open_baselines(rules, state.rules, event) if etype in self._baselined else {}
         if rules.by_trigger.get(etype):
-            tz = self.contact.config.default_timezone
-            view = CustomerView(state.profile, state.contact.suppressed, tz)
-            for signal in detect(rules, event, state.rules, view, now, now_ts, opened):
+            config = self.contact.config
+            view = CustomerView(
+                state.profile,
+                state.contact.suppressed,
+                config.default_timezone,
+                config.default_locale,
+            )
+            found = detect(rules, event, state.rules, view, now, now_ts, opened, out.errors)
+            for signal in found:
                 self.executor.run(signal, event, state, shared, now, out)
         if opened:
             close_baselines(rules, opened)

@@ -16,7 +16,7 @@ import orjson
 
 from outreach.decisions import Decisions
 
-FILES = ("signals", "actions", "messages", "dlq")
+FILES = ("signals", "actions", "messages", "dlq", "errors")
 _OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
 
@@ -35,6 +35,7 @@ class Summary:
         self.duplicates = 0
         self.invalid = 0
         self.timers_fired = 0
+        self.rule_errors = 0
         self.effects = 0
         self.deliveries = 0
         self.signals: Counter[str] = Counter()
@@ -87,6 +88,7 @@ class Summary:
                 "duplicates": self.duplicates,
                 "invalid": self.invalid,
                 "timers_fired": self.timers_fired,
+                "rule_errors": self.rule_errors,
             },
             "rules": {r: _plain(v) for r, v in sorted(per_rule.items())},
             "actions": {k: dict(sorted(v.items())) for k, v in sorted(actions.items())},
@@ -128,6 +130,11 @@ class DecisionLog:
         if decisions.actions:
             self._files["actions"].writelines(
                 dumps(a.model_dump(mode="json")) for a in decisions.actions
+            )
+        if decisions.errors:
+            self.summary.rule_errors += len(decisions.errors)
+            self._files["errors"].writelines(
+                dumps(e.model_dump(mode="json")) for e in decisions.errors
             )
         if decisions.messages:
             self._files["messages"].writelines(

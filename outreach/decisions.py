@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from outreach.agents.connectors import Effect
-from outreach.rules.evaluate import Signal
+from outreach.rules.evaluate import RuleRuntimeError, Signal
 
 ActionStatus = Literal[
     "executed", "scheduled", "pending_approval", "blocked", "skipped_holdout", "cancelled", "failed"
@@ -99,9 +99,13 @@ class Decisions:
     timers: list[Timer] = field(default_factory=list)
     effects: list[Effect] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
+    errors: list[RuleRuntimeError] = field(default_factory=list)  # rules that raised
     duplicate: bool = False  # the event had been processed before; nothing was done
     notes: dict[str, str] = field(default_factory=dict)  # signal_id -> playbook note
 
     def __bool__(self) -> bool:
         """Whether anything was decided (records, timers or effects)."""
-        return bool(self.signals or self.actions or self.messages or self.timers or self.effects)
+        return bool(
+            self.signals or self.actions or self.messages or self.timers or self.effects
+            or self.errors
+        )  # fmt: skip

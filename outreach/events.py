@@ -32,7 +32,8 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
-    model_validator,
+    ValidationInfo,
+    field_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -173,13 +174,15 @@ class UsageReportedData(Model):
     period_start: Timestamp
     period_end: Timestamp
 
-    @model_validator(mode="after")
-    def _period_in_order(self) -> UsageReportedData:
-        if self.period_end < self.period_start:
+    @field_validator("period_end")
+    @classmethod
+    def _period_in_order(cls, end: datetime, info: ValidationInfo) -> datetime:
+        start = info.data.get("period_start")
+        if start is not None and end < start:
             raise PydanticCustomError(
-                "period_order", "period_end is before period_start; swap them or fix the clock"
+                "period_order", "is before period_start; swap them or fix the clock"
             )
-        return self
+        return end
 
 
 class RenewalUpcomingData(Model):
@@ -373,6 +376,12 @@ def event_from_obj(obj: Any) -> Event:
 
 
 _TAG = re.compile(r"^[a-z]+\.[a-z_]+$")
+_SELF_DESCRIBING = frozenset({"json_invalid", "currency", "timezone", "period_order"})
+_PATTERN_HINTS = {
+    "phone": "must be an E.164 number such as +14155550123",
+    "locale": "must be a locale tag such as en-US or fr",
+    "currency": "must be an ISO 4217 code such as USD",
+}
 
 
 def describe_errors(exc: ValidationError) -> list[str]:
@@ -388,9 +397,14 @@ def describe_errors(exc: ValidationError) -> list[str]:
             msg = "is required but missing"
         elif err["type"] == "extra_forbidden":
             msg = "is not a field of this event type (remove it or check the spelling)"
-        elif err["type"] == "union_tag_invalid":
-            msg = f"unknown event type; expected one of {', '.join(EVENT_TYPES)}"
-        elif "input" in err and err["type"] not in ("json_invalid",):
+        elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            got = err.get("ctx", {}).get("tag")
+            where = "type"
+            shown = "missing" if got is None else f"got {got!r}"
+            msg = f"unknown event type ({shown}); expected one of {', '.join(EVENT_TYPES)}"
+        elif err["type"] == "string_pattern_mismatch" and loc and loc[-1] in _PATTERN_HINTS:
+            msg = f"{_PATTERN_HINTS[loc[-1]]} (got {err['input']!r:.80})"
+        elif "input" in err and err["type"] not in _SELF_DESCRIBING:
             shown = repr(err["input"])
             msg = f"{msg} (got {shown[:80]})"
         lines.append(f"{where}: {msg}")

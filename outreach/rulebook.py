@@ -119,10 +119,11 @@ def _load_rule(
 def _bind_playbook(
     spec: RuleSpec,
     doc: YamlDoc,
-    policy: PolicyFile,
-    templates: TemplateCatalog,
+    policy: PolicyFile | None,
+    templates: TemplateCatalog | None,
     problems: list[Problem],
 ) -> RulePlaybook | None:
+    """Check the rule's playbook, parameters and templates (each part that can be checked)."""
     playbook = PLAYBOOKS.get(spec.playbook)
     if playbook is None:
         known = ", ".join(sorted(PLAYBOOKS))
@@ -133,7 +134,7 @@ def _bind_playbook(
     if spec.trigger not in playbook.triggers:
         allowed = ", ".join(sorted(playbook.triggers))
         problems.append(doc.problem(("trigger",), f"playbook {spec.playbook} runs on {allowed}"))
-    if spec.playbook not in policy.guardrails.playbooks:
+    if policy is not None and spec.playbook not in policy.guardrails.playbooks:
         problems.append(
             doc.problem(
                 ("playbook",),
@@ -145,13 +146,24 @@ def _bind_playbook(
     except ValidationError as exc:
         problems.extend(doc.validation_problems(exc, ("params",)))
         return None
-    for field_name in playbook.templates:
+    if templates is not None:
+        _check_templates(doc, playbook.templates, params, templates.ids(), problems)
+    return RulePlaybook(playbook, params, spec.holdout)
+
+
+def _check_templates(
+    doc: YamlDoc,
+    fields: tuple[str, ...],
+    params: Any,
+    known_ids: frozenset[str],
+    problems: list[Problem],
+) -> None:
+    for field_name in fields:
         template = getattr(params, field_name)
-        if template not in templates.ids():
-            known = ", ".join(sorted(templates.ids())) or "none"
+        if template not in known_ids:
+            known = ", ".join(sorted(known_ids)) or "none"
             message = f"no template '{template}' in templates/; known: {known}"
             problems.append(doc.problem(("params", field_name), message))
-    return RulePlaybook(playbook, params, spec.holdout)
 
 
 def _fingerprint(paths: list[Path]) -> str:
@@ -168,11 +180,11 @@ def load_rulebook(folder: Path) -> RuleBook:
         raise RuleFileError([Problem(str(folder), 1, 1, "", "not a readable rules folder")])
     problems: list[Problem] = []
     policy = _load_policy(folder, problems)
+    templates: TemplateCatalog | None = None
     try:
         templates = TemplateCatalog.load(folder / TEMPLATES_DIR, display_root=folder.parent)
     except RuleFileError as exc:
-        problems.extend(exc.problems)
-        templates = TemplateCatalog.load(folder / "__none__")
+        problems.extend(exc.problems)  # rules naming templates are not checked against them
     loaded: dict[str, tuple[RuleSpec, YamlDoc]] = {}
     for path in _rule_files(folder):
         result = _load_rule(path, folder, problems)
@@ -188,9 +200,8 @@ def load_rulebook(folder: Path) -> RuleBook:
         problems.append(
             Problem(str(folder), 1, 1, "", "no rule files (*.yaml besides policy.yaml)")
         )
-    if policy is None:
-        raise RuleFileError(problems)
-    problems.extend(templates.check(policy.brand.model_dump()))
+    if policy is not None and templates is not None:
+        problems.extend(templates.check(policy.brand.model_dump()))
     playbooks = {}
     for spec, doc in loaded.values():
         bound = _bind_playbook(spec, doc, policy, templates, problems)
@@ -198,7 +209,7 @@ def load_rulebook(folder: Path) -> RuleBook:
             playbooks[spec.id] = bound
     compiled, compile_problems = compile_rules(list(loaded.values()))
     problems.extend(compile_problems)
-    if problems or compiled is None:
+    if problems or compiled is None or policy is None or templates is None:
         raise RuleFileError(problems)
     files = [
         *_rule_files(folder),

@@ -32,6 +32,7 @@ class MemoryLog:
         self.actions: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []
         self.dlq: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
 
     def write(self, decisions: Decisions) -> None:
         """Keep one evaluation's records."""
@@ -39,6 +40,8 @@ class MemoryLog:
         self.signals += [s.model_dump(mode="json") for s in decisions.signals]
         self.actions += [a.model_dump(mode="json") for a in decisions.actions]
         self.messages += [m.model_dump(mode="json") for m in decisions.messages]
+        self.errors += [e.model_dump(mode="json") for e in decisions.errors]
+        self.summary.rule_errors += len(decisions.errors)
 
     def dead_letter(self, line: int, raw: bytes, error: str) -> None:
         """Keep an invalid line."""

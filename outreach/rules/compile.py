@@ -28,8 +28,8 @@ _CHANNEL = record("channel consent", transactional=BOOL, marketing=BOOL)
 CUSTOMER = record(
     "customer",
     tier=Ty("str", enum=frozenset({"standard", "premium"})),
-    locale=STR.as_optional(),
-    language=STR.as_optional(),
+    locale=STR,
+    language=STR,
     country=STR.as_optional(),
     timezone=STR,
     has_phone=BOOL,

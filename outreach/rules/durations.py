@@ -20,7 +20,10 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match:
-            return timedelta(seconds=float(match.group(1)) * UNIT_SECONDS[match.group(2)])
+            try:
+                return timedelta(seconds=float(match.group(1)) * UNIT_SECONDS[match.group(2)])
+            except OverflowError:
+                raise ValueError(f"{value!r} is too long a duration") from None
     raise ValueError(
         f"{value!r} is not a duration; write a number and a unit: 90s, 30m, 24h, 7d or 2w"
     )
@@ -33,7 +36,7 @@ def format_duration(value: timedelta) -> str:
         size = UNIT_SECONDS[unit]
         if seconds and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
+    return f"{int(seconds)}s" if seconds.is_integer() else f"{seconds!r}s"
 
 
 def parse_percent(value: Any) -> float:

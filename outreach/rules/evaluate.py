@@ -210,7 +210,7 @@ def _audience(rule: CompiledRule, view: CustomerView, args: tuple[Any, ...]) -> 
 
 def _cooled_down(rule: CompiledRule, state: RuleState, key: str | None, now: float) -> bool:
     """True if the rule may fire (and starts its cooldown); False while it is cooling down."""
-    cooldown = rule.spec.cooldown_spec()
+    cooldown = rule.spec.cooldown
     if cooldown is None:
         return True
     slot = rule.spec.id if cooldown.per == "customer" else f"{rule.spec.id}|{key}"
@@ -221,6 +221,22 @@ def _cooled_down(rule: CompiledRule, state: RuleState, key: str | None, now: flo
     return True
 
 
+class RuleRuntimeError(BaseModel):
+    """A rule that raised while evaluating an event (e.g. an overflow on extreme data).
+
+    The rule is skipped for that event, the other rules still run, and the error is recorded;
+    the event is not lost. Load-time checks make this rare: it means data outside any range
+    the rule's author imagined."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rule_id: str
+    event_id: str
+    customer_id: str
+    at: datetime
+    error: str
+
+
 def detect(
     rules: CompiledRules,
     event: Event,
@@ -229,6 +245,7 @@ def detect(
     now: datetime,
     now_ts: float,
     opened: Opened,
+    errors: list[RuleRuntimeError],
 ) -> list[Signal]:
     """Evaluate the rules triggered by ``event``; returns the signals raised, by priority."""
     triggered = rules.by_trigger.get(event.type)
@@ -238,34 +255,60 @@ def detect(
     args = (event, event.data, view, ctx, now)
     signals = []
     for rule in triggered:
-        if not rule.condition(*args) or not _audience(rule, view, args):
-            continue
-        raw_key = rule.key(*args) if rule.key is not None else None
-        key = None if raw_key is None else str(raw_key)
-        if not _cooled_down(rule, state, key, now_ts):
-            continue
-        spec = rule.spec
-        retention = rules.registry.signal_retention.get(spec.id)
-        if retention:
-            state.record_signal(spec.id, now_ts, retention)
-        signals.append(
-            Signal(
-                signal_id=make_id("sig", spec.id, event.event_id),
-                rule_id=spec.id,
-                rule_version=spec.version,
-                customer_id=event.customer_id,
-                detected_at=now,
-                evidence=jsonable(rule.evidence(*args)),
-                key=key,
-                event_id=event.event_id,
-                event_type=event.type,
-                priority=spec.priority,
-                category=spec.category,
-                shadow=spec.shadow,
-                holdout=in_holdout(spec.id, event.customer_id, spec.holdout),
+        try:
+            signal = _evaluate_rule(rules, rule, event, state, view, args, now_ts)
+        except (ArithmeticError, TypeError, ValueError) as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            errors.append(
+                RuleRuntimeError(
+                    rule_id=rule.spec.id,
+                    event_id=event.event_id,
+                    customer_id=event.customer_id,
+                    at=now,
+                    error=message,
+                )
             )
-        )
+            continue
+        if signal is not None:
+            signals.append(signal)
     return signals
+
+
+def _evaluate_rule(
+    rules: CompiledRules,
+    rule: CompiledRule,
+    event: Event,
+    state: RuleState,
+    view: CustomerView,
+    args: tuple[Any, ...],
+    now_ts: float,
+) -> Signal | None:
+    if not rule.condition(*args) or not _audience(rule, view, args):
+        return None
+    raw_key = rule.key(*args) if rule.key is not None else None
+    key = None if raw_key is None else str(raw_key)
+    evidence = jsonable(rule.evidence(*args))
+    if not _cooled_down(rule, state, key, now_ts):
+        return None
+    spec = rule.spec
+    retention = rules.registry.signal_retention.get(spec.id)
+    if retention and not spec.shadow:  # a shadow rule must not steer live rules
+        state.record_signal(spec.id, now_ts, retention)
+    return Signal(
+        signal_id=make_id("sig", spec.id, event.event_id),
+        rule_id=spec.id,
+        rule_version=spec.version,
+        customer_id=event.customer_id,
+        detected_at=args[4],
+        evidence=evidence,
+        key=key,
+        event_id=event.event_id,
+        event_type=event.type,
+        priority=spec.priority,
+        category=spec.category,
+        shadow=spec.shadow,
+        holdout=in_holdout(spec.id, event.customer_id, spec.holdout),
+    )
 
 
 def jsonable(value: Any) -> Any:

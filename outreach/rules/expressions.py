@@ -11,8 +11,10 @@ no attribute access beyond the typed records, no calls beyond the functions belo
 Sugar on top of Python syntax, rewritten before parsing: durations ``24h 7d 90m 30s 2w`` and
 percentages ``60%``; ``true``, ``false``, ``null`` as well as ``True``, ``False``, ``None``.
 
-A comparison with a missing value is false (``null > 3`` is false), arithmetic with a missing
-value is missing, and ``x / 0`` is missing: a rule never crashes on a sparse event.
+An ordering comparison with a missing value is false (``null > 3`` and ``null <= 3`` are both
+false); ``==`` and ``!=`` treat null as a value (``x == null`` tests for missing, so
+``x != "a"`` is true when x is missing); arithmetic with a missing value is missing, and
+``x / 0`` is missing: a rule never crashes on a sparse event.
 
 The window functions (``count``, ``sum``, ``exists``, ``latest``, ``previous``, ``signaled``
 ...) are compiled into calls on the evaluation context; see ``aggregates.py``.
@@ -21,12 +23,15 @@ The window functions (``count``, ``sum``, ``exists``, ``latest``, ``previous``, 
 from __future__ import annotations
 
 import ast
+import copy
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from outreach.rules.arithmetic import binop
+from outreach.rules.durations import format_duration
 from outreach.rules.exprtypes import (
     ANY,
     BOOL,
@@ -77,6 +82,11 @@ class Rewritten:
     # per rewritten line: list of (new_start, new_end, orig_start, orig_end)
     spans: list[list[tuple[int, int, int, int]]]
     line_starts: list[int]  # offset of each original line in the flattened source
+
+    def char_col(self, lineno: int, byte_col: int) -> int:
+        """``ast`` columns count UTF-8 bytes; turn one into a character column."""
+        line = self.text.split("\n")[lineno].encode()
+        return len(line[:byte_col].decode(errors="ignore"))
 
     def original_col(self, lineno: int, col: int) -> int:
         """Column in the flattened original source of rewritten (line, col)."""
@@ -160,17 +170,18 @@ class Checker:
     def error(self, node: ast.AST, message: str) -> ExprError:
         """An ``ExprError`` pointing at ``node`` in the original source."""
         lineno = getattr(node, "lineno", 1) - 2  # the source is wrapped in "(\n...\n)"
-        col = getattr(node, "col_offset", 0)
-        end = getattr(node, "end_col_offset", col + 1) or col + 1
         if lineno < 0 or lineno >= len(self.rewritten.spans):
             return ExprError(message)
+        col = self.rewritten.char_col(lineno, getattr(node, "col_offset", 0))
+        end_byte = getattr(node, "end_col_offset", None)
+        end = col + 1 if end_byte is None else self.rewritten.char_col(lineno, end_byte)
         start = self.rewritten.original_col(lineno, col)
         stop = self.rewritten.original_col(lineno, end) if end > col else start + 1
         return ExprError(message, start, stop - start)
 
     def text(self, node: ast.AST) -> str:
         """The original source text of a node (for evidence keys and messages)."""
-        return ast.unparse(_UnSugar().visit(_copy(node)))
+        return ast.unparse(_UnSugar().visit(copy.deepcopy(node)))
 
     def constant(self, value: Any) -> ast.expr:
         """A reference to a non-literal constant (timedelta, frozenset...) held outside."""
@@ -371,7 +382,11 @@ class Checker:
             raise self.error(node, "only the listed functions can be called")
         name = node.func.id
         if name == "__duration__":
-            return self.constant(_duration(node)), DURATION
+            try:
+                span = timedelta(seconds=_literal_number(node))
+            except OverflowError:
+                raise self.error(node, "this duration is too long") from None
+            return self.constant(span), DURATION
         if name == "__percent__":
             return ast.Constant(_literal_number(node) / 100.0), NUMBER
         spec = self.scope.functions.get(name)
@@ -384,12 +399,6 @@ class Checker:
         code, ty = spec.compile(self, node)
         self.calls.append((self.text(node), code))
         return code, ty
-
-
-def _duration(node: ast.Call) -> Any:
-    from datetime import timedelta
-
-    return timedelta(seconds=_literal_number(node))
 
 
 def _literal_number(node: ast.Call) -> float:
@@ -408,10 +417,6 @@ def _call(name: str, *args: ast.expr) -> ast.Call:
     return ast.Call(ast.Name(name, ast.Load()), list(args), [])
 
 
-def _copy(node: ast.AST) -> ast.AST:
-    return ast.parse(ast.unparse(node), mode="eval").body
-
-
 class _UnSugar(ast.NodeTransformer):
     """Turns ``__duration__(86400.0)`` back into ``1d`` for messages and evidence keys."""
 
@@ -419,18 +424,28 @@ class _UnSugar(ast.NodeTransformer):
         if isinstance(node.func, ast.Name) and node.func.id in ("__duration__", "__percent__"):
             value = _literal_number(node)
             if node.func.id == "__percent__":
-                return ast.Name(f"{value:g}%", ast.Load())
-            from datetime import timedelta
-
-            from outreach.rules.durations import format_duration
-
-            return ast.Name(format_duration(timedelta(seconds=value)), ast.Load())
+                return ast.Name(f"{value:.15g}%", ast.Load())
+            try:
+                return ast.Name(format_duration(timedelta(seconds=value)), ast.Load())
+            except OverflowError:
+                return ast.Name(f"{value:.15g}s", ast.Load())
         self.generic_visit(node)
         return node
 
 
+_STRINGS = re.compile(r"""("(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')""")
+_RESERVED_NAME = re.compile(r"(?<![\w.])__\w*")
+
+
 def parse(source: str) -> tuple[ast.expr, Rewritten]:
     """Parse (after sugar rewriting); raises ``ExprError`` with the column of a syntax error."""
+    outside_strings = _STRINGS.sub(lambda m: " " * len(m.group(0)), source)
+    reserved = _RESERVED_NAME.search(outside_strings)
+    if reserved:
+        flat = outside_strings.replace("\n", " ")
+        found = _RESERVED_NAME.search(flat)
+        col = found.start() if found else None
+        raise ExprError(f"names starting with '__' are reserved ({reserved.group(0)})", col)
     rewritten = rewrite(source)
     try:
         tree = ast.parse("(\n" + rewritten.text + "\n)", mode="eval")
@@ -442,9 +457,15 @@ def parse(source: str) -> tuple[ast.expr, Rewritten]:
         hint = ""
         if "&&" in source or "||" in source:
             hint = "; write 'and' / 'or' instead of '&&' / '||'"
+        elif "=>" in source or "=<" in source:
+            hint = "; write '>=' / '<=' instead of '=>' / '=<'"
         elif re.search(r"(?<![=!<>])=(?!=)", source):
             hint = "; compare with '==', not '='"
         raise ExprError(f"not a valid expression ({exc.msg}){hint}", col) from None
+    if isinstance(tree.body, ast.Tuple):
+        if not tree.body.elts:
+            raise ExprError("the expression is empty")
+        raise ExprError("one expression expected; for a list of values write [a, b]", 0)
     return tree.body, rewritten
 
 

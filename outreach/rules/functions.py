@@ -27,11 +27,10 @@ from typing import Any
 from outreach.events import DATA_MODELS, MODELS
 from outreach.rules.expressions import (
     Checker,
-    CompiledExpr,
+    ExprError,
     FunctionSpec,
     Scope,
     build_function,
-    check,
 )
 from outreach.rules.exprtypes import (
     BOOL,
@@ -55,6 +54,7 @@ BASELINE = record(
     last=NUMBER.as_optional(),
 )
 Extractor = Callable[[Any, Any], Any]
+MAX_WINDOW = 3650 * 86400.0  # a window decides how long events are kept: 10 years at most
 
 
 @dataclass
@@ -153,6 +153,8 @@ def _window(checker: Checker, node: ast.expr | None, what: str = "within") -> fl
         seconds = float(node.args[0].value)  # type: ignore[attr-defined]
         if seconds <= 0:
             raise checker.error(node, f"'{what}' must be longer than zero")
+        if seconds > MAX_WINDOW:
+            raise checker.error(node, f"'{what}' is longer than 10 years; state is kept that long")
         return seconds
     raise checker.error(node, f"'{what}' must be a literal duration such as 7d or 24h")
 
@@ -168,8 +170,9 @@ def _registry(checker: Checker) -> Registry:
 def _sub_expr(
     checker: Checker, node: ast.expr, etype: str, want: Ty | None
 ) -> tuple[Extractor, str]:
-    """Compile an argument evaluated on each stored event of type ``etype``."""
-    source = checker.text(node)
+    """Compile an argument evaluated on each stored event of type ``etype``.
+
+    Returns the extractor and a stable label (exact, from the AST: it names state keys)."""
     scope = Scope(
         data=model_type(DATA_MODELS[etype], f"{etype} data"),
         event=_envelope(etype),
@@ -177,16 +180,17 @@ def _sub_expr(
         allow_now=False,
     )
     reg = _registry(checker)
+    sub = Checker(scope, checker.rewritten, reg.constants)
     try:
-        compiled: CompiledExpr = check(source, scope, reg.constants)
-    except Exception as exc:
-        message = getattr(exc, "message", str(exc))
-        raise checker.error(node, f"in '{source}' (about {etype} events): {message}") from None
-    if want is not None and compiled.ty.kind not in (want.kind, "any"):
-        raise checker.error(node, f"'{source}' must be {want.describe()}")
-    body: list[ast.stmt] = [ast.Return(compiled.code)]
+        code, ty = sub.check(node)
+    except ExprError as exc:
+        exc.message = f"(about {etype} events) {exc.message}"
+        raise
+    if want is not None and ty.kind not in (want.kind, "any"):
+        raise checker.error(node, f"'{checker.text(node)}' must be {want.describe()}")
+    body: list[ast.stmt] = [ast.Return(code)]
     fn = build_function("extract", ["event", "data"], body, reg.namespace())
-    return fn, source
+    return fn, ast.unparse(node)
 
 
 def _envelope(etype: str) -> Ty:
@@ -320,10 +324,8 @@ def _unit(seconds: int) -> Callable[[Checker, ast.Call], tuple[ast.expr, Ty]]:
         code, ty = checker.check(args["amount"])
         if ty.kind not in ("number", "any"):
             raise checker.error(node, "the amount must be a number")
-        scaled = ast.BinOp(code, ast.Mult(), ast.Constant(seconds))
-        return ast.Call(ast.Name("_seconds", ast.Load()), [scaled], []), DURATION.as_optional(
-            ty.optional
-        )
+        call = ast.Call(ast.Name("_seconds", ast.Load()), [code, ast.Constant(seconds)], [])
+        return call, DURATION.as_optional(ty.optional)
 
     return compile_call
 
@@ -337,7 +339,12 @@ def _plain(name: str, kinds: tuple[str, ...], result: Ty | None) -> Callable[...
             raise checker.error(
                 node, f"{name}() works on {' or '.join(kinds)}, not {ty.describe()}"
             )
-        extra = [checker.check(args["digits"])[0]] if "digits" in args else []
+        extra = []
+        if "digits" in args:
+            digits = args["digits"]
+            if not (isinstance(digits, ast.Constant) and type(digits.value) is int):
+                raise checker.error(digits, "round() digits must be a whole number, e.g. 2")
+            extra = [digits]
         out = result or ty
         return ast.Call(ast.Name(f"_{name}", ast.Load()), [code, *extra], []), out.as_optional(
             ty.optional

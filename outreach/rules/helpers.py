@@ -57,8 +57,8 @@ def _div(a: Any, b: Any) -> Any:
     return a / b
 
 
-def _seconds(a: Any) -> timedelta | None:
-    return None if a is None else timedelta(seconds=a)
+def _seconds(a: Any, scale: float = 1.0) -> timedelta | None:
+    return None if a is None else timedelta(seconds=a * scale)
 
 
 def _abs(a: Any) -> Any:

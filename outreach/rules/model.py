@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from outreach.events import EVENT_TYPES
-from outreach.rules.durations import Duration, Percent
+from outreach.rules.durations import Duration, Percent, parse_duration
 from outreach.rules.expressions import RESERVED
 
 RuleId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
@@ -126,7 +126,9 @@ class RuleSpec(Spec):
     let: dict[str, Expr] = Field(default_factory=dict)
     when: Expr | None = None
     audience: Audience = Field(default_factory=Audience)
-    cooldown: Duration | Cooldown | None = None
+    cooldown: Cooldown | None = Field(
+        default=None, description="a duration (per customer) or {period, per: customer|key}"
+    )
     holdout: Percent = 0.0
     cancel_on: list[CancelOn] = Field(default_factory=list)
     playbook: str
@@ -145,16 +147,13 @@ class RuleSpec(Spec):
                 raise ValueError(f"'{name}' is a reserved name; choose another")
         return value
 
-    def cooldown_spec(self) -> Cooldown | None:
-        """The cooldown in its long form."""
-        if self.cooldown is None or isinstance(self.cooldown, Cooldown):
-            return self.cooldown
-        return Cooldown(period=self.cooldown)
+    @field_validator("cooldown", mode="before")
+    @classmethod
+    def _short_cooldown(cls, value: Any) -> Any:
+        return {"period": parse_duration(value)} if isinstance(value, str) else value
 
 
-def in_audience_locale(locale: str | None, wanted: list[str]) -> bool:
+def in_audience_locale(locale: str, wanted: list[str]) -> bool:
     """``fr`` matches ``fr``, ``fr-FR`` and ``fr-CA``; ``fr-CA`` matches only ``fr-CA``."""
-    if locale is None:
-        return False
     lowered = locale.lower()
     return any(lowered == w.lower() or lowered.startswith(w.lower() + "-") for w in wanted)

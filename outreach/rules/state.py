@@ -31,7 +31,8 @@ class Profile(msgspec.Struct, kw_only=True):
     known: bool = False  # a customer.updated has been seen
 
     def apply(self, data: CustomerUpdatedData) -> None:
-        """Apply a partial update: absent fields unchanged, explicit null clears."""
+        """Apply a partial update: absent fields unchanged, explicit null clears (for a consent
+        flag: withdrawn)."""
         self.known = True
         present = data.model_fields_set
         for name in ("email", "phone", "timezone", "locale"):
@@ -46,10 +47,8 @@ class Profile(msgspec.Struct, kw_only=True):
             granted = getattr(consent, channel)
             if granted is None:
                 continue
-            for purpose in ("transactional", "marketing"):
-                value = getattr(granted, purpose)
-                if value is not None:
-                    setattr(self, f"{channel}_{purpose}", value)
+            for purpose in granted.model_fields_set:  # explicit null withdraws, like a field
+                setattr(self, f"{channel}_{purpose}", bool(getattr(granted, purpose)))
 
     def consents(self, channel: str, purpose: str) -> bool:
         """Whether the customer consented to ``channel`` for ``purpose``."""
@@ -153,29 +152,37 @@ class ConsentView:
 class CustomerView:
     """``customer`` in expressions: a read-only view of the profile, built on demand."""
 
-    __slots__ = ("_profile", "_suppressed", "_consent", "_default_tz")
+    __slots__ = ("_profile", "_suppressed", "_consent", "_default_tz", "_default_locale")
 
-    def __init__(self, profile: Profile, suppressed: dict[str, str], default_tz: str) -> None:
+    def __init__(
+        self,
+        profile: Profile,
+        suppressed: dict[str, str],
+        default_tz: str,
+        default_locale: str = "en",
+    ) -> None:
         self._profile = profile
         self._suppressed = suppressed
         self._consent: ConsentView | None = None
         self._default_tz = default_tz
+        self._default_locale = default_locale
 
     @property
     def tier(self) -> str:
         return self._profile.tier
 
     @property
-    def locale(self) -> str | None:
-        return self._profile.locale
+    def locale(self) -> str:
+        """The customer's locale, or the configured default (what messages will use)."""
+        return self._profile.locale or self._default_locale
 
     @property
-    def language(self) -> str | None:
-        locale = self._profile.locale
-        return None if locale is None else locale.split("-")[0]
+    def language(self) -> str:
+        return self.locale.split("-")[0]
 
     @property
     def country(self) -> str | None:
+        """The region of the customer's own locale (``fr-CA`` -> ``CA``), if it has one."""
         locale = self._profile.locale
         if locale is None:
             return None
