@@ -32,9 +32,11 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _table(title: str, *headers: str) -> Table:
-    """A table whose cells wrap instead of being cut (ids must stay readable at 80 columns)."""
+def _table(title: str, first: str, *headers: str) -> Table:
+    """A table whose first column (ids) is never cut and whose other cells wrap at spaces,
+    so it stays readable at 80 columns (CI logs, pipes)."""
     table = Table(title=title)
+    table.add_column(first, no_wrap=True)
     for header in headers:
         table.add_column(header, overflow="fold")
     return table
@@ -117,6 +119,9 @@ def replay(
     book = _load(rules)
     if not events.is_file():
         err.print(f"[bold red]cannot read the events file {events}[/]")
+        raise typer.Exit(2)
+    if out_dir.exists() and not out_dir.is_dir():
+        err.print(f"[bold red]--out {out_dir} is a file; give a folder for the decision log[/]")
         raise typer.Exit(2)
     started = time.perf_counter()
     size = events.stat().st_size

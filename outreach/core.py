@@ -152,7 +152,7 @@ class DecisionCore:
             key = cancel.key(*args)
             entity = f"{cancel.rule_id}|{'' if key is None else key}"
             if entity in state.agents.entities:
-                reason = f"{event.type} {event.event_id} for {key}"
+                reason = f"{cancel.reason} ({event.type} {event.event_id} for {key})"
                 self.executor.cancel(state, entity, reason, now, out)
 
     def _prune(self, state: CustomerState, now: float) -> None:
@@ -166,6 +166,8 @@ class DecisionCore:
             for name, entity in list(agents.entities.items()):
                 if name not in busy and now - entity.touched > self.state_ttl:
                     del agents.entities[name]
+                elif entity.signals:
+                    _forget_older(entity.signals, now - self.state_ttl)
         if agents.effects:
             _forget_older(agents.effects, now - self.effect_memory)
         if state.contact.marketing or state.contact.notices:

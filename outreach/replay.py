@@ -45,7 +45,7 @@ def _occurred(raw: bytes) -> float:
     """The line's ``occurred_at`` as epoch seconds, or -inf if it cannot be read (-> DLQ)."""
     try:
         value = orjson.loads(raw).get("occurred_at")
-        stamp = datetime.fromisoformat(value)
+        stamp = datetime.fromisoformat(value.replace("z", "Z").replace("t", "T"))
     except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
         return float("-inf")
     if stamp.tzinfo is None:

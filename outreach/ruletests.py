@@ -20,8 +20,6 @@ from outreach.replay import Replayer
 from outreach.rulebook import RuleBook
 from outreach.rules.model import RuleSpec, TestCase
 
-DEFAULT_CUSTOMER = "cus_test_1"
-
 
 class MemoryLog:
     """A decision log that keeps records in memory (for tests and rule cases)."""
@@ -81,7 +79,7 @@ def _events(case: TestCase) -> list[dict[str, Any]]:
             {
                 "event_id": f"{slug}-customer",
                 "type": "customer.updated",
-                "customer_id": DEFAULT_CUSTOMER,
+                "customer_id": case.customer_id,
                 "occurred_at": first - timedelta(minutes=1),
                 "data": case.customer,
             }
@@ -91,7 +89,7 @@ def _events(case: TestCase) -> list[dict[str, Any]]:
             {
                 "event_id": e.event_id or f"{slug}-{i}",
                 "type": e.type,
-                "customer_id": e.customer_id or DEFAULT_CUSTOMER,
+                "customer_id": e.customer_id or case.customer_id,
                 "occurred_at": e.at,
                 "source": e.source,
                 "data": e.data,
@@ -155,9 +153,11 @@ def _mismatch(key: str, want: Any, got: dict[str, Any]) -> str:
         if key.endswith(suffix):
             name = key[: -len(suffix)]
             text = str(got.get(name) or "")
-            if (str(want) in text) == negate:
+            pieces = want if isinstance(want, list) else [want]
+            wrong = [p for p in pieces if (str(p) in text) == negate]
+            if wrong:
                 verb = "not to contain" if negate else "to contain"
-                return f"{name}: expected {verb} {want!r}, got {text!r}"
+                return f"{name}: expected {verb} {wrong[0]!r}, got {text!r}"
             return ""
     if key not in got:
         return f"{key}: no such field in the record; fields: {', '.join(sorted(got))}"

@@ -1,23 +1,28 @@
 """The agent runtime inside the core: plan -> guardrails -> contact policy -> decisions.
 
 This is the only path from a plan to an effect. Actions go through the guardrails (whatever
-planned them), messages through the contact policy; an offer that cannot be announced is not
-made, a message that promises an action only goes if the action was approved. Holdout and
-shadow are decided here too, so they apply to every playbook alike.
+planned them), messages through the contact policy. Two couplings are enforced here, for every
+playbook alike:
+- a message that promises an action (``requires``) goes only if the action is executed or
+  scheduled, else its fallback goes instead;
+- an action that must be announced (``announce``, e.g. an offer) happens only when its message
+  is sent: if the message is deferred (quiet hours) the action waits for it, and if the message
+  is finally not sent the action is cancelled and the message's fallback goes instead.
+Holdout and shadow are decided here too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from outreach.agents.connectors import Effect
 from outreach.agents.guardrails import Check, Guardrails, SharedLedger, Verdict
 from outreach.agents.plan import Plan, PlannedAction, PlannedMessage
 from outreach.agents.playbooks import Playbook, PlaybookContext
+from outreach.agents.recording import action_record, effect, preview, record_message
 from outreach.agents.state import OpenAction
-from outreach.decisions import ActionRecord, Decisions, Delivery, MessageRecord, Timer
+from outreach.decisions import Decisions, Timer
 from outreach.events import Event
 from outreach.ids import make_id
 from outreach.outbound.policy import ContactPolicy, MessageDecision, OutboundMessage
@@ -35,8 +40,24 @@ class RulePlaybook:
     holdout: float
 
 
-def _ts(value: float) -> datetime:
-    return datetime.fromtimestamp(value, UTC)
+@dataclass(frozen=True)
+class MessageChoice:
+    """A planned message and what was decided for it (possibly its fallback instead)."""
+
+    planned: PlannedMessage
+    chosen: PlannedMessage
+    msg: OutboundMessage
+    decision: MessageDecision
+    why: str  # why the fallback was used, if it was
+
+    @property
+    def announces(self) -> bool:
+        """The planned message itself goes (now or after quiet hours), not its fallback."""
+        return self.chosen is self.planned and self.decision.deliverable
+
+    def failure(self) -> str:
+        """Why the planned message does not go."""
+        return self.why if self.chosen is not self.planned else self.decision.reason
 
 
 class Executor:
@@ -67,25 +88,25 @@ class Executor:
         """Plan for ``signal`` and decide every action and message of the plan."""
         rule = self.rules[signal.rule_id]
         entity_name, entity = cs.agents.entity(signal.rule_id, signal.key)
-        entity.touched = now.timestamp()
+        if signal.signal_id in entity.signals:
+            return  # the same event again, past the dedup window: never a second decision
+        entity.signals[signal.signal_id] = entity.touched = now.timestamp()
         ctx = PlaybookContext(
             signal, event, rule.params, cs.profile, entity,
             cs.agents.open_for(entity_name), now, self.guardrails.config, self.links,
         )  # fmt: skip
         plan = rule.playbook.plan(ctx)
         if signal.shadow:
-            out.signals.append(
-                signal.model_copy(update={"note": plan.note, "preview": _preview(plan)})
-            )
+            shown = preview(plan.actions, plan.messages)
+            out.signals.append(signal.model_copy(update={"note": plan.note, "preview": shown}))
             return
         out.signals.append(signal.model_copy(update={"note": plan.note}))
         if signal.holdout:
             self._hold_out(signal, plan, rule, now, out)
             return
         if plan.cancel_tools:
-            self.cancel(
-                cs, entity_name, plan.cancel_reason, now, out, tools=plan.cancel_tools, close=False
-            )
+            reason = plan.cancel_reason
+            self.cancel(cs, entity_name, reason, now, out, tools=plan.cancel_tools, close=False)
         self._execute(signal, plan, rule.playbook.name, entity_name, cs, shared, now, out)
 
     def _execute(
@@ -100,37 +121,42 @@ class Executor:
         out: Decisions,
     ) -> None:
         verdicts: dict[str, Verdict] = {}
-        for action in plan.actions:
-            verdict = self._check(signal, action, playbook, cs, shared, now)
-            verdicts[action.ref] = verdict
+        for action in plan.actions:  # one at a time: each one's spend counts for the next
+            verdicts[action.ref] = self._check(signal, action, playbook, cs, shared, now)
             if action.announce is None:
-                self._commit_action(
-                    signal, action, verdict, playbook, entity_name, cs, shared, now, out
+                self._commit(
+                    signal,
+                    action,
+                    verdicts[action.ref],
+                    playbook,
+                    entity_name,
+                    cs,
+                    shared,
+                    now,
+                    out,
                 )
-        decided = [
-            self._decide_message(signal, m, verdicts, entity_name, cs, now) for m in plan.messages
-        ]
+        choices = {m.ref: self._decide_message(signal, m, verdicts, cs, now) for m in plan.messages}
+        waiting: dict[str, list[str]] = {}
         for action in plan.actions:
             if action.announce is None:
                 continue
-            verdict = verdicts[action.ref]
-            announced = next((d for d in decided if d and d[0].ref == action.announce), None)
-            if verdict.approved and (announced is None or not announced[2].deliverable):
-                reason = (
-                    "no message could announce it" if announced is None else announced[2].reason
-                )
-                verdict = Verdict(
-                    "blocked",
-                    f"offer not made: {reason}",
-                    [*verdict.checks, Check("announce", "fail", reason)],
-                )
-            self._commit_action(
-                signal, action, verdict, playbook, entity_name, cs, shared, now, out
+            choice = choices.get(action.announce)
+            verdict, due = _announced(verdicts[action.ref], choice)
+            waits_for = choice.msg.message_id if due is not None and choice else None
+            action_id = self._commit(
+                signal, action, verdict, playbook, entity_name, cs, shared, now, out, due, waits_for
             )
-        for entry in decided:
-            if entry is not None:
-                _, msg, decision, dm_entity = entry
-                self._commit_message(msg, decision, dm_entity, cs, now, out)
+            if waits_for:
+                waiting.setdefault(action.announce, []).append(action_id)
+        ids = {a.ref: make_id("act", signal.signal_id, a.tool, a.target) for a in plan.actions}
+        for ref, choice in choices.items():
+            if choice is not None:
+                fallback = choice.planned.fallback if choice.chosen is choice.planned else None
+                promised = [ids[r] for r in choice.chosen.requires if r in ids]
+                self._commit_message(
+                    choice.msg, choice.decision, entity_name, cs, now, out,
+                    waiting.get(ref, []), _as_dict(fallback), promised,
+                )  # fmt: skip
 
     def _check(
         self,
@@ -152,10 +178,10 @@ class Executor:
         signal: Signal,
         planned: PlannedMessage,
         verdicts: dict[str, Verdict],
-        entity_name: str,
         cs: CustomerState,
         now: datetime,
-    ) -> tuple[PlannedMessage, OutboundMessage, MessageDecision, str] | None:
+    ) -> MessageChoice | None:
+        """The policy's verdict on a planned message, or on its fallback when it cannot go."""
         chosen: PlannedMessage | None = planned
         why = ""
         unmet = [r for r in planned.requires if not _approved(verdicts.get(r))]
@@ -165,33 +191,21 @@ class Executor:
             chosen = planned.fallback
         if chosen is None:
             return None
-        msg = self._outbound(signal, chosen)
+        msg = _outbound(signal.signal_id, signal.rule_id, signal.category, chosen)
         if cs.contact.notices.get(msg.notice, (0.0, ""))[1] == msg.message_id:
             return None  # already decided once (a duplicate signal); never twice
         decision = self.policy.decide(msg, cs.profile, cs.contact, now)
         if chosen is planned and not decision.deliverable and planned.fallback is not None:
             why = f"{planned.purpose} version not possible ({decision.reason})"
             chosen = planned.fallback
-            msg = self._outbound(signal, chosen)
+            msg = _outbound(signal.signal_id, signal.rule_id, signal.category, chosen)
             decision = self.policy.decide(msg, cs.profile, cs.contact, now)
         if why:
             decision.checks.insert(0, {"check": "fallback", "result": "used", "detail": why})
-        return planned, msg, decision, entity_name
-
-    def _outbound(self, signal: Signal, planned: PlannedMessage) -> OutboundMessage:
-        return OutboundMessage(
-            message_id=make_id("msg", signal.signal_id, planned.ref),
-            signal_id=signal.signal_id,
-            rule_id=signal.rule_id,
-            template=planned.template,
-            purpose=planned.purpose,
-            context=planned.context,
-            notice=planned.notice,
-            category=signal.category,
-        )
+        return MessageChoice(planned, chosen, msg, decision, why)
 
     # -- recording ------------------------------------------------------------------------
-    def _commit_action(
+    def _commit(
         self,
         signal: Signal,
         action: PlannedAction,
@@ -202,55 +216,36 @@ class Executor:
         shared: SharedLedger,
         now: datetime,
         out: Decisions,
-    ) -> None:
-        if verdict.status == "duplicate":
-            return
+        due: datetime | None = None,
+        waits_for: str | None = None,
+    ) -> str:
+        """Record an action's verdict and do what it implies; returns the action id."""
         action_id = make_id("act", signal.signal_id, action.tool, action.target)
-        key = make_id("eff", signal.signal_id, action.tool, action.target)
-        params = verdict.params.model_dump(mode="json") if verdict.params else action.params
-        scheduled = action.at if verdict.status == "scheduled" else None
+        if verdict.status == "duplicate":
+            return action_id
+        when = due or (action.at if verdict.status == "scheduled" else None)
+        oa = OpenAction(
+            action_id=action_id, signal_id=signal.signal_id, rule_id=signal.rule_id,
+            playbook=playbook, entity=entity_name, tool=action.tool,
+            params=verdict.params.model_dump(mode="json") if verdict.params else action.params,
+            target=action.target, status=verdict.status,
+            idempotency_key=make_id("eff", signal.signal_id, action.tool, action.target),
+            created=now.timestamp(), due=when.timestamp() if when else None, waits_for=waits_for,
+        )  # fmt: skip
         out.actions.append(
-            ActionRecord(
-                action_id=action_id,
-                signal_id=signal.signal_id,
-                customer_id=signal.customer_id,
-                rule_id=signal.rule_id,
-                type=action.tool,
-                params=params,
-                status=verdict.status,
-                at=now,
-                reason=verdict.reason,
-                target=action.target,
-                idempotency_key=key,
-                scheduled_for=scheduled,
-                checks=[c.as_dict() for c in verdict.checks],
-            )  # fmt: skip
+            action_record(oa, cs.customer_id, verdict.status, verdict.reason, now, verdict)
         )
         if not verdict.approved:
-            return
-        now_ts = now.timestamp()
-        cs.agents.effects[key] = now_ts
+            return action_id
+        cs.agents.effects[oa.idempotency_key] = now.timestamp()
         if verdict.status == "executed":
-            self.guardrails.commit_spend(action.tool, verdict, cs.agents, shared, now_ts)
-            out.effects.append(
-                Effect(
-                    idempotency_key=key,
-                    action_id=action_id,
-                    customer_id=signal.customer_id,
-                    tool=action.tool,
-                    params=params,
-                )
-            )
-            return
-        open_action = OpenAction(
-            action_id=action_id, signal_id=signal.signal_id, rule_id=signal.rule_id,
-            playbook=playbook, entity=entity_name, tool=action.tool, params=params,
-            target=action.target, status=verdict.status, idempotency_key=key, created=now_ts,
-        )  # fmt: skip
-        if scheduled is not None:
-            open_action.due = scheduled.timestamp()
-            open_action.timer_id = self._timer(cs, "action", action_id, scheduled, out)
-        cs.agents.open[action_id] = open_action
+            self.guardrails.commit_spend(action.tool, verdict, cs.agents, shared, now.timestamp())
+            out.effects.append(effect(oa, cs.customer_id))
+            return action_id
+        if when is not None and waits_for is None:
+            oa.timer_id = self._timer(cs, "action", action_id, when, out)
+        cs.agents.open[action_id] = oa
+        return action_id
 
     def _timer(self, cs: CustomerState, kind: str, ref: str, due: datetime, out: Decisions) -> str:
         timer_id = make_id("tmr", ref, str(due.timestamp()))
@@ -266,82 +261,38 @@ class Executor:
         cs: CustomerState,
         now: datetime,
         out: Decisions,
+        announces: list[str] | None = None,
+        fallback: dict[str, Any] | None = None,
+        requires: list[str] | None = None,
     ) -> None:
-        now_ts = now.timestamp()
-        self.policy.commit(msg, decision, cs.contact, now_ts)
-        rendered = decision.rendered
-        segments = rendered.segments if rendered else None
-        out.messages.append(
-            MessageRecord(
-                message_id=msg.message_id,
-                signal_id=msg.signal_id,
-                customer_id=cs.customer_id,
-                rule_id=msg.rule_id,
-                channel=decision.channel,
-                to=decision.to,
-                purpose=msg.purpose,
-                subject=rendered.subject if rendered else None,
-                body=rendered.body if rendered else None,
-                send_at=decision.send_at,
-                status=decision.status,
-                reason=decision.reason,
-                template=msg.template,
-                notice=msg.notice,
-                locale=rendered.locale if rendered else None,
-                segments=segments.segments if segments else None,
-                encoding=segments.encoding if segments else None,
-                checks=decision.checks,
-            )  # fmt: skip
-        )
-        if decision.status == "sent" and rendered is not None and decision.to is not None:
-            out.deliveries.append(
-                Delivery(
-                    message_id=msg.message_id,
-                    customer_id=cs.customer_id,
-                    channel=decision.channel,
-                    to=decision.to,
-                    purpose=msg.purpose,
-                    subject=rendered.subject,
-                    body=rendered.body,
-                )  # fmt: skip
-            )
-        if decision.status == "deferred":
-            timer_id = self._timer(cs, "message", msg.message_id, decision.send_at, out)
-            cs.contact.deferred[msg.message_id] = DeferredMessage(
-                message_id=msg.message_id, signal_id=msg.signal_id, rule_id=msg.rule_id,
-                entity=entity_name, template=msg.template, purpose=msg.purpose,
-                context=msg.context, notice=msg.notice, category=msg.category,
-                created=now_ts, send_at=decision.send_at.timestamp(), timer_id=timer_id,
-            )  # fmt: skip
+        self.policy.commit(msg, decision, cs.contact, now.timestamp())
+        record_message(out, msg, decision, cs.customer_id)
+        if decision.status != "deferred":
+            return
+        timer_id = self._timer(cs, "message", msg.message_id, decision.send_at, out)
+        cs.contact.deferred[msg.message_id] = DeferredMessage(
+            message_id=msg.message_id, signal_id=msg.signal_id, rule_id=msg.rule_id,
+            entity=entity_name, template=msg.template, purpose=msg.purpose, context=msg.context,
+            notice=msg.notice, category=msg.category, created=now.timestamp(),
+            send_at=decision.send_at.timestamp(), timer_id=timer_id,
+            announces=announces or [], fallback=fallback, requires=requires or [],
+        )  # fmt: skip
 
     def _hold_out(
         self, signal: Signal, plan: Plan, rule: RulePlaybook, now: datetime, out: Decisions
     ) -> None:
         reason = f"holdout: customer is in the {rule.holdout:g}% control group of {signal.rule_id}"
-        actions = plan.actions or [
-            PlannedAction(
-                "notify",
-                "notify",
-                {"templates": [m.template for m in plan.messages]},
-                signal.key or "message",
-            )
-        ]
+        templates = {"templates": [m.template for m in plan.messages]}
+        actions = plan.actions or [PlannedAction("notify", "notify", templates, signal.key or "-")]
         for action in actions:
-            out.actions.append(
-                ActionRecord(
-                    action_id=make_id("act", signal.signal_id, action.tool, action.target),
-                    signal_id=signal.signal_id,
-                    customer_id=signal.customer_id,
-                    rule_id=signal.rule_id,
-                    type=action.tool,
-                    params=action.params,
-                    status="skipped_holdout",
-                    at=now,
-                    reason=reason,
-                    target=action.target,
-                    idempotency_key=make_id("eff", signal.signal_id, action.tool, action.target),
-                )  # fmt: skip
-            )
+            oa = OpenAction(
+                action_id=make_id("act", signal.signal_id, action.tool, action.target),
+                signal_id=signal.signal_id, rule_id=signal.rule_id, playbook="", entity="",
+                tool=action.tool, params=action.params, target=action.target,
+                status="skipped_holdout", created=now.timestamp(),
+                idempotency_key=make_id("eff", signal.signal_id, action.tool, action.target),
+            )  # fmt: skip
+            out.actions.append(action_record(oa, signal.customer_id, oa.status, reason, now))
 
     # -- cancellation and timers ----------------------------------------------------------
     def cancel(
@@ -354,24 +305,37 @@ class Executor:
         tools: tuple[str, ...] = (),
         close: bool = True,
     ) -> None:
-        """Cancel what is still pending for a subject; ``close`` it against later signals."""
-        for open_action in cs.agents.open_for(entity_name, tools):
-            del cs.agents.open[open_action.action_id]
-            if open_action.timer_id:
-                cs.timers.pop(open_action.timer_id, None)
-            out.actions.append(_cancelled(open_action, cs.customer_id, reason, now))
-        if not tools:
-            for message_id, deferred in list(cs.contact.deferred.items()):
-                if deferred.entity == entity_name:
-                    del cs.contact.deferred[message_id]
-                    cs.timers.pop(deferred.timer_id, None)
-                    self._drop_deferred(deferred, cs, f"cancelled: {reason}", now, out)
+        """Cancel what is still pending for a subject; ``close`` it against later signals.
+
+        With ``tools``, only those tools' actions and the held messages that promise them."""
+        cancelled = set()
+        for oa in cs.agents.open_for(entity_name, tools):
+            cancelled.add(oa.action_id)
+            self._cancel_action(oa.action_id, cs, f"cancelled: {reason}", now, out)
+        for message_id, deferred in list(cs.contact.deferred.items()):
+            if deferred.entity != entity_name:
+                continue
+            if tools and not cancelled.intersection(deferred.requires):
+                continue
+            del cs.contact.deferred[message_id]
+            cs.timers.pop(deferred.timer_id, None)
+            self._drop(deferred, cs, f"cancelled: {reason}", now, out)
         entity = cs.agents.entities.get(entity_name)
         if close and entity is not None:
             entity.closed = reason
             entity.touched = now.timestamp()
 
-    def _drop_deferred(
+    def _cancel_action(
+        self, action_id: str, cs: CustomerState, reason: str, now: datetime, out: Decisions
+    ) -> None:
+        oa = cs.agents.open.pop(action_id, None)
+        if oa is None:
+            return
+        if oa.timer_id:
+            cs.timers.pop(oa.timer_id, None)
+        out.actions.append(action_record(oa, cs.customer_id, "cancelled", reason, now))
+
+    def _drop(
         self,
         deferred: DeferredMessage,
         cs: CustomerState,
@@ -390,12 +354,64 @@ class Executor:
         """A timer fell due: execute the scheduled action or judge the deferred message."""
         if ref.kind == "action":
             self._fire_action(ref.ref, cs, shared, now, out)
+            return
+        deferred = cs.contact.deferred.pop(ref.ref, None)
+        if deferred is not None:
+            self._fire_message(deferred, cs, shared, now, out)
+
+    def _fire_message(
+        self,
+        deferred: DeferredMessage,
+        cs: CustomerState,
+        shared: SharedLedger,
+        now: datetime,
+        out: Decisions,
+    ) -> None:
+        """Judge a deferred message again; its waiting offers go with it or not at all."""
+        msg = _from_deferred(deferred)
+        blocked = self._recheck_announced(deferred.announces, cs, shared, now)
+        if blocked:
+            order = getattr(self.policy.config.channels, msg.purpose)
+            decision = MessageDecision("suppressed", order[0], None, blocked, now)
         else:
-            deferred = cs.contact.deferred.pop(ref.ref, None)
-            if deferred is not None:
-                msg = _from_deferred(deferred)
-                decision = self.policy.decide(msg, cs.profile, cs.contact, now)
-                self._commit_message(msg, decision, deferred.entity, cs, now, out)
+            decision = self.policy.decide(msg, cs.profile, cs.contact, now)
+        if decision.status == "deferred":
+            self._commit_message(
+                msg, decision, deferred.entity, cs, now, out,
+                deferred.announces, deferred.fallback, deferred.requires,
+            )  # fmt: skip
+            return
+        self._commit_message(msg, decision, deferred.entity, cs, now, out)
+        if decision.status == "sent":
+            for action_id in deferred.announces:
+                self._fire_action(action_id, cs, shared, now, out)
+            return
+        for action_id in deferred.announces:
+            reason = f"offer not made: its announcement was not sent ({decision.reason})"
+            self._cancel_action(action_id, cs, reason, now, out)
+        if deferred.fallback is not None:
+            planned = PlannedMessage(**deferred.fallback)
+            fallback = _outbound(deferred.signal_id, deferred.rule_id, deferred.category, planned)
+            choice = self.policy.decide(fallback, cs.profile, cs.contact, now)
+            why = f"{msg.purpose} version not sent ({decision.reason})"
+            choice.checks.insert(0, {"check": "fallback", "result": "used", "detail": why})
+            self._commit_message(fallback, choice, deferred.entity, cs, now, out)
+
+    def _recheck_announced(
+        self, announces: list[str], cs: CustomerState, shared: SharedLedger, now: datetime
+    ) -> str:
+        """Why a waiting offer may no longer be made (budgets move overnight), or ''."""
+        for action_id in announces:
+            oa = cs.agents.open.get(action_id)
+            if oa is None:
+                continue
+            verdict = self.guardrails.check(
+                oa.tool, oa.params, oa.playbook, oa.idempotency_key, cs.agents, shared,
+                now.timestamp(), recheck=True,
+            )  # fmt: skip
+            if verdict.status != "executed":
+                return f"the offer it announces is no longer allowed ({verdict.reason})"
+        return ""
 
     def _fire_action(
         self, action_id: str, cs: CustomerState, shared: SharedLedger, now: datetime, out: Decisions
@@ -411,25 +427,29 @@ class Executor:
             oa.status, oa.timer_id, oa.due = "pending_approval", None, None
             cs.agents.open[action_id] = oa
         reason = "due; guardrails passed" if verdict.status == "executed" else verdict.reason
-        record = ActionRecord(
-            action_id=oa.action_id, signal_id=oa.signal_id, customer_id=cs.customer_id,
-            rule_id=oa.rule_id, type=oa.tool, params=oa.params, status=verdict.status,
-            at=now, reason=reason,
-            target=oa.target, idempotency_key=oa.idempotency_key,
-            checks=[c.as_dict() for c in verdict.checks],
-        )  # fmt: skip
-        out.actions.append(record)
+        out.actions.append(action_record(oa, cs.customer_id, verdict.status, reason, now, verdict))
         if verdict.status == "executed":
             self.guardrails.commit_spend(oa.tool, verdict, cs.agents, shared, now.timestamp())
-            out.effects.append(
-                Effect(
-                    idempotency_key=oa.idempotency_key,
-                    action_id=oa.action_id,
-                    customer_id=cs.customer_id,
-                    tool=oa.tool,
-                    params=oa.params,
-                )
-            )
+            out.effects.append(effect(oa, cs.customer_id))
+
+
+def _announced(verdict: Verdict, choice: MessageChoice | None) -> tuple[Verdict, datetime | None]:
+    """An action that must be announced happens only with its message: (verdict, wait until).
+
+    A pending approval stays pending: the announcement is decided when a person approves."""
+    if verdict.status not in ("executed", "scheduled"):
+        return verdict, None
+    if choice is None or not choice.announces:
+        reason = "no message could announce it" if choice is None else choice.failure()
+        checks = [*verdict.checks, Check("announce", "fail", reason)]
+        return Verdict("blocked", f"offer not made: {reason}", checks, verdict.params), None
+    if choice.decision.status == "deferred":
+        send_at = choice.decision.send_at
+        why = f"waits for its announcement, deferred to {send_at:%Y-%m-%d %H:%M}Z"
+        checks = [*verdict.checks, Check("announce", "defer", why)]
+        waiting = Verdict("scheduled", why, checks, verdict.params, verdict.value, verdict.currency)
+        return waiting, send_at
+    return verdict, None
 
 
 def _approved(verdict: Verdict | None) -> bool:
@@ -437,12 +457,13 @@ def _approved(verdict: Verdict | None) -> bool:
     return verdict is not None and verdict.status in ("executed", "scheduled")
 
 
-def _cancelled(oa: OpenAction, customer_id: str, reason: str, now: datetime) -> ActionRecord:
-    return ActionRecord(
-        action_id=oa.action_id, signal_id=oa.signal_id, customer_id=customer_id,
-        rule_id=oa.rule_id, type=oa.tool, params=oa.params, status="cancelled", at=now,
-        reason=f"cancelled: {reason}", target=oa.target, idempotency_key=oa.idempotency_key,
-        scheduled_for=_ts(oa.due) if oa.due else None,
+def _outbound(
+    signal_id: str, rule_id: str, category: str, planned: PlannedMessage
+) -> OutboundMessage:
+    return OutboundMessage(
+        message_id=make_id("msg", signal_id, planned.ref), signal_id=signal_id, rule_id=rule_id,
+        template=planned.template, purpose=planned.purpose, context=planned.context,
+        notice=planned.notice, category=category,
     )  # fmt: skip
 
 
@@ -453,16 +474,14 @@ def _from_deferred(d: DeferredMessage) -> OutboundMessage:
     )  # fmt: skip
 
 
-def _preview(plan: Plan) -> dict[str, Any]:
+def _as_dict(planned: PlannedMessage | None) -> dict[str, Any] | None:
+    """A fallback message as plain data, to wait in state with a deferred message."""
+    if planned is None:
+        return None
     return {
-        "actions": [
-            {
-                "type": a.tool,
-                "params": a.params,
-                "target": a.target,
-                "at": a.at.isoformat() if a.at else None,
-            }
-            for a in plan.actions
-        ],
-        "messages": [{"template": m.template, "purpose": m.purpose} for m in plan.messages],
-    }
+        "ref": planned.ref, "template": planned.template, "purpose": planned.purpose,
+        "context": planned.context, "notice": planned.notice,
+    }  # fmt: skip
+
+
+__all__ = ["Executor", "MessageChoice", "RulePlaybook"]

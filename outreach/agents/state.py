@@ -15,6 +15,7 @@ class Entity(msgspec.Struct, kw_only=True):
     data: dict[str, Any] = msgspec.field(default_factory=dict)
     touched: float = 0.0
     closed: str | None = None  # why the subject was closed (delivered, paid...)
+    signals: dict[str, float] = msgspec.field(default_factory=dict)  # acted on: id -> when
 
 
 class OpenAction(msgspec.Struct, kw_only=True):
@@ -33,6 +34,7 @@ class OpenAction(msgspec.Struct, kw_only=True):
     created: float
     due: float | None = None
     timer_id: str | None = None
+    waits_for: str | None = None  # a deferred message that must be sent first (an offer)
 
 
 class AgentState(msgspec.Struct, kw_only=True):

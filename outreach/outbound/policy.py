@@ -145,15 +145,10 @@ class ContactPolicy:
         window = self.config.notice_dedup.total_seconds()
         if seen is not None and seen[1] != msg.message_id and now_ts - seen[0] < window:
             return refuse("suppressed", "dedup", f"duplicate notice: already sent as {seen[1]}")
-        if msg.purpose == "marketing" and contact.service_failure_at is not None:
-            quiet_for = self.config.no_marketing_after_service_failure.total_seconds()
-            if now_ts - contact.service_failure_at < quiet_for:
-                span = format_duration(self.config.no_marketing_after_service_failure)
-                return refuse(
-                    "suppressed",
-                    "priority",
-                    f"no marketing within {span} of a service-failure message",
-                )
+        if msg.purpose == "marketing":
+            blackout = self._after_service_failure(contact, now_ts)
+            if blackout:
+                return refuse("suppressed", "priority", blackout)
         channel, to, rendered, why_not = self._choose(msg, profile, contact, order, checks)
         if channel is None:
             return refuse("suppressed", "channel", "no channel may carry it: " + "; ".join(why_not))
@@ -171,6 +166,16 @@ class ContactPolicy:
                 checks.append({"check": "frequency_cap", "result": "fail", "detail": capped})
                 return MessageDecision("capped", channel, to, capped, now, rendered, checks)
         return MessageDecision("sent", channel, to, "sent", now, rendered, checks)
+
+    def _after_service_failure(self, contact: ContactState, now: float) -> str:
+        """Why marketing must wait for a service-failure message, or an empty string."""
+        window = self.config.no_marketing_after_service_failure
+        last = contact.service_failure_at
+        if last is not None and now - last < window.total_seconds():
+            return f"no marketing within {format_duration(window)} of a service-failure message"
+        if any(d.category == "service_failure" for d in contact.deferred.values()):
+            return "a service-failure message is waiting to be sent; no marketing before it"
+        return ""
 
     def _choose(
         self,
@@ -259,12 +264,13 @@ class ContactPolicy:
         """Record what was decided in the customer's contact state."""
         if decision.status in ("sent", "deferred"):
             contact.notices[msg.notice] = (now, msg.message_id)
-            if msg.category == "service_failure":
-                contact.service_failure_at = now
         elif contact.notices.get(msg.notice, (0.0, ""))[1] == msg.message_id:
             del contact.notices[msg.notice]  # a deferred notice that finally did not go
-        if decision.status == "sent" and msg.purpose == "marketing":
-            contact.marketing.append(now)
+        if decision.status == "sent":
+            if msg.category == "service_failure":
+                contact.service_failure_at = now
+            if msg.purpose == "marketing":
+                contact.marketing.append(now)
 
 
 def in_quiet_hours(local: time, quiet: QuietHours) -> bool:
@@ -285,9 +291,17 @@ def next_allowed(now: datetime, tz: ZoneInfo, quiet: QuietHours) -> datetime | N
     if quiet.start > quiet.end and local.time() >= quiet.start:
         day += timedelta(days=1)
     candidate = datetime.combine(day, quiet.end, tzinfo=tz).astimezone(UTC)
-    # A DST jump can land the wall-clock end inside the window; step to the first free minute.
+    # A DST jump can move the wall-clock end: step forward out of the window if it landed
+    # inside, then back while the minute before is already allowed (an end inside a gap).
     for _ in range(24 * 60):
         if candidate > now and not in_quiet_hours(candidate.astimezone(tz).time(), quiet):
-            return candidate
+            break
         candidate += timedelta(minutes=1)
-    raise ValueError(f"quiet hours {quiet.start}-{quiet.end} leave no allowed minute")
+    else:
+        raise ValueError(f"quiet hours {quiet.start}-{quiet.end} leave no allowed minute")
+    step = timedelta(minutes=1)
+    while candidate - step > now and not in_quiet_hours(
+        (candidate - step).astimezone(tz).time(), quiet
+    ):
+        candidate -= step
+    return candidate

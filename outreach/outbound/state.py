@@ -22,6 +22,9 @@ class DeferredMessage(msgspec.Struct, kw_only=True):
     created: float
     send_at: float
     timer_id: str
+    announces: list[str] = msgspec.field(default_factory=list)  # offers waiting for it
+    requires: list[str] = msgspec.field(default_factory=list)  # actions it promises
+    fallback: dict[str, Any] | None = None  # the message to send if this one cannot go
 
 
 class ContactState(msgspec.Struct, kw_only=True):

@@ -54,10 +54,30 @@ def binop(
                 + _hint(op, lty, rty),
             )
         result = found
+    scaled = _percent_of(checker, op, left, right, lty.optional or rty.optional)
+    if scaled is not None:
+        return scaled, result.as_optional(lty.optional or rty.optional)
     optional = lty.optional or rty.optional or op is ast.Div
     if optional:
         return ast.Call(ast.Name(_SAFE[op], ast.Load()), [left, right], []), result.as_optional()
     return ast.BinOp(left, node.op, right), result
+
+
+def _percent_of(
+    checker: Checker, op: type[ast.operator], left: ast.expr, right: ast.expr, optional: bool
+) -> ast.expr | None:
+    """``60% * x`` as ``(60 * x) / 100``: exact where ``0.6 * x`` is not (0.6 * 3 < 1.8)."""
+    if op is not ast.Mult:
+        return None
+    for pct, other in ((left, right), (right, left)):
+        percent = checker.percents.get(id(pct))
+        if percent is not None:
+            if optional:
+                scaled = ast.Call(ast.Name("_mul", ast.Load()), [ast.Constant(percent), other], [])
+                return ast.Call(ast.Name("_div", ast.Load()), [scaled, ast.Constant(100)], [])
+            plain = ast.BinOp(ast.Constant(percent), ast.Mult(), other)
+            return ast.BinOp(plain, ast.Div(), ast.Constant(100))
+    return None
 
 
 def _hint(op: type[ast.operator], lty: Ty, rty: Ty) -> str:

@@ -48,6 +48,7 @@ class CompiledCancel:
     trigger: str
     key: RuleFn
     when: RuleFn | None
+    reason: str
 
 
 @dataclass
@@ -156,7 +157,8 @@ class _RuleCompiler:
             ns = self.registry.namespace()
             when_fn = _single("cancel_when", when, ns) if when else None
             key_fn = _single("cancel_key", key, ns)
-            out.append(CompiledCancel(self.spec.id, cancel.trigger, key_fn, when_fn))
+            reason = cancel.reason or cancel.trigger
+            out.append(CompiledCancel(self.spec.id, cancel.trigger, key_fn, when_fn, reason))
         return out
 
 

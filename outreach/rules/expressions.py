@@ -79,6 +79,7 @@ class Rewritten:
     """Source after sugar rewriting, with a map back to original columns."""
 
     text: str
+    original: str
     # per rewritten line: list of (new_start, new_end, orig_start, orig_end)
     spans: list[list[tuple[int, int, int, int]]]
     line_starts: list[int]  # offset of each original line in the flattened source
@@ -128,7 +129,7 @@ def rewrite(source: str) -> Rewritten:
         pieces.append(line[pos:])
         out_lines.append("".join(pieces))
         spans.append(line_spans)
-    return Rewritten("\n".join(out_lines), spans, starts)
+    return Rewritten("\n".join(out_lines), source, spans, starts)
 
 
 @dataclass
@@ -163,6 +164,7 @@ class Checker:
         self.scope = scope
         self.rewritten = rewritten
         self.constants = constants
+        self.percents: dict[int, float] = {}  # id of a compiled 60% constant -> 60.0
         self.calls: list[tuple[str, ast.expr]] = []  # (source text, compiled) for evidence
         self.fields: list[tuple[str, ast.expr]] = []
 
@@ -180,7 +182,16 @@ class Checker:
         return ExprError(message, start, stop - start)
 
     def text(self, node: ast.AST) -> str:
-        """The original source text of a node (for evidence keys and messages)."""
+        """The analyst's own text of a node (evidence keys, messages); rebuilt if it spans lines."""
+        line = getattr(node, "lineno", 0) - 2
+        end_line = getattr(node, "end_lineno", -1) - 2
+        col, end_col = getattr(node, "col_offset", None), getattr(node, "end_col_offset", None)
+        rw = self.rewritten
+        if line == end_line and 0 <= line < len(rw.spans) and None not in (col, end_col):
+            start = rw.original_col(line, rw.char_col(line, col))  # type: ignore[arg-type]
+            stop = rw.original_col(line, rw.char_col(line, end_col))  # type: ignore[arg-type]
+            if 0 <= start < stop:
+                return rw.original[start:stop]
         return ast.unparse(_UnSugar().visit(copy.deepcopy(node)))
 
     def constant(self, value: Any) -> ast.expr:
@@ -388,7 +399,10 @@ class Checker:
                 raise self.error(node, "this duration is too long") from None
             return self.constant(span), DURATION
         if name == "__percent__":
-            return ast.Constant(_literal_number(node) / 100.0), NUMBER
+            percent = _literal_number(node)
+            ratio = ast.Constant(percent / 100.0)
+            self.percents[id(ratio)] = percent
+            return ratio, NUMBER
         spec = self.scope.functions.get(name)
         if spec is None:
             known = sorted(self.scope.functions)

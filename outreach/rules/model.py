@@ -64,6 +64,9 @@ class CancelOn(Spec):
     trigger: str
     key: Expr
     when: Expr | None = None
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        default=None, description="why, in words, e.g. 'the parcel was delivered'"
+    )
 
     _check_trigger = field_validator("trigger")(_known_type)
 
@@ -84,7 +87,8 @@ class TestEvent(Spec):
 class Expectation(Spec):
     """Expected records; a list given is compared item by item, an absent list is not checked.
 
-    Each expected item lists only the fields that matter; ``*_contains`` matches a substring.
+    Each expected item lists only the fields that matter; ``body_contains: x`` (or a list) needs
+    every piece in the field, ``body_not_contains`` none of them.
     Actions and messages are compared in their final state (the last record of each id).
     """
 
@@ -97,6 +101,7 @@ class TestCase(Spec):
     """Events in, expected signals, actions and messages out."""
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    customer_id: str = Field(default="cus_test_1", description="the customer of every event")
     customer: dict[str, Any] | None = Field(
         default=None, description="a customer.updated payload sent just before the events"
     )

@@ -102,7 +102,10 @@ def _plain(node: Any, loc: Loc, positions: dict[Loc, tuple[int, int]]) -> Any:
         result = {}
         for key, value in node.items():
             child = (*loc, str(key))
-            key_line, key_col = node.lc.key(key)  # point at the key: analysts look for names
+            if key in node.lc.data:  # point at the key: analysts look for names
+                key_line, key_col = node.lc.key(key)
+            else:  # a key merged in from an anchor (<<: *x) is located at its mapping
+                key_line, key_col = node.lc.line, node.lc.col
             positions[child] = (key_line + 1, key_col + 1)
             result[str(key)] = _plain(value, child, positions)
         return result
