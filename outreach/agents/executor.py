@@ -232,9 +232,7 @@ class Executor:
             idempotency_key=make_id("eff", signal.signal_id, action.tool, action.target),
             created=now.timestamp(), due=when.timestamp() if when else None, waits_for=waits_for,
         )  # fmt: skip
-        out.actions.append(
-            action_record(oa, cs.customer_id, verdict.status, verdict.reason, now, verdict)
-        )
+        self._record(cs, oa, verdict.status, verdict.reason, now, out, verdict)
         if not verdict.approved:
             return action_id
         cs.agents.effects[oa.idempotency_key] = now.timestamp()
@@ -246,6 +244,22 @@ class Executor:
             oa.timer_id = self._timer(cs, "action", action_id, when, out)
         cs.agents.open[action_id] = oa
         return action_id
+
+    def _record(
+        self,
+        cs: CustomerState,
+        oa: OpenAction,
+        status: str,
+        reason: str,
+        now: datetime,
+        out: Decisions,
+        verdict: Verdict | None = None,
+    ) -> None:
+        """Append an action's new status and remember it on its subject (for its playbook)."""
+        out.actions.append(action_record(oa, cs.customer_id, status, reason, now, verdict))
+        entity = cs.agents.entities.get(oa.entity)
+        if entity is not None:
+            entity.outcomes[oa.action_id] = (oa.tool, oa.target, status)
 
     def _timer(self, cs: CustomerState, kind: str, ref: str, due: datetime, out: Decisions) -> str:
         timer_id = make_id("tmr", ref, str(due.timestamp()))
@@ -333,7 +347,7 @@ class Executor:
             return
         if oa.timer_id:
             cs.timers.pop(oa.timer_id, None)
-        out.actions.append(action_record(oa, cs.customer_id, "cancelled", reason, now))
+        self._record(cs, oa, "cancelled", reason, now, out)
 
     def _drop(
         self,
@@ -427,7 +441,7 @@ class Executor:
             oa.status, oa.timer_id, oa.due = "pending_approval", None, None
             cs.agents.open[action_id] = oa
         reason = "due; guardrails passed" if verdict.status == "executed" else verdict.reason
-        out.actions.append(action_record(oa, cs.customer_id, verdict.status, reason, now, verdict))
+        self._record(cs, oa, verdict.status, reason, now, out, verdict)
         if verdict.status == "executed":
             self.guardrails.commit_spend(oa.tool, verdict, cs.agents, shared, now.timestamp())
             out.effects.append(effect(oa, cs.customer_id))

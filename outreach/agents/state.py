@@ -16,6 +16,8 @@ class Entity(msgspec.Struct, kw_only=True):
     touched: float = 0.0
     closed: str | None = None  # why the subject was closed (delivered, paid...)
     signals: dict[str, float] = msgspec.field(default_factory=dict)  # acted on: id -> when
+    outcomes: dict[str, tuple[str, str, str]] = msgspec.field(default_factory=dict)
+    # action id -> (tool, target, latest status): what really happened to the subject's actions
 
 
 class OpenAction(msgspec.Struct, kw_only=True):

@@ -30,9 +30,11 @@ def parse_duration(value: Any) -> timedelta:
 
 
 def format_duration(value: timedelta) -> str:
-    """The shortest exact analyst form: ``timedelta(days=7)`` -> ``"7d"``."""
+    """The form analysts write: days from 3 days up (``7d``, ``90d``), hours below (``48h``)."""
     seconds = value.total_seconds()
-    for unit in ("w", "d", "h", "m"):
+    if seconds and seconds % 86400 == 0 and seconds >= 3 * 86400:
+        return f"{int(seconds // 86400)}d"
+    for unit in ("h", "d", "m"):
         size = UNIT_SECONDS[unit]
         if seconds and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"

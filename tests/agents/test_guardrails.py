@@ -255,11 +255,6 @@ def test_a_tool_missing_from_the_playbook_allow_list_is_blocked(rules_copy: Path
     assert [m["template"] for m in result.messages] == ["payment_update_needed"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with every retry blocked, the next failure is escalated as 'all scheduled "
-    "retries have run and failed' and 'tried' lists 3 retries that never ran",
-)
 def test_an_escalation_does_not_claim_blocked_retries_ran(rules_copy: Path) -> None:
     edit(rules_copy / "policy.yaml",
          "payment_recovery: [retry_payment, request_payment_update, escalate_to_human]",
@@ -270,9 +265,12 @@ def test_an_escalation_does_not_claim_blocked_retries_ran(rules_copy: Path) -> N
     result = run_events(
         load_rulebook(rules_copy), [profile("2026-03-01T12:00:00Z"), failed(AT), again]
     )
-    for escalation in of_type(result.actions, "escalate_to_human"):
+    escalations = of_type(result.actions, "escalate_to_human")
+    assert escalations, "the second failure with no retry possible goes to a human"
+    for escalation in escalations:
         told = " ".join([escalation["params"]["summary"], *escalation["params"]["tried"]])
         assert "have run" not in told and "retries scheduled" not in told, told
+        assert "0 of 3 scheduled retries ran" in told and "blocked" in told, told
 
 
 def test_a_tool_kill_switch_blocks_that_tool_only(rules_copy: Path) -> None:

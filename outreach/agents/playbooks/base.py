@@ -42,6 +42,10 @@ class PlaybookContext:
     guardrails: GuardrailsConfig
     links: dict[str, str]
 
+    def outcomes(self, tool: str) -> list[tuple[str, str]]:
+        """(target, latest status) of this subject's actions of ``tool``, oldest first."""
+        return [(t, s) for kind, t, s in self.entity.outcomes.values() if kind == tool]
+
     def link(self, name: str, **values: str) -> str:
         """A configured link with ``{placeholders}`` filled, e.g. the payment update page."""
         template = self.links.get(name)

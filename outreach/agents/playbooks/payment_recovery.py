@@ -57,9 +57,16 @@ class PaymentRecovery:
         if not memory.get("retries"):
             return Plan(note="no retry schedule to continue")
         memory["escalated"] = True
+        retries = ctx.outcomes("retry_payment")
+        ran = sum(1 for _, status in retries if status == "executed")
+        why = (
+            f"all {ran} scheduled retries have run and failed"
+            if ran == len(retries)
+            else f"{ran} of {len(retries)} scheduled retries ran; the others did not"
+        )
         return Plan(
-            actions=[self._escalation(ctx, p, data, "all scheduled retries have run and failed")],
-            note="a failure after the last retry: escalated",
+            actions=[self._escalation(ctx, p, data, why)],
+            note=f"a failure after the retry schedule ended: escalated ({why})",
         )
 
     def _schedule(
@@ -148,13 +155,8 @@ class PaymentRecovery:
         self, ctx: PlaybookContext, p: PaymentRecoveryParams, data: PaymentFailedData, why: str
     ) -> PlannedAction:
         tried = [
-            f"{a.tool} #{a.params.get('retry')} scheduled"
-            for a in ctx.open_actions
-            if a.tool == "retry_payment"
+            f"{tool} {target}: {status}" for tool, target, status in ctx.entity.outcomes.values()
         ]
-        retries = ctx.entity.data.get("retries")
-        if retries:
-            tried.append(f"{retries} automatic retries scheduled after the first failure")
         return PlannedAction(
             ref="escalate",
             tool="escalate_to_human",
