@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from outreach.agents.guardrails import Check, Guardrails, SharedLedger, Verdict
+from outreach.agents.announcing import (
+    MessageChoice,
+    announced,
+    approved,
+    as_dict,
+    from_deferred,
+    outbound,
+)
+from outreach.agents.guardrails import Guardrails, SharedLedger, Verdict
 from outreach.agents.plan import Plan, PlannedAction, PlannedMessage
 from outreach.agents.playbooks import Playbook, PlaybookContext
 from outreach.agents.recording import action_record, effect, preview, record_message
@@ -38,26 +46,6 @@ class RulePlaybook:
     playbook: Playbook
     params: Any
     holdout: float
-
-
-@dataclass(frozen=True)
-class MessageChoice:
-    """A planned message and what was decided for it (possibly its fallback instead)."""
-
-    planned: PlannedMessage
-    chosen: PlannedMessage
-    msg: OutboundMessage
-    decision: MessageDecision
-    why: str  # why the fallback was used, if it was
-
-    @property
-    def announces(self) -> bool:
-        """The planned message itself goes (now or after quiet hours), not its fallback."""
-        return self.chosen is self.planned and self.decision.deliverable
-
-    def failure(self) -> str:
-        """Why the planned message does not go."""
-        return self.why if self.chosen is not self.planned else self.decision.reason
 
 
 class Executor:
@@ -141,7 +129,7 @@ class Executor:
             if action.announce is None:
                 continue
             choice = choices.get(action.announce)
-            verdict, due = _announced(verdicts[action.ref], choice)
+            verdict, due = announced(verdicts[action.ref], choice)
             waits_for = choice.msg.message_id if due is not None and choice else None
             action_id = self._commit(
                 signal, action, verdict, playbook, entity_name, cs, shared, now, out, due, waits_for
@@ -155,7 +143,7 @@ class Executor:
                 promised = [ids[r] for r in choice.chosen.requires if r in ids]
                 self._commit_message(
                     choice.msg, choice.decision, entity_name, cs, now, out,
-                    waiting.get(ref, []), _as_dict(fallback), promised,
+                    waiting.get(ref, []), as_dict(fallback), promised,
                 )  # fmt: skip
 
     def _check(
@@ -184,21 +172,21 @@ class Executor:
         """The policy's verdict on a planned message, or on its fallback when it cannot go."""
         chosen: PlannedMessage | None = planned
         why = ""
-        unmet = [r for r in planned.requires if not _approved(verdicts.get(r))]
+        unmet = [r for r in planned.requires if not approved(verdicts.get(r))]
         if unmet:
             first = verdicts.get(unmet[0])
             why = f"{', '.join(unmet)} not approved ({first.reason if first else 'not planned'})"
             chosen = planned.fallback
         if chosen is None:
             return None
-        msg = _outbound(signal.signal_id, signal.rule_id, signal.category, chosen)
+        msg = outbound(signal.signal_id, signal.rule_id, signal.category, chosen)
         if cs.contact.notices.get(msg.notice, (0.0, ""))[1] == msg.message_id:
             return None  # already decided once (a duplicate signal); never twice
         decision = self.policy.decide(msg, cs.profile, cs.contact, now)
         if chosen is planned and not decision.deliverable and planned.fallback is not None:
             why = f"{planned.purpose} version not possible ({decision.reason})"
             chosen = planned.fallback
-            msg = _outbound(signal.signal_id, signal.rule_id, signal.category, chosen)
+            msg = outbound(signal.signal_id, signal.rule_id, signal.category, chosen)
             decision = self.policy.decide(msg, cs.profile, cs.contact, now)
         if why:
             decision.checks.insert(0, {"check": "fallback", "result": "used", "detail": why})
@@ -357,7 +345,7 @@ class Executor:
         now: datetime,
         out: Decisions,
     ) -> None:
-        msg = _from_deferred(deferred)
+        msg = from_deferred(deferred)
         order = getattr(self.policy.config.channels, msg.purpose)
         decision = MessageDecision("suppressed", order[0], None, reason, now)
         self._commit_message(msg, decision, deferred.entity, cs, now, out)
@@ -382,8 +370,8 @@ class Executor:
         out: Decisions,
     ) -> None:
         """Judge a deferred message again; its waiting offers go with it or not at all."""
-        msg = _from_deferred(deferred)
-        blocked = self._recheck_announced(deferred.announces, cs, shared, now)
+        msg = from_deferred(deferred)
+        blocked = self._recheckannounced(deferred.announces, cs, shared, now)
         if blocked:
             order = getattr(self.policy.config.channels, msg.purpose)
             decision = MessageDecision("suppressed", order[0], None, blocked, now)
@@ -405,13 +393,13 @@ class Executor:
             self._cancel_action(action_id, cs, reason, now, out)
         if deferred.fallback is not None:
             planned = PlannedMessage(**deferred.fallback)
-            fallback = _outbound(deferred.signal_id, deferred.rule_id, deferred.category, planned)
+            fallback = outbound(deferred.signal_id, deferred.rule_id, deferred.category, planned)
             choice = self.policy.decide(fallback, cs.profile, cs.contact, now)
             why = f"{msg.purpose} version not sent ({decision.reason})"
             choice.checks.insert(0, {"check": "fallback", "result": "used", "detail": why})
             self._commit_message(fallback, choice, deferred.entity, cs, now, out)
 
-    def _recheck_announced(
+    def _recheckannounced(
         self, announces: list[str], cs: CustomerState, shared: SharedLedger, now: datetime
     ) -> str:
         """Why a waiting offer may no longer be made (budgets move overnight), or ''."""
@@ -445,57 +433,6 @@ class Executor:
         if verdict.status == "executed":
             self.guardrails.commit_spend(oa.tool, verdict, cs.agents, shared, now.timestamp())
             out.effects.append(effect(oa, cs.customer_id))
-
-
-def _announced(verdict: Verdict, choice: MessageChoice | None) -> tuple[Verdict, datetime | None]:
-    """An action that must be announced happens only with its message: (verdict, wait until).
-
-    A pending approval stays pending: the announcement is decided when a person approves."""
-    if verdict.status not in ("executed", "scheduled"):
-        return verdict, None
-    if choice is None or not choice.announces:
-        reason = "no message could announce it" if choice is None else choice.failure()
-        checks = [*verdict.checks, Check("announce", "fail", reason)]
-        return Verdict("blocked", f"offer not made: {reason}", checks, verdict.params), None
-    if choice.decision.status == "deferred":
-        send_at = choice.decision.send_at
-        why = f"waits for its announcement, deferred to {send_at:%Y-%m-%d %H:%M}Z"
-        checks = [*verdict.checks, Check("announce", "defer", why)]
-        waiting = Verdict("scheduled", why, checks, verdict.params, verdict.value, verdict.currency)
-        return waiting, send_at
-    return verdict, None
-
-
-def _approved(verdict: Verdict | None) -> bool:
-    """A message may promise an action only if it is certain: executed or scheduled."""
-    return verdict is not None and verdict.status in ("executed", "scheduled")
-
-
-def _outbound(
-    signal_id: str, rule_id: str, category: str, planned: PlannedMessage
-) -> OutboundMessage:
-    return OutboundMessage(
-        message_id=make_id("msg", signal_id, planned.ref), signal_id=signal_id, rule_id=rule_id,
-        template=planned.template, purpose=planned.purpose, context=planned.context,
-        notice=planned.notice, category=category,
-    )  # fmt: skip
-
-
-def _from_deferred(d: DeferredMessage) -> OutboundMessage:
-    return OutboundMessage(
-        message_id=d.message_id, signal_id=d.signal_id, rule_id=d.rule_id, template=d.template,
-        purpose=d.purpose, context=d.context, notice=d.notice, category=d.category,
-    )  # fmt: skip
-
-
-def _as_dict(planned: PlannedMessage | None) -> dict[str, Any] | None:
-    """A fallback message as plain data, to wait in state with a deferred message."""
-    if planned is None:
-        return None
-    return {
-        "ref": planned.ref, "template": planned.template, "purpose": planned.purpose,
-        "context": planned.context, "notice": planned.notice,
-    }  # fmt: skip
 
 
 __all__ = ["Executor", "MessageChoice", "RulePlaybook"]

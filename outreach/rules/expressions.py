@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import ast
 import copy
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from outreach.rules.arithmetic import binop
-from outreach.rules.durations import format_duration
 from outreach.rules.exprtypes import (
     ANY,
     BOOL,
@@ -46,90 +44,10 @@ from outreach.rules.exprtypes import (
     suggest,
 )
 from outreach.rules.helpers import HELPERS
+from outreach.rules.syntax import ExprError, Rewritten, UnSugar, literal_number, parse
 
-_LITERALS = re.compile(
-    r"""("(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')"""  # strings, left untouched
-    r"|(?<![\w.])(\d+(?:\.\d+)?)(s|m|h|d|w)\b"  # durations
-    r"|(?<![\w.])(\d+(?:\.\d+)?)%(?!=)"  # percentages
-)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 CONSTANT_NAMES = {"true": True, "false": False, "null": None, "True": True, "False": False}
 RESERVED = {"data", "event", "customer", "now", "ctx", *CONSTANT_NAMES, "None"}
-
-
-class ExprError(Exception):
-    """A problem in one expression, with the column (0-based) and width it concerns."""
-
-    def __init__(self, message: str, col: int | None = None, width: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
-        self.col = col
-        self.width = max(width, 1)
-
-    def excerpt(self, source: str) -> str:
-        """The expression with a caret line under the offending part."""
-        flat = " ".join(source.split("\n"))
-        if self.col is None:
-            return f"    {flat}"
-        return f"    {flat}\n    {' ' * self.col}{'^' * self.width}"
-
-
-@dataclass
-class Rewritten:
-    """Source after sugar rewriting, with a map back to original columns."""
-
-    text: str
-    original: str
-    # per rewritten line: list of (new_start, new_end, orig_start, orig_end)
-    spans: list[list[tuple[int, int, int, int]]]
-    line_starts: list[int]  # offset of each original line in the flattened source
-
-    def char_col(self, lineno: int, byte_col: int) -> int:
-        """``ast`` columns count UTF-8 bytes; turn one into a character column."""
-        line = self.text.split("\n")[lineno].encode()
-        return len(line[:byte_col].decode(errors="ignore"))
-
-    def original_col(self, lineno: int, col: int) -> int:
-        """Column in the flattened original source of rewritten (line, col)."""
-        shift = 0
-        for new_start, new_end, orig_start, orig_end in self.spans[lineno]:
-            if col >= new_end:
-                shift += (new_end - new_start) - (orig_end - orig_start)
-            elif col >= new_start:
-                return self.line_starts[lineno] + orig_start
-        return self.line_starts[lineno] + col - shift
-
-
-def rewrite(source: str) -> Rewritten:
-    """Replace durations and percentages with calls the checker understands."""
-    lines = source.split("\n")
-    out_lines: list[str] = []
-    spans: list[list[tuple[int, int, int, int]]] = []
-    starts, offset = [], 0
-    for line in lines:
-        starts.append(offset)
-        offset += len(line) + 1
-        pieces: list[str] = []
-        line_spans: list[tuple[int, int, int, int]] = []
-        pos = new_pos = 0
-        for match in _LITERALS.finditer(line):
-            if match.group(1):
-                continue
-            if match.group(2):
-                seconds = float(match.group(2)) * _UNITS[match.group(3)]
-                repl = f"__duration__({seconds!r})"
-            else:
-                repl = f"__percent__({float(match.group(4))!r})"
-            pieces.append(line[pos : match.start()])
-            new_pos += match.start() - pos
-            line_spans.append((new_pos, new_pos + len(repl), match.start(), match.end()))
-            pieces.append(repl)
-            new_pos += len(repl)
-            pos = match.end()
-        pieces.append(line[pos:])
-        out_lines.append("".join(pieces))
-        spans.append(line_spans)
-    return Rewritten("\n".join(out_lines), source, spans, starts)
 
 
 @dataclass
@@ -192,7 +110,7 @@ class Checker:
             stop = rw.original_col(line, rw.char_col(line, end_col))  # type: ignore[arg-type]
             if 0 <= start < stop:
                 return rw.original[start:stop]
-        return ast.unparse(_UnSugar().visit(copy.deepcopy(node)))
+        return ast.unparse(UnSugar().visit(copy.deepcopy(node)))
 
     def constant(self, value: Any) -> ast.expr:
         """A reference to a non-literal constant (timedelta, frozenset...) held outside."""
@@ -394,12 +312,12 @@ class Checker:
         name = node.func.id
         if name == "__duration__":
             try:
-                span = timedelta(seconds=_literal_number(node))
+                span = timedelta(seconds=literal_number(node))
             except OverflowError:
                 raise self.error(node, "this duration is too long") from None
             return self.constant(span), DURATION
         if name == "__percent__":
-            percent = _literal_number(node)
+            percent = literal_number(node)
             ratio = ast.Constant(percent / 100.0)
             self.percents[id(ratio)] = percent
             return ratio, NUMBER
@@ -415,12 +333,6 @@ class Checker:
         return code, ty
 
 
-def _literal_number(node: ast.Call) -> float:
-    arg = node.args[0]
-    assert isinstance(arg, ast.Constant) and isinstance(arg.value, int | float)
-    return float(arg.value)
-
-
 def _is_field_path(node: ast.AST) -> bool:
     while isinstance(node, ast.Attribute):
         node = node.value
@@ -429,58 +341,6 @@ def _is_field_path(node: ast.AST) -> bool:
 
 def _call(name: str, *args: ast.expr) -> ast.Call:
     return ast.Call(ast.Name(name, ast.Load()), list(args), [])
-
-
-class _UnSugar(ast.NodeTransformer):
-    """Turns ``__duration__(86400.0)`` back into ``1d`` for messages and evidence keys."""
-
-    def visit_Call(self, node: ast.Call) -> ast.AST:
-        if isinstance(node.func, ast.Name) and node.func.id in ("__duration__", "__percent__"):
-            value = _literal_number(node)
-            if node.func.id == "__percent__":
-                return ast.Name(f"{value:.15g}%", ast.Load())
-            try:
-                return ast.Name(format_duration(timedelta(seconds=value)), ast.Load())
-            except OverflowError:
-                return ast.Name(f"{value:.15g}s", ast.Load())
-        self.generic_visit(node)
-        return node
-
-
-_STRINGS = re.compile(r"""("(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')""")
-_RESERVED_NAME = re.compile(r"(?<![\w.])__\w*")
-
-
-def parse(source: str) -> tuple[ast.expr, Rewritten]:
-    """Parse (after sugar rewriting); raises ``ExprError`` with the column of a syntax error."""
-    outside_strings = _STRINGS.sub(lambda m: " " * len(m.group(0)), source)
-    reserved = _RESERVED_NAME.search(outside_strings)
-    if reserved:
-        flat = outside_strings.replace("\n", " ")
-        found = _RESERVED_NAME.search(flat)
-        col = found.start() if found else None
-        raise ExprError(f"names starting with '__' are reserved ({reserved.group(0)})", col)
-    rewritten = rewrite(source)
-    try:
-        tree = ast.parse("(\n" + rewritten.text + "\n)", mode="eval")
-    except SyntaxError as exc:
-        line = (exc.lineno or 2) - 2
-        col = None
-        if 0 <= line < len(rewritten.spans) and exc.offset is not None:
-            col = rewritten.original_col(line, exc.offset - 1)
-        hint = ""
-        if "&&" in source or "||" in source:
-            hint = "; write 'and' / 'or' instead of '&&' / '||'"
-        elif "=>" in source or "=<" in source:
-            hint = "; write '>=' / '<=' instead of '=>' / '=<'"
-        elif re.search(r"(?<![=!<>])=(?!=)", source):
-            hint = "; compare with '==', not '='"
-        raise ExprError(f"not a valid expression ({exc.msg}){hint}", col) from None
-    if isinstance(tree.body, ast.Tuple):
-        if not tree.body.elts:
-            raise ExprError("the expression is empty")
-        raise ExprError("one expression expected; for a list of values write [a, b]", 0)
-    return tree.body, rewritten
 
 
 @dataclass
@@ -516,3 +376,17 @@ def build_function(
     exec(compile(module, f"<rule {name}>", "exec"), glb)  # noqa: S102 - checked whitelist AST
     fn: Callable[..., Any] = glb[name]
     return fn
+
+
+__all__ = [
+    "CONSTANT_NAMES",
+    "RESERVED",
+    "Checker",
+    "CompiledExpr",
+    "ExprError",
+    "FunctionSpec",
+    "Scope",
+    "build_function",
+    "check",
+    "parse",
+]
