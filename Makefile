@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/outreach sample --customers 2000 --days 30 --seed 7 --out $(DEMO)/events.jsonl
 	$(BIN)/outreach replay $(DEMO)/events.jsonl --rules rules --out $(DEMO)/decisions
 	@echo ""
-	@echo "Decision log: $(DEMO)/decisions/ (signals.jsonl, actions.jsonl, messages.jsonl, dlq.jsonl, summary.json)"
+	@echo "Decision log: $(DEMO)/decisions/ (signals, actions, messages, dlq, errors .jsonl + summary.json)"
 
 test: $(STAMP)
 	$(BIN)/outreach rules check rules

@@ -136,7 +136,9 @@ def replay(
         )
     elapsed = time.perf_counter() - started
     _print_summary(result.summary, elapsed, result.customers)
-    out.print(f"decision log: {out_dir}/ (signals, actions, messages, dlq .jsonl; summary.json)")
+    out.print(
+        f"decision log: {out_dir}/ (signals, actions, messages, dlq, errors .jsonl; summary.json)"
+    )
 
 
 def _print_summary(summary: dict[str, Any], elapsed: float, customers: int) -> None:

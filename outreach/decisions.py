@@ -101,7 +101,6 @@ class Decisions:
     deliveries: list[Delivery] = field(default_factory=list)
     errors: list[RuleRuntimeError] = field(default_factory=list)  # rules that raised
     duplicate: bool = False  # the event had been processed before; nothing was done
-    notes: dict[str, str] = field(default_factory=dict)  # signal_id -> playbook note
 
     def __bool__(self) -> bool:
         """Whether anything was decided (records, timers or effects)."""

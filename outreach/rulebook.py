@@ -134,6 +134,10 @@ def _bind_playbook(
     if spec.trigger not in playbook.triggers:
         allowed = ", ".join(sorted(playbook.triggers))
         problems.append(doc.problem(("trigger",), f"playbook {spec.playbook} runs on {allowed}"))
+    missing = [name for name in playbook.links if policy is not None and name not in policy.links]
+    if missing:
+        message = f"playbook {spec.playbook} needs policy.yaml links: {', '.join(missing)}"
+        problems.append(doc.problem(("playbook",), message))
     if policy is not None and spec.playbook not in policy.guardrails.playbooks:
         problems.append(
             doc.problem(
@@ -182,7 +186,10 @@ def load_rulebook(folder: Path) -> RuleBook:
     policy = _load_policy(folder, problems)
     templates: TemplateCatalog | None = None
     try:
-        templates = TemplateCatalog.load(folder / TEMPLATES_DIR, display_root=folder.parent)
+        default_locale = policy.contact.default_locale if policy is not None else "en"
+        templates = TemplateCatalog.load(
+            folder / TEMPLATES_DIR, default_locale=default_locale, display_root=folder.parent
+        )
     except RuleFileError as exc:
         problems.extend(exc.problems)  # rules naming templates are not checked against them
     loaded: dict[str, tuple[RuleSpec, YamlDoc]] = {}

@@ -276,6 +276,7 @@ class Executor:
             message_id=msg.message_id, signal_id=msg.signal_id, rule_id=msg.rule_id,
             entity=entity_name, template=msg.template, purpose=msg.purpose, context=msg.context,
             notice=msg.notice, category=msg.category, created=now.timestamp(),
+            channel=decision.channel,
             send_at=decision.send_at.timestamp(), timer_id=timer_id,
             announces=announces or [], fallback=fallback, requires=requires or [],
         )  # fmt: skip
@@ -346,9 +347,13 @@ class Executor:
         out: Decisions,
     ) -> None:
         msg = from_deferred(deferred)
-        order = getattr(self.policy.config.channels, msg.purpose)
-        decision = MessageDecision("suppressed", order[0], None, reason, now)
+        decision = MessageDecision("suppressed", self._held_channel(deferred), None, reason, now)
         self._commit_message(msg, decision, deferred.entity, cs, now, out)
+
+    def _held_channel(self, deferred: DeferredMessage) -> str:
+        """The channel a held message was going to use (older state: its purpose's first)."""
+        order: list[str] = getattr(self.policy.config.channels, deferred.purpose)
+        return deferred.channel or order[0]
 
     def fire(
         self, ref: TimerRef, cs: CustomerState, shared: SharedLedger, now: datetime, out: Decisions
@@ -371,10 +376,11 @@ class Executor:
     ) -> None:
         """Judge a deferred message again; its waiting offers go with it or not at all."""
         msg = from_deferred(deferred)
-        blocked = self._recheckannounced(deferred.announces, cs, shared, now)
+        blocked = self._recheck_announced(deferred.announces, cs, shared, now)
         if blocked:
-            order = getattr(self.policy.config.channels, msg.purpose)
-            decision = MessageDecision("suppressed", order[0], None, blocked, now)
+            decision = MessageDecision(
+                "suppressed", self._held_channel(deferred), None, blocked, now
+            )
         else:
             decision = self.policy.decide(msg, cs.profile, cs.contact, now)
         if decision.status == "deferred":
@@ -399,7 +405,7 @@ class Executor:
             choice.checks.insert(0, {"check": "fallback", "result": "used", "detail": why})
             self._commit_message(fallback, choice, deferred.entity, cs, now, out)
 
-    def _recheckannounced(
+    def _recheck_announced(
         self, announces: list[str], cs: CustomerState, shared: SharedLedger, now: datetime
     ) -> str:
         """Why a waiting offer may no longer be made (budgets move overnight), or ''."""

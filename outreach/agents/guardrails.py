@@ -42,13 +42,15 @@ class Threshold(_Config):
         if value is None:
             return self.unknown_value, f"value unknown -> {self.unknown_value}"
         if self.auto_max is None:
-            return "auto", f"{value:g}: no auto limit"
+            return "auto", f"{_n(value)}: no auto limit"
         if value <= self.auto_max:
-            return "auto", f"{value:g} <= auto limit {self.auto_max:g}"
+            return "auto", f"{_n(value)} <= auto limit {_n(self.auto_max)}"
         if self.approval_max is None or value <= self.approval_max:
-            upto = "" if self.approval_max is None else f", <= approval limit {self.approval_max:g}"
-            return "approval", f"needs approval: {value:g} > auto limit {self.auto_max:g}{upto}"
-        return "deny", f"denied: {value:g} > approval limit {self.approval_max:g}"
+            upto = (
+                "" if self.approval_max is None else f", <= approval limit {_n(self.approval_max)}"
+            )
+            return "approval", f"needs approval: {_n(value)} > auto limit {_n(self.auto_max)}{upto}"
+        return "deny", f"denied: {_n(value)} > approval limit {_n(self.approval_max)}"
 
 
 class Budget(_Config):
@@ -128,6 +130,13 @@ class Verdict:
     def approved(self) -> bool:
         """Whether the action will (or may, once approved) happen."""
         return self.status in ("executed", "scheduled", "pending_approval")
+
+
+def _n(value: float | None) -> str:
+    """A number as people read it in a reason: 1000000 or 12.5 (never 1e+06)."""
+    if value is None:
+        return "?"
+    return f"{int(value)}" if float(value).is_integer() else f"{value:.2f}".rstrip("0")
 
 
 def _ledger_key(tool: str, currency: str | None) -> str:
@@ -257,7 +266,9 @@ class Guardrails:
             amount = 1.0 if budget.count else (value or 0.0)
             unit = "actions" if budget.count else (currency or "")
             window = format_duration(budget.period)
-            detail = f"{used:g} + {amount:g} of {budget.max:g} {unit} per customer per {window}"
+            detail = (
+                f"{_n(used)} + {_n(amount)} of {_n(budget.max)} {unit} per customer per {window}"
+            )
             if used + amount > budget.max:
                 checks.append(
                     Check("customer_budget", "fail", f"per-customer budget exceeded: {detail}")
@@ -268,7 +279,7 @@ class Guardrails:
             spent = shared.total(global_key(tool, currency, when))
             amount = value or 0.0
             limit = guard.global_per_utc_day
-            detail = f"{spent:g} + {amount:g} of {limit:g} {currency or ''} today (UTC)"
+            detail = f"{_n(spent)} + {_n(amount)} of {_n(limit)} {currency or ''} today (UTC)"
             if spent + amount > guard.global_per_utc_day:
                 checks.append(
                     Check("global_budget", "fail", f"global daily budget exceeded: {detail}")

@@ -26,8 +26,14 @@ def action_record(
         rule_id=oa.rule_id, type=oa.tool, params=oa.params, status=status,
         at=now, reason=reason, target=oa.target, idempotency_key=oa.idempotency_key,
         scheduled_for=_due(oa) if status != "executed" else None,
-        checks=[c.as_dict() for c in verdict.checks] if verdict else [],
+        checks=[c.as_dict() for c in verdict.checks] if verdict else [_check(status, reason)],
     )  # fmt: skip
+
+
+def _check(status: str, reason: str) -> dict[str, str]:
+    """The one check behind a status no guardrail decided (cancelled, skipped_holdout)."""
+    name = {"cancelled": "cancel", "skipped_holdout": "holdout"}.get(status, status)
+    return {"check": name, "result": status, "detail": reason}
 
 
 def _due(oa: OpenAction) -> datetime | None:

@@ -1,6 +1,7 @@
-"""Outbound: the contact policy, message templates, SMS segments and the channel port.
+"""Outbound: the contact policy, message templates and their filters, SMS segments.
 
-The policy and templates are pure; provider channels (twilio, sendgrid) are adapters.
+All pure. Sent messages leave the core as ``Delivery`` records; the channel port and the
+provider adapters (file, twilio, sendgrid) come with the live runtime.
 Must not import in the policy/templates: faust, aiokafka, twilio, sendgrid, openai, fastapi,
 sqlalchemy.
 """

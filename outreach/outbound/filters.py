@@ -10,6 +10,7 @@ Must not import faust, aiokafka, twilio, sendgrid, openai, fastapi or sqlalchemy
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, tzinfo
 from decimal import Decimal
@@ -20,7 +21,7 @@ from zoneinfo import ZoneInfo
 from babel import Locale
 from babel.dates import format_date, format_skeleton, format_time
 from babel.numbers import format_currency, format_percent, get_currency_precision, is_currency
-from jinja2 import StrictUndefined, pass_context
+from jinja2 import StrictUndefined, Undefined, pass_context
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -151,14 +152,28 @@ def _percent(ctx: Context, value: object) -> str:
     return str(text).translate(_PLAIN)
 
 
-# the filter names template authors use
-FILTERS: dict[str, Callable[..., str]] = {
+def _defined(fn: Callable[..., str]) -> Callable[..., str]:
+    """Report ``'pct' is undefined`` for an undefined argument, not the filter's type error."""
+
+    @functools.wraps(fn)  # keeps jinja's pass_context marker
+    def check(ctx: Context, *args: Any) -> str:
+        for arg in args:
+            if isinstance(arg, Undefined):
+                arg._fail_with_undefined_error()
+        return fn(ctx, *args)
+
+    return check
+
+
+_FILTERS: dict[str, Callable[..., str]] = {
     "when": _when,
     "day": _day,
     "date": _date,
     "money": _money,
     "percent": _percent,
 }
+# the filter names template authors use
+FILTERS: dict[str, Callable[..., str]] = {name: _defined(fn) for name, fn in _FILTERS.items()}
 
 
 def make_environment() -> ImmutableSandboxedEnvironment:

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field
 
 from outreach.errors import TemplateRenderError
+from outreach.events import Locale, Timezone
 from outreach.outbound.state import ContactState
 from outreach.outbound.templates import Rendered, TemplateCatalog
 from outreach.rules.durations import Duration, format_duration
@@ -65,8 +66,8 @@ class ContactPolicyConfig(_Config):
     """The ``contact:`` section of ``rules/policy.yaml``."""
 
     quiet_hours: QuietHours
-    default_timezone: str
-    default_locale: str
+    default_timezone: Timezone
+    default_locale: Locale
     marketing_caps: MarketingCaps
     no_marketing_after_service_failure: Duration
     channels: ChannelOrder

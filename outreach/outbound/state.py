@@ -22,6 +22,7 @@ class DeferredMessage(msgspec.Struct, kw_only=True):
     created: float
     send_at: float
     timer_id: str
+    channel: str = ""  # the channel chosen when it was held (judged again when due)
     announces: list[str] = msgspec.field(default_factory=list)  # offers waiting for it
     requires: list[str] = msgspec.field(default_factory=list)  # actions it promises
     fallback: dict[str, Any] | None = None  # the message to send if this one cannot go
@@ -32,7 +33,7 @@ class ContactState(msgspec.Struct, kw_only=True):
 
     suppressed: dict[str, str] = msgspec.field(default_factory=dict)  # channel -> reason
     marketing: list[float] = msgspec.field(default_factory=list)  # marketing send times
-    service_failure_at: float | None = None  # last service-failure message (sent or deferred)
+    service_failure_at: float | None = None  # when the last service-failure message was sent
     notices: dict[str, tuple[float, str]] = msgspec.field(default_factory=dict)
     deferred: dict[str, DeferredMessage] = msgspec.field(default_factory=dict)
 

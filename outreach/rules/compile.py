@@ -139,15 +139,16 @@ class _RuleCompiler:
             path=self.doc.path,
             condition=condition,
             evidence=evidence,
-            key=_single("key", key, ns) if key else None,
-            audience=_single("audience", audience, ns) if audience else None,
+            key=_single("key", key, ns, assigns) if key else None,
+            audience=_single("audience", audience, ns, assigns) if audience else None,
         )
 
     def cancels(self) -> list[CompiledCancel]:
         out = []
         for i, cancel in enumerate(self.spec.cancel_on):
             scope = self._scope(cancel.trigger)
-            scope.functions = {}
+            scope.functions = {}  # about the cancelling event alone: no windows, no customer
+            scope.customer = None
             key = self.expr(cancel.key, ("cancel_on", i, "key"), scope, None)
             when = None
             if cancel.when:
@@ -162,8 +163,12 @@ class _RuleCompiler:
         return out
 
 
-def _single(name: str, compiled: CompiledExpr, ns: dict[str, Any]) -> RuleFn:
-    return build_function(name, PARAMS, [ast.Return(copy.deepcopy(compiled.code))], ns)
+def _single(
+    name: str, compiled: CompiledExpr, ns: dict[str, Any], lets: list[ast.stmt] | None = None
+) -> RuleFn:
+    """``def name(event, data, customer, ctx, now): <lets>; return <expr>``."""
+    body = [*copy.deepcopy(lets or []), ast.Return(copy.deepcopy(compiled.code))]
+    return build_function(name, PARAMS, body, ns)
 
 
 def _evidence(lets: list[tuple[str, CompiledExpr]], when: CompiledExpr | None) -> ast.Return:

@@ -257,7 +257,7 @@ def detect(
     for rule in triggered:
         try:
             signal = _evaluate_rule(rules, rule, event, state, view, args, now_ts)
-        except (ArithmeticError, TypeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - recorded per rule; the other rules still run
             message = f"{type(exc).__name__}: {exc}"
             errors.append(
                 RuleRuntimeError(
@@ -295,7 +295,7 @@ def _evaluate_rule(
     if retention and not spec.shadow:  # a shadow rule must not steer live rules
         state.record_signal(spec.id, now_ts, retention)
     return Signal(
-        signal_id=make_id("sig", spec.id, event.event_id),
+        signal_id=make_id("sig", spec.id, event.customer_id, event.event_id),
         rule_id=spec.id,
         rule_version=spec.version,
         customer_id=event.customer_id,
@@ -307,7 +307,7 @@ def _evaluate_rule(
         priority=spec.priority,
         category=spec.category,
         shadow=spec.shadow,
-        holdout=in_holdout(spec.id, event.customer_id, spec.holdout),
+        holdout=not spec.shadow and in_holdout(spec.id, event.customer_id, spec.holdout),
     )
 
 

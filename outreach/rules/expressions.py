@@ -17,7 +17,7 @@ false); ``==`` and ``!=`` treat null as a value (``x == null`` tests for missing
 ``x / 0`` is missing: a rule never crashes on a sparse event.
 
 The window functions (``count``, ``sum``, ``exists``, ``latest``, ``previous``, ``signaled``
-...) are compiled into calls on the evaluation context; see ``aggregates.py``.
+...) are compiled into calls on the evaluation context; see ``functions.py``.
 """
 
 from __future__ import annotations

@@ -142,6 +142,13 @@ class RuleSpec(Spec):
 
     _check_trigger = field_validator("trigger")(_known_type)
 
+    @field_validator("holdout")
+    @classmethod
+    def _whole_percent(cls, value: float) -> float:
+        if not float(value).is_integer():
+            raise ValueError("holdout must be a whole percentage (the control group is 1% steps)")
+        return value
+
     @field_validator("let")
     @classmethod
     def _let_names(cls, value: dict[str, str]) -> dict[str, str]:

@@ -417,3 +417,15 @@ def test_every_action_record_says_why_and_every_verdict_lists_its_checks(run: Ru
         if record["status"] in ("executed", "scheduled", "pending_approval", "blocked"):
             assert record["checks"], record
             assert all(c["check"] and c["result"] and c["detail"] for c in record["checks"])
+
+
+def test_cancelled_and_held_out_records_carry_the_check_that_decided_them(book: RuleBook) -> None:
+    paid = make_event("payment.succeeded", later(AT, days=2), payment_id="pay_9",
+                      invoice_id="in_1", amount=2900, currency="USD")  # fmt: skip
+    result = run_events(book, [profile("2026-03-01T12:00:00Z"), failed(AT), paid])
+    cancelled = [a for a in result.actions if a["status"] == "cancelled"]
+    assert cancelled
+    for record in cancelled:
+        assert record["checks"] == [
+            {"check": "cancel", "result": "cancelled", "detail": record["reason"]}
+        ]

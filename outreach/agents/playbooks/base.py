@@ -61,6 +61,7 @@ class Playbook(Protocol):
     params: ClassVar[type[Params]]
     triggers: ClassVar[frozenset[str]]  # event types whose rules may run it
     templates: ClassVar[tuple[str, ...]]  # params fields naming message templates
+    links: ClassVar[tuple[str, ...]]  # policy.yaml links it fills in (checked at load)
 
     def plan(self, ctx: PlaybookContext) -> Plan:
         """Propose actions and messages for ``ctx.signal``."""

@@ -23,6 +23,7 @@ class Notify:
     params: ClassVar[type[Params]] = NotifyParams
     triggers: ClassVar[frozenset[str]] = frozenset(EVENT_TYPES)
     templates: ClassVar[tuple[str, ...]] = ("template",)
+    links: ClassVar[tuple[str, ...]] = ()
 
     def plan(self, ctx: PlaybookContext) -> Plan:
         """One message whose context is the event data and the signal's evidence."""

@@ -31,6 +31,7 @@ class PaymentRecovery:
     params: ClassVar[type[Params]] = PaymentRecoveryParams
     triggers: ClassVar[frozenset[str]] = frozenset({"payment.failed"})
     templates: ClassVar[tuple[str, ...]] = ("retry_template", "update_template")
+    links: ClassVar[tuple[str, ...]] = ("update_payment",)
 
     def plan(self, ctx: PlaybookContext) -> Plan:
         """Plan for one failed payment."""
@@ -51,7 +52,8 @@ class PaymentRecovery:
             return self._schedule(ctx, p, data)
         pending = [a for a in ctx.open_actions if a.tool == "retry_payment"]
         if pending:
-            return Plan(note=f"continues the retry schedule ({len(pending)} retries still pending)")
+            left = f"{len(pending)} {'retry' if len(pending) == 1 else 'retries'} still pending"
+            return Plan(note=f"continues the retry schedule ({left})")
         if memory.get("escalated") or memory.get("hard"):
             return Plan(note="already handed to a human or waiting for a new payment method")
         if not memory.get("retries"):

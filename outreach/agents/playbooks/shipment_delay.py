@@ -30,6 +30,11 @@ class ShipmentDelayParams(Params):
     default_currency: str = Field(pattern=r"^[A-Z]{3}$", description="when the order has none")
 
 
+def _happened(ctx: PlaybookContext, tool: str) -> bool:
+    live = ("executed", "scheduled", "pending_approval")
+    return any(status in live for _, status in ctx.outcomes(tool))
+
+
 class ShipmentDelay:
     """Notify once per shipment (again only on a further slip); remediate once per shipment."""
 
@@ -37,6 +42,7 @@ class ShipmentDelay:
     params: ClassVar[type[Params]] = ShipmentDelayParams
     triggers: ClassVar[frozenset[str]] = frozenset({"shipment.updated"})
     templates: ClassVar[tuple[str, ...]] = ("template",)
+    links: ClassVar[tuple[str, ...]] = ()
 
     def plan(self, ctx: PlaybookContext) -> Plan:
         """Notice and remediation for one shipment update."""
@@ -53,8 +59,7 @@ class ShipmentDelay:
         remediate = (exception and p.remediate_on_exception) or (
             delay is not None and delay >= p.remediate_after
         )
-        if remediate and not memory.get("remediated"):
-            memory["remediated"] = True
+        if remediate:
             plan.actions.extend(self._remediation(ctx, p, data))
         notify, why = self._should_notify(memory, est, promised, p)
         if notify:
@@ -104,7 +109,9 @@ class ShipmentDelay:
             },
             target=data.shipment_id,
         )
-        return [rebook, grant]
+        # Once per shipment per tool: again only if the earlier attempt did not happen (blocked
+        # by a budget or a kill switch since lifted, cancelled), never a second effect.
+        return [a for a in (rebook, grant) if not _happened(ctx, a.tool)]
 
     def _notice(
         self,
