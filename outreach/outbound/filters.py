@@ -135,11 +135,21 @@ def _money(ctx: Context, amount: object, currency: str | None = None) -> str:
         raise TemplateRenderError(
             f"money expects integer minor units (1999 = 19.99), got {amount!r}"
         )
-    if not isinstance(currency, str) or not is_currency(currency):
+    if not isinstance(currency, str) or not _known_currency(currency):
         raise TemplateRenderError(f"money needs an ISO 4217 currency code, got {currency!r}")
+    return _format_money(amount, currency, _babel_locale(ctx))
+
+
+@lru_cache(maxsize=4096)
+def _known_currency(code: str) -> bool:
+    return bool(is_currency(code))
+
+
+@lru_cache(maxsize=65536)
+def _format_money(amount: int, currency: str, locale: Locale) -> str:
+    """Cached: babel rebuilds currency tables per call and the same prices recur constantly."""
     value = Decimal(amount).scaleb(-int(get_currency_precision(currency)))
-    text = format_currency(value, currency, locale=_babel_locale(ctx))
-    return str(text).translate(_PLAIN)
+    return str(format_currency(value, currency, locale=locale)).translate(_PLAIN)
 
 
 @pass_context

@@ -61,6 +61,7 @@ class CompiledRule:
     evidence: RuleFn
     key: RuleFn | None
     audience: RuleFn | None
+    reads_customer: bool = True  # expressions or audience filters use ``customer``
 
 
 @dataclass
@@ -70,6 +71,7 @@ class CompiledRules:
     rules: dict[str, CompiledRule]
     registry: Registry
     by_trigger: dict[str, list[CompiledRule]] = field(default_factory=dict)
+    read_customer: set[str] = field(default_factory=set)  # triggers whose rules read customer
     cancels: dict[str, list[CompiledCancel]] = field(default_factory=dict)
     series_by_type: dict[str, list[SeriesSpec]] = field(default_factory=dict)
     latest_by_type: dict[str, list[LatestSpec]] = field(default_factory=dict)
@@ -134,6 +136,10 @@ class _RuleCompiler:
         condition = build_function("condition", PARAMS, [*assigns, ast.Return(result)], ns)
         body = [*copy.deepcopy(assigns), _evidence(lets, when)]
         evidence = build_function("evidence", PARAMS, body, ns)
+        aud = spec.audience
+        filters = (aud.tier, aud.locale, aud.country, aud.consent)
+        exprs = [c for _, c in lets] + [e for e in (when, key, audience) if e is not None]
+        reads_customer = any(f is not None for f in filters) or any(e.uses_customer for e in exprs)
         return CompiledRule(
             spec=spec,
             path=self.doc.path,
@@ -141,6 +147,7 @@ class _RuleCompiler:
             evidence=evidence,
             key=_single("key", key, ns, assigns) if key else None,
             audience=_single("audience", audience, ns, assigns) if audience else None,
+            reads_customer=reads_customer,
         )
 
     def cancels(self) -> list[CompiledCancel]:
@@ -211,6 +218,8 @@ def compile_rules(
     for rule in sorted(compiled.values(), key=lambda r: (-r.spec.priority, r.spec.id)):
         if rule.spec.enabled:
             out.by_trigger.setdefault(rule.spec.trigger, []).append(rule)
+            if rule.reads_customer:
+                out.read_customer.add(rule.spec.trigger)
     for cancel in cancels:
         if compiled[cancel.rule_id].spec.enabled:
             out.cancels.setdefault(cancel.trigger, []).append(cancel)

@@ -192,7 +192,14 @@ def in_holdout(rule_id: str, customer_id: str, percent: float) -> bool:
     return bucket < percent
 
 
-def _audience(rule: CompiledRule, view: CustomerView, args: tuple[Any, ...]) -> bool:
+def _audience(rule: CompiledRule, view: CustomerView | None, args: tuple[Any, ...]) -> bool:
+    """The audience filters (only present when the rule reads the customer) and its ``when``."""
+    if view is not None and not _in_filters(rule, view):
+        return False
+    return rule.audience is None or bool(rule.audience(*args))
+
+
+def _in_filters(rule: CompiledRule, view: CustomerView) -> bool:
     aud = rule.spec.audience
     if aud.tier is not None and view.tier not in aud.tier:
         return False
@@ -205,7 +212,7 @@ def _audience(rule: CompiledRule, view: CustomerView, args: tuple[Any, ...]) -> 
             channel, purpose = name.split(".")
             if not getattr(getattr(view.consent, channel), purpose):
                 return False
-    return rule.audience is None or bool(rule.audience(*args))
+    return True
 
 
 def _cooled_down(rule: CompiledRule, state: RuleState, key: str | None, now: float) -> bool:
@@ -241,7 +248,7 @@ def detect(
     rules: CompiledRules,
     event: Event,
     state: RuleState,
-    view: CustomerView,
+    view: CustomerView | None,
     now: datetime,
     now_ts: float,
     opened: Opened,
@@ -279,7 +286,7 @@ def _evaluate_rule(
     rule: CompiledRule,
     event: Event,
     state: RuleState,
-    view: CustomerView,
+    view: CustomerView | None,
     args: tuple[Any, ...],
     now_ts: float,
 ) -> Signal | None:

@@ -83,6 +83,7 @@ class Checker:
         self.rewritten = rewritten
         self.constants = constants
         self.percents: dict[int, float] = {}  # id of a compiled 60% constant -> 60.0
+        self.uses_customer = False
         self.calls: list[tuple[str, ast.expr]] = []  # (source text, compiled) for evidence
         self.fields: list[tuple[str, ast.expr]] = []
 
@@ -157,6 +158,8 @@ class Checker:
             return ast.Name(f"L_{name}", ast.Load()), self.scope.names[name]
         builtin = {"data": self.scope.data, "event": self.scope.event}
         builtin["customer"] = self.scope.customer
+        if name == "customer":
+            self.uses_customer = True
         if name in builtin and builtin[name] is not None:
             return ast.Name(name, ast.Load()), builtin[name]  # type: ignore[return-value]
         if name == "now" and self.scope.allow_now:
@@ -352,6 +355,7 @@ class CompiledExpr:
     ty: Ty
     calls: list[tuple[str, ast.expr]]
     fields: list[tuple[str, ast.expr]]
+    uses_customer: bool = False
 
 
 def check(source: str, scope: Scope, constants: list[Any]) -> CompiledExpr:
@@ -359,7 +363,7 @@ def check(source: str, scope: Scope, constants: list[Any]) -> CompiledExpr:
     node, rewritten = parse(source)
     checker = Checker(scope, rewritten, constants)
     code, ty = checker.check(node)
-    return CompiledExpr(source, code, ty, checker.calls, checker.fields)
+    return CompiledExpr(source, code, ty, checker.calls, checker.fields, checker.uses_customer)
 
 
 def build_function(
