@@ -143,13 +143,19 @@ def replay(
 
 def _print_summary(summary: dict[str, Any], elapsed: float, customers: int) -> None:
     events = summary["events"]
-    table = _table("per rule", "rule", "signals", "holdout", "shadow", "actions", "messages")
+    table = Table(title="per rule")
+    table.add_column("rule", no_wrap=True)
+    for header in ("signals", "actions", "messages"):  # one status per line; fits 80 columns
+        table.add_column(header, min_width=16, overflow="fold")
     for rule_id, row in summary["rules"].items():
+        signals = [str(row["signals"])]
+        signals += [f"{row[k]} {k}" for k in ("holdout", "shadow") if row[k]]
         table.add_row(
-            rule_id, str(row["signals"]), str(row["holdout"]), str(row["shadow"]),
-            ", ".join(f"{k} {v}" for k, v in row["actions"].items()) or "-",
-            ", ".join(f"{k} {v}" for k, v in row["messages"].items()) or "-",
-        )  # fmt: skip
+            rule_id,
+            "\n".join(signals),
+            "\n".join(f"{k} {v}" for k, v in row["actions"].items()) or "-",
+            "\n".join(f"{k} {v}" for k, v in row["messages"].items()) or "-",
+        )
     out.print(table)
     rate = events["processed"] / elapsed if elapsed > 0 else 0.0
     out.print(
