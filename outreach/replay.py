@@ -12,12 +12,14 @@ discarded and the file is sorted externally in chunks of ``chunk_lines`` lines (
 files, heap merge) and replayed from the start. Memory grows with customers and pending
 timers, not with events.
 
-Effects are never performed here: a backtest must not touch customers. Executed actions and
-sent messages are counted in the summary.
+By default no effect is performed: a backtest must not touch customers; executed actions and
+sent messages are recorded and counted. Given a ``Connector`` (tests, the fake connector, a
+staging system), every executed action's effect is handed to it as it is decided.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import os
 import tempfile
@@ -29,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from outreach.agents.connectors import Connector
 from outreach.agents.guardrails import SharedLedger
 from outreach.core import DecisionCore
 from outreach.decisionlog import DecisionLog
@@ -122,10 +125,18 @@ class ReplayResult:
 class Replayer:
     """Drives the core over ordered lines with an event-time clock and a timer heap."""
 
-    def __init__(self, book: RuleBook, log: DecisionLog, require_order: bool = False) -> None:
+    def __init__(
+        self,
+        book: RuleBook,
+        log: DecisionLog,
+        require_order: bool = False,
+        connector: Connector | None = None,
+    ) -> None:
         self.core = DecisionCore(book)
         self.log = log
         self.require_order = require_order
+        self.connector = connector
+        self._loop = asyncio.new_event_loop() if connector is not None else None
         self.clock = float("-inf")
         self.states: dict[str, CustomerState] = {}
         self.shared = SharedLedger()
@@ -143,6 +154,14 @@ class Replayer:
             self.log.write(decisions)
             for timer in decisions.timers:
                 self._schedule(timer)
+            if self.connector is not None and self._loop is not None:
+                for effect in decisions.effects:
+                    self._loop.run_until_complete(self.connector.perform(effect))
+
+    def close(self) -> None:
+        """Release the event loop used to call the connector, if any."""
+        if self._loop is not None:
+            self._loop.close()
 
     def _schedule(self, timer: Timer) -> None:
         self._seq += 1
@@ -243,20 +262,24 @@ def replay(
     *,
     chunk_lines: int = 200_000,
     progress: Progress | None = None,
+    connector: Connector | None = None,
 ) -> ReplayResult:
-    """Replay ``events`` through ``book`` into the decision-log folder ``out``."""
+    """Replay ``events`` through ``book`` into the decision-log folder ``out``; with a
+    ``connector``, executed actions' effects are performed through it."""
     if not events.is_file() or not os.access(events, os.R_OK):
         raise FileNotFoundError(f"cannot read the events file {events}")
     with DecisionLog(out) as log:
-        replayer = Replayer(book, log, require_order=True)
+        replayer = Replayer(book, log, require_order=True, connector=connector)
         try:
             replayer.feed_lines(_lines(events, progress))
-        except OutOfOrderError:
+        except OutOfOrderError:  # effects already sent stay sent: their keys make them one-offs
             log.reset()
-            replayer = Replayer(book, log)
+            replayer.close()
+            replayer = Replayer(book, log, connector=connector)
             replayer.feed_lines(
                 (n, raw) for _, n, raw in sorted_lines(events, chunk_lines, progress)
             )
         replayer.drain()
+        replayer.close()
         summary = log.close({"rulebook": book.fingerprint})
     return ReplayResult(summary, len(replayer.states), out)
