@@ -6,6 +6,7 @@ Import as ``from support import make_event, profile, run_events`` (tests/ is on 
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,30 @@ from outreach.ruletests import MemoryLog, final_states
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "rules"
 _ids = itertools.count(1)
+
+
+NOTE_TEMPLATE = """\
+id: note
+description: a plain notice for test rules
+sms:
+  max_segments: 1
+  text:
+    en: "Acme: something happened."
+email:
+  subject:
+    en: "Something happened"
+  body:
+    en: "Hello, something happened. Acme"
+"""
+
+
+def minimal_folder(tmp_path: Path) -> Path:
+    """``tmp_path/rules`` with the shipped policy.yaml and one ``note`` template, no rules."""
+    folder = tmp_path / "rules"
+    (folder / "templates").mkdir(parents=True)
+    shutil.copy(RULES / "policy.yaml", folder / "policy.yaml")
+    (folder / "templates" / "note.yaml").write_text(NOTE_TEMPLATE, encoding="utf-8")
+    return folder
 
 
 def ts(text: str) -> datetime:

@@ -3,31 +3,16 @@ the ``outreach rules check`` / ``outreach rules test`` commands around it."""
 
 from __future__ import annotations
 
-import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
-from support import RULES
+from support import NOTE_TEMPLATE, RULES, minimal_folder
 from typer.testing import CliRunner
 
 from outreach.cli import app
 from outreach.rulebook import RuleBook, describe, load_rulebook
 from outreach.rules.yamlfile import Problem, RuleFileError
-
-NOTE = """\
-id: note
-description: a plain notice for test rules
-sms:
-  max_segments: 1
-  text:
-    en: "Acme: something happened."
-email:
-  subject:
-    en: "Something happened"
-  body:
-    en: "Hello, something happened. Acme"
-"""
 
 RULE = """\
 id: probe
@@ -45,10 +30,7 @@ params:
 def make_folder(tmp_path: Path, **files: str | None) -> Path:
     """A ``rules`` folder: shipped policy, the ``note`` template, then ``files`` (name with
     ``__`` for ``/`` and ``_yaml`` for ``.yaml``; ``None`` deletes)."""
-    folder = tmp_path / "rules"
-    (folder / "templates").mkdir(parents=True)
-    shutil.copy(RULES / "policy.yaml", folder / "policy.yaml")
-    (folder / "templates" / "note.yaml").write_text(NOTE, encoding="utf-8")
+    folder = minimal_folder(tmp_path)
     for name, text in files.items():
         path = folder / name.replace("__", "/").replace("_yaml", ".yaml")
         if text is None:
@@ -323,7 +305,9 @@ def test_policy_with_an_unknown_key(tmp_path: Path) -> None:
 
 
 def test_sms_template_over_its_segment_budget(tmp_path: Path) -> None:
-    long_note = NOTE.replace("Acme: something happened.", "Acme: " + "something happened. " * 12)
+    long_note = NOTE_TEMPLATE.replace(
+        "Acme: something happened.", "Acme: " + "something happened. " * 12
+    )
     problem = only(make_folder(tmp_path, probe_yaml=RULE, templates__note_yaml=long_note))
     assert (problem.path, problem.line, problem.field) == (
         "rules/templates/note.yaml",

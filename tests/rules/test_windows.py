@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import RULES, Run, later, make_event, profile, run_events
+from support import (
+    Run,
+    later,
+    make_event,
+    minimal_folder,
+    profile,
+    run_events,
+)
 
 from outreach.events import event_from_obj
 from outreach.replay import Replayer
@@ -23,27 +29,10 @@ from outreach.ruletests import MemoryLog
 
 T0 = "2026-03-02T15:00:00Z"  # 15:00 UTC: outside quiet hours for a UTC customer
 
-NOTE = """\
-id: note
-description: a plain notice for test rules
-sms:
-  max_segments: 1
-  text:
-    en: "Acme: something happened."
-email:
-  subject:
-    en: "Something happened"
-  body:
-    en: "Hello, something happened. Acme"
-"""
-
 
 def build(tmp_path: Path, *rules: dict[str, Any]) -> RuleBook:
     """A rules folder with the shipped policy, the ``note`` template and ``rules``."""
-    folder = tmp_path / "rules"
-    (folder / "templates").mkdir(parents=True)
-    shutil.copy(RULES / "policy.yaml", folder / "policy.yaml")
-    (folder / "templates" / "note.yaml").write_text(NOTE, encoding="utf-8")
+    folder = minimal_folder(tmp_path)
     for rule in rules:
         spec = {
             "owner": "qa@example.com",
