@@ -89,7 +89,7 @@ class DecisionCore:
             return out
         if occurred is None:
             occurred = event.occurred_at.timestamp()
-        seen = state.rules.seen  # dedup inline: this is the hot path (RuleState.first_sighting)
+        seen = state.rules.seen  # dedup by event id (pruned by RuleState.forget_seen)
         if event.event_id in seen:
             out.duplicate = True
             return out

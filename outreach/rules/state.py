@@ -98,14 +98,6 @@ class RuleState(msgspec.Struct, kw_only=True):
     signals: dict[str, list[float]] = msgspec.field(default_factory=dict)
     cooldowns: dict[str, float] = msgspec.field(default_factory=dict)
 
-    def first_sighting(self, event_id: str, ts: float) -> bool:
-        """Record ``event_id``; False if it is remembered already (see ``forget_seen``)."""
-        seen = self.seen
-        if event_id in seen:
-            return False
-        seen[event_id] = ts
-        return True
-
     def forget_seen(self, before: float) -> None:
         """Forget event ids that occurred before ``before`` (the dedup window's start).
 
