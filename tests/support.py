@@ -141,6 +141,14 @@ def run_events(book: RuleBook, events: Iterable[dict[str, Any] | Event], drain: 
     return Run(log, replayer)
 
 
+def payment_failed(at: str, customer: str = "cus_1") -> dict[str, Any]:
+    """A first soft decline (insufficient_funds) of invoice in_1 for 29.00 USD."""
+    return make_event(
+        "payment.failed", at, customer, payment_id="pay_1", invoice_id="in_1", amount=2900,
+        currency="USD", decline_code="insufficient_funds", attempt=1,
+    )  # fmt: skip
+
+
 def later(at: str, **delta: float) -> str:
     """``later("2026-03-02T10:00:00Z", hours=5)`` -> an RFC 3339 string."""
     return (ts(at) + timedelta(**delta)).isoformat()

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from support import Run, later, make_event, profile, run_events, ts
+from support import payment_failed as failed
 
 from outreach.agents.guardrails import Guardrails, GuardrailsConfig, SharedLedger
 from outreach.agents.state import AgentState
@@ -51,20 +52,6 @@ def shipment(
     if value is not None:
         data["order_value"] = {"amount": value, "currency": "USD"}
     return make_event("shipment.updated", at, customer, **data)
-
-
-def failed(at: str, customer: str = "cus_1") -> dict[str, Any]:
-    return make_event(
-        "payment.failed",
-        at,
-        customer,
-        payment_id="pay_1",
-        invoice_id="in_1",
-        amount=2900,
-        currency="USD",
-        decline_code="insufficient_funds",
-        attempt=1,
-    )
 
 
 def of_type(actions: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

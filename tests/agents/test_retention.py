@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from support import Run, later, make_event, profile, ts
+from support import Run, later, make_event, payment_failed, profile, ts
 
 DECLINE = "usage-decline"
 RENEWAL = "renewal-save"
@@ -87,17 +87,7 @@ def renewal(
 
 
 def failed(at: str, customer: str = CUS) -> dict[str, Any]:
-    return make_event(
-        "payment.failed",
-        at,
-        customer,
-        payment_id="pay_1",
-        invoice_id="in_1",
-        amount=2900,
-        currency="USD",
-        decline_code="insufficient_funds",
-        attempt=1,
-    )
+    return payment_failed(at, customer)
 
 
 def fan(customer: str = CUS, **kw: Any) -> dict[str, Any]:
