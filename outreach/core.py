@@ -95,8 +95,6 @@ class DecisionCore:
             return out
         seen[event.event_id] = occurred
         now_ts = now.timestamp()
-        if now_ts > state.last_seen:
-            state.last_seen = now_ts
         self._decide(event, state, shared, now, now_ts, occurred, out)
         if now_ts - state.pruned_at >= PRUNE_EVERY:
             self._prune(state, now_ts)

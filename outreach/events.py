@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -436,5 +436,5 @@ def is_engine_type(event: Event) -> bool:
 
 def utc_iso(ts: datetime) -> str:
     """RFC 3339 UTC with a ``Z`` suffix, seconds precision unless sub-second is present."""
-    text = ts.astimezone(ZoneInfo("UTC")).isoformat()
+    text = ts.astimezone(UTC).isoformat()
     return text.replace("+00:00", "Z")

@@ -30,5 +30,4 @@ class CustomerState(msgspec.Struct, kw_only=True):
     agents: AgentState = msgspec.field(default_factory=AgentState)
     contact: ContactState = msgspec.field(default_factory=ContactState)
     timers: dict[str, TimerRef] = msgspec.field(default_factory=dict)
-    last_seen: float = 0.0
     pruned_at: float = 0.0
