@@ -27,14 +27,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from outreach.agents.connectors import Connector
 from outreach.agents.guardrails import SharedLedger
 from outreach.core import DecisionCore
-from outreach.decisionlog import DecisionLog
+from outreach.decisionlog import DecisionLog, Summary
 from outreach.decisions import Decisions, Timer
 from outreach.events import Event, InvalidEventError, TimerFired, TimerFiredData, parse_event
 from outreach.rulebook import RuleBook
@@ -122,13 +122,25 @@ class ReplayResult:
     out: Path
 
 
+class DecisionSink(Protocol):
+    """Where a replay's decisions go: the decision-log folder, or memory (rule test cases)."""
+
+    summary: Summary
+
+    def write(self, decisions: Decisions) -> None:
+        """Keep one evaluation's records."""
+
+    def dead_letter(self, line: int, raw: bytes, error: str) -> None:
+        """Keep an input line that is not a valid event."""
+
+
 class Replayer:
     """Drives the core over ordered lines with an event-time clock and a timer heap."""
 
     def __init__(
         self,
         book: RuleBook,
-        log: DecisionLog,
+        log: DecisionSink,
         require_order: bool = False,
         connector: Connector | None = None,
     ) -> None:

@@ -102,7 +102,7 @@ def run_case(book: RuleBook, spec: RuleSpec, case: TestCase, location: str) -> C
     """Run one case and compare; never raises for a failing expectation."""
     result = CaseResult(spec.id, case.name, location)
     log = MemoryLog()
-    replayer = Replayer(book, log)  # type: ignore[arg-type]
+    replayer = Replayer(book, log)
     events = []
     for i, raw in enumerate(_events(case)):
         try:

@@ -131,7 +131,7 @@ class Run:
 def run_events(book: RuleBook, events: Iterable[dict[str, Any] | Event], drain: bool = True) -> Run:
     """Validate, order by occurred_at (stable) and replay events in memory."""
     log = MemoryLog()
-    replayer = Replayer(book, log)  # type: ignore[arg-type]
+    replayer = Replayer(book, log)
     parsed = [e if not isinstance(e, dict) else event_from_obj(e) for e in events]
     parsed.sort(key=lambda e: e.occurred_at)
     for event in parsed:

@@ -308,7 +308,7 @@ def test_an_effect_key_seen_before_is_a_duplicate(book: RuleBook) -> None:
 
 
 def test_an_event_redelivered_after_the_dedup_window_has_no_new_effect(book: RuleBook) -> None:
-    replayer = Replayer(book, MemoryLog())  # type: ignore[arg-type]
+    replayer = Replayer(book, MemoryLog())
     first = event_from_obj(failed("2026-03-02T15:00:00Z"))
     replayer.feed_event(event_from_obj(profile("2026-03-01T12:00:00Z")))
     replayer.feed_event(first)
@@ -361,11 +361,11 @@ def test_retries_due_after_a_kill_switch_is_switched_on_are_blocked(rules_copy: 
     edit(rules_copy / "policy.yaml", "tools: []       #", "tools: [retry_payment]       #")
     after = load_rulebook(rules_copy)
     log = MemoryLog()
-    first = Replayer(before, log)  # type: ignore[arg-type]
+    first = Replayer(before, log)
     for raw in (profile("2026-03-01T12:00:00Z"), failed("2026-03-02T15:00:00Z")):
         first.feed_event(event_from_obj(raw))
     first.fire_until(ts("2026-03-04T00:00:00Z").timestamp())  # retry 1 runs under the old rules
-    second = Replayer(after, log)  # type: ignore[arg-type]
+    second = Replayer(after, log)
     second.states, second.timers, second.shared = first.states, first.timers, first.shared
     second.drain()
     retries = [a for a in Run(log, second).actions if a["type"] == "retry_payment"]

@@ -109,7 +109,7 @@ def test_a_late_event_counts_only_what_happened_up_to_its_own_time(tmp_path: Pat
     """The live runtime may see events out of order: the window is (t - 7d, t] of each event."""
     book = probe(tmp_path, "payment.failed", n='count("payment.failed", 7d)')
     log = MemoryLog()
-    replayer = Replayer(book, log)  # type: ignore[arg-type]
+    replayer = Replayer(book, log)
     for raw in (
         failed(later(T0, hours=2), event_id="second"),
         failed(later(T0, hours=1), event_id="first_arriving_late"),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -70,13 +71,17 @@ class ShipmentDelay:
         return plan
 
     def _should_notify(
-        self, memory: dict[str, object], est: object, promised: object, p: ShipmentDelayParams
+        self,
+        memory: dict[str, Any],
+        est: datetime | None,
+        promised: datetime,
+        p: ShipmentDelayParams,
     ) -> tuple[bool, str]:
         if "notified_at" not in memory:
             return True, "first delay notice"
-        last = memory.get("notified_estimate") or promised.timestamp()  # type: ignore[attr-defined]
+        last = float(memory.get("notified_estimate") or promised.timestamp())
         slip = p.renotify_slip.total_seconds()
-        if est is not None and est.timestamp() >= float(last) + slip:  # type: ignore[attr-defined, arg-type]
+        if est is not None and est.timestamp() >= last + slip:
             return True, f"estimate slipped a further {format_duration(p.renotify_slip)} or more"
         slip_text = format_duration(p.renotify_slip)
         return False, f"already notified; estimate has not slipped a further {slip_text}"
@@ -118,7 +123,7 @@ class ShipmentDelay:
         ctx: PlaybookContext,
         p: ShipmentDelayParams,
         data: ShipmentUpdatedData,
-        delay: object,
+        delay: timedelta | None,
         remediating: bool,
     ) -> PlannedMessage:
         est = data.estimated_delivery
@@ -130,7 +135,7 @@ class ShipmentDelay:
             "exception_code": data.exception_code,
             "promised_delivery": utc_iso(data.promised_delivery),
             "new_estimate": utc_iso(est) if est else None,
-            "delay_hours": int(delay.total_seconds() // 3600) if delay is not None else None,  # type: ignore[attr-defined]
+            "delay_hours": int(delay.total_seconds() // 3600) if delay is not None else None,
             "credit": None,
         }
         notice = f"shipment-delay:{data.shipment_id}:{int(est.timestamp()) if est else 'none'}"
