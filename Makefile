@@ -11,8 +11,11 @@ BENCH  := .bench
 .PHONY: demo test lint bench clean help
 
 help:
-	@echo "make demo   generate sample traffic, replay it through the default playbook, print the summary"
-	@echo "make test   run the whole test suite (unit, rule-file cases, properties)"
+	@echo "make demo   sample traffic -> embedded broker -> live worker (live summary) -> decision log;"
+	@echo "            then the same file through the offline replay"
+	@echo "make test   run the whole test suite (unit, rule-file cases, properties, Kafka, SQL);"
+	@echo "            starts a local PostgreSQL with scripts/postgres.sh (root: installs it) unless"
+	@echo "            OUTREACH_TEST_POSTGRES_URL is set; Kafka: Docker if reachable, else embedded"
 	@echo "make lint   ruff, ruff format --check, mypy --strict"
 	@echo "make bench  replay throughput and peak memory on outreach sample --customers 20000 --days 30"
 
@@ -24,14 +27,23 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	@mkdir -p $(DEMO)
+	@rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(BIN)/outreach sample --customers 2000 --days 30 --seed 7 --out $(DEMO)/events.jsonl
-	$(BIN)/outreach replay $(DEMO)/events.jsonl --rules rules --out $(DEMO)/decisions
+	$(BIN)/outreach worker --publish $(DEMO)/events.jsonl --until-idle --export \
+	    --data-dir $(DEMO)/live --database-url sqlite:///$(DEMO)/live/outreach.db
+	$(BIN)/outreach replay $(DEMO)/events.jsonl --rules rules --out $(DEMO)/replay
 	@echo ""
-	@echo "Decision log: $(DEMO)/decisions/ (signals, actions, messages, dlq, errors .jsonl + summary.json)"
+	@echo "Live run: store $(DEMO)/live/outreach.db (customer state, effects outbox, positions),"
+	@echo "          decision log $(DEMO)/live/decisions/, performed effects $(DEMO)/live/effects.jsonl,"
+	@echo "          sent messages $(DEMO)/live/messages.jsonl"
+	@echo "Backtest of the same file: $(DEMO)/replay/ (the same decisions, by construction)"
 
 test: $(STAMP)
 	$(BIN)/outreach rules check rules
+	@if [ -z "$${OUTREACH_TEST_POSTGRES_URL:-}" ]; then \
+	    OUTREACH_TEST_POSTGRES_URL="$$(bash scripts/postgres.sh)" || exit $$?; \
+	    export OUTREACH_TEST_POSTGRES_URL; \
+	fi; \
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -16,6 +16,9 @@ from rich.table import Table
 from outreach.events import json_schemas
 from outreach.rulebook import RuleBook, describe, load_rulebook
 from outreach.rules.yamlfile import RuleFileError
+
+if TYPE_CHECKING:
+    from outreach.streams.publish import PublishReport
 
 app = typer.Typer(
     help="Event-driven proactive outreach: detect risk, fix what is allowed, tell customers first.",
@@ -182,6 +185,173 @@ def sample(
         return
     count = write_sample(out_file, customers, days, seed)
     err.print(f"wrote {count} events for {customers} customers over {days} days to {out_file}")
+
+
+@app.command()
+def publish(
+    events: Annotated[Path, typer.Argument(help="a JSONL file of events, one per line")],
+    rate: Annotated[
+        float | None, typer.Option(min=0.001, help="events per second (default: at once)")
+    ] = None,
+    kafka_url: Annotated[
+        str | None, typer.Option(help="bootstrap servers (default: $OUTREACH_KAFKA_URL)")
+    ] = None,
+    topic_prefix: Annotated[
+        str | None, typer.Option(help="topic name prefix (default: $OUTREACH_TOPIC_PREFIX)")
+    ] = None,
+) -> None:
+    """Publish a JSONL file's events, as they are, to the input topics (keyed by customer_id).
+
+    Exits 1 if some lines could not be routed (they are listed, not sent).
+    """
+    import asyncio
+
+    from aiokafka.errors import KafkaError  # type: ignore[import-untyped,unused-ignore]
+
+    from outreach.streams.publish import PublishError, publish_file
+    from outreach.streams.topics import KafkaSettings, Topics, ensure_topics
+
+    settings = KafkaSettings()
+    url = kafka_url or settings.kafka_url
+    if not url:
+        err.print(
+            "[bold red]no Kafka to publish to:[/] pass --kafka-url HOST:PORT or set "
+            "OUTREACH_KAFKA_URL (or run `outreach worker`, which starts an embedded broker "
+            "when none is set)"
+        )
+        raise typer.Exit(2)
+    if not events.is_file():
+        err.print(f"[bold red]cannot read the events file {events}[/]")
+        raise typer.Exit(2)
+    try:
+        topics = Topics(settings.topic_prefix if topic_prefix is None else topic_prefix)
+    except ValueError as exc:
+        err.print(f"[bold red]--topic-prefix:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    bar = Progress(
+        TextColumn("publish"), BarColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+        console=err, transient=True,
+    )  # fmt: skip
+
+    async def run() -> PublishReport:
+        await ensure_topics(url, topics, settings.partitions)
+        task = bar.add_task("publish", total=events.stat().st_size)
+        return await publish_file(
+            events, url, topics, rate, lambda done, _: bar.update(task, completed=done)
+        )
+
+    try:
+        with bar:
+            report = asyncio.run(run())
+    except (KafkaError, PublishError) as exc:
+        err.print(f"[bold red]publishing to {url} failed:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    _print_publish_report(report, url, topics.inputs, events)
+    if report.unroutable:
+        raise typer.Exit(1)
+
+
+def _print_publish_report(
+    report: PublishReport, url: str, inputs: tuple[str, ...], events: Path
+) -> None:
+    table = _table("published", "topic", "events")
+    for topic in inputs:
+        table.add_row(topic, str(report.published.get(topic, 0)))
+    out.print(table)
+    out.print(f"{report.total} events acknowledged by {url} in {report.elapsed:.1f}s")
+    if report.unroutable:
+        err.print(f"[bold red]{report.unroutable} line(s) not sent: cannot be routed[/]")
+    for line in report.unroutable_lines:
+        where = f"{events}:{line.line}: {line.reason}"
+        err.print(where, markup=False, highlight=False, soft_wrap=True)
+    if report.unroutable > len(report.unroutable_lines):
+        err.print(f"... and {report.unroutable - len(report.unroutable_lines)} more")
+
+
+@app.command()
+def worker(
+    rules: Annotated[
+        Path | None, typer.Option(help="rules folder [default: $OUTREACH_RULES or rules]")
+    ] = None,
+    kafka_url: Annotated[
+        str | None,
+        typer.Option(
+            help="bootstrap servers [default: $OUTREACH_KAFKA_URL; none: embedded broker]"
+        ),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="the store [default: $OUTREACH_DATABASE_URL or sqlite:///outreach.db]"),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="file channel/connector output and broker log [default: .outreach]"),
+    ] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="consumer driver: aiokafka (default) or faust")
+    ] = None,
+    publish: Annotated[
+        Path | None, typer.Option(help="publish this JSONL file once the worker is up (demo)")
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option(min=0.001, help="with --publish: events per second")
+    ] = None,
+    until_idle: Annotated[
+        bool, typer.Option(help="stop once everything is applied, relayed and dispatched")
+    ] = False,
+    export: Annotated[
+        bool, typer.Option(help="also write the output topics to DATA_DIR/decisions/*.jsonl")
+    ] = False,
+    dispatch: Annotated[bool, typer.Option(help="run the effects dispatcher in-process")] = True,
+) -> None:
+    """Run a live worker: consume the input topics, decide, write the store, relay decisions
+    to the output topics, and perform due effects and messages (file connector and file
+    channel by default). With no Kafka URL an embedded broker is started. Ctrl-C stops it."""
+    import asyncio
+    import logging
+
+    from pydantic import ValidationError
+
+    from outreach.streams.console import run_worker
+    from outreach.streams.runtime import WorkerSettings
+    from outreach.streams.topics import KafkaSettings
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    given = {
+        "rules": rules, "database_url": database_url, "data_dir": data_dir, "runtime": runtime,
+        "export": export or None, "dispatch": None if dispatch else False,
+    }  # fmt: skip
+    try:
+        chosen: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        settings = WorkerSettings(**chosen)
+        kafka = KafkaSettings()
+        if kafka_url:
+            kafka = kafka.model_copy(update={"kafka_url": kafka_url})
+    except ValidationError as exc:
+        err.print(f"[bold red]invalid setting:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if publish is not None and not publish.is_file():
+        err.print(f"[bold red]cannot read the events file {publish}[/]")
+        raise typer.Exit(2)
+    try:
+        parts = asyncio.run(
+            run_worker(settings, kafka, out, publish=publish, rate=rate, until_idle=until_idle)
+        )
+    except RuleFileError as exc:
+        err.print(f"[bold red]the rules cannot be loaded:[/]\n{exc}", highlight=False)
+        raise typer.Exit(2) from None
+    err.print(
+        f"store: {settings.database_url} (state, outbox, positions); "
+        f"effects performed: {settings.data_dir / 'effects.jsonl'}; "
+        f"messages sent: {settings.data_dir / 'messages.jsonl'}",
+        highlight=False,
+    )
+    if parts.exporter is not None:
+        err.print(
+            f"decision log: {parts.exporter.folder}/ (signals, actions, messages, dlq .jsonl)"
+        )
 
 
 def main() -> None:

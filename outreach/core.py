@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from outreach.agents.executor import Executor
-from outreach.agents.guardrails import Guardrails, SharedLedger
+from outreach.agents.guardrails import Guardrails, Ledger
 from outreach.decisions import Decisions
 from outreach.events import (
     ContactSuppressed,
@@ -73,7 +73,7 @@ class DecisionCore:
         self,
         event: Event,
         state: CustomerState,
-        shared: SharedLedger,
+        shared: Ledger,
         now: datetime,
         occurred: float | None = None,
     ) -> Decisions:
@@ -104,7 +104,7 @@ class DecisionCore:
         self,
         event: Event,
         state: CustomerState,
-        shared: SharedLedger,
+        shared: Ledger,
         now: datetime,
         now_ts: float,
         occurred: float,

@@ -4,11 +4,12 @@
     ├── InvalidEventError            an input that is not a valid event (-> DLQ, never retried)
     ├── RuleFileError                a rules folder that cannot be loaded (file:line:field problems)
     ├── TemplateRenderError          a message template that cannot render with its data
-    └── ConnectorError               a remediation side effect that did not complete
-        ├── TransientConnectorError  may succeed if retried later (``retry_after`` seconds)
-        └── PermanentConnectorError  will never succeed as asked; record and escalate
-
-(Delivery errors for the message channels come with the channels.)
+    ├── ConnectorError               a remediation side effect that did not complete
+    │   ├── TransientConnectorError  may succeed if retried later (``retry_after`` seconds)
+    │   └── PermanentConnectorError  will never succeed as asked; record and escalate
+    └── DeliveryError                a message a channel did not accept
+        ├── TransientDeliveryError   may succeed if retried later (``retry_after`` seconds)
+        └── PermanentDeliveryError   will never be delivered as addressed; never retried
 
 Error policy (retry, dead-letter, escalate) lives at the edges (runtimes, dispatcher); the
 decision core raises and never swallows.
@@ -39,3 +40,19 @@ class TransientConnectorError(ConnectorError):
 
 class PermanentConnectorError(ConnectorError):
     """Will not succeed as asked; never retried."""
+
+
+class DeliveryError(OutreachError):
+    """A message a channel did not accept."""
+
+
+class TransientDeliveryError(DeliveryError):
+    """Worth retrying after ``retry_after`` seconds (timeouts, 429, 5xx)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Will not be delivered as addressed; never retried."""

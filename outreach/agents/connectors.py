@@ -5,19 +5,23 @@ derived from (signal, tool, target); a connector must pass it on where the syste
 (Stripe, HTTP ``Idempotency-Key``) so that a retry after a crash never acts twice.
 
 ``FakeConnector`` is the in-package double: it records every call and, like a well-behaved
-provider, performs each idempotency key at most once. Real connectors (HTTP, Stripe, helpdesk)
-live in their own modules and are chosen by configuration.
+provider, performs each idempotency key at most once. ``FileConnector`` does the same into a
+JSONL file shared by processes (the embedded default of the live runtime). Real connectors
+(HTTP, Stripe, helpdesk) live in their own modules and are chosen by configuration.
 
 Must not import: faust, aiokafka, twilio, sendgrid, openai, fastapi, sqlalchemy.
 """
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from outreach.errors import PermanentConnectorError, TransientConnectorError
+from outreach.keyedlog import KeyedLog
 
 
 class Effect(BaseModel):
@@ -88,11 +92,35 @@ class FakeConnector:
         return out
 
 
+class FileConnector:
+    """Writes each effect to a JSONL file instead of calling a system (idempotent per key,
+    across processes); can be told to fail for fault tests."""
+
+    def __init__(self, path: Path) -> None:
+        self.log = KeyedLog(path)
+        self._failures: list[Exception] = []
+
+    def fail_next(self, *errors: Exception) -> None:
+        """Raise these errors, in order, on the next calls (before performing anything)."""
+        self._failures.extend(errors)
+
+    async def perform(self, effect: Effect) -> EffectResult:
+        """Append the effect unless its key was performed before."""
+        if self._failures:
+            raise self._failures.pop(0)
+        key = effect.idempotency_key
+        _, written = self.log.append_once(
+            {"key": key, "performed_at": time.time(), **effect.model_dump(mode="json")}
+        )
+        return EffectResult(status="done", external_id=f"file:{key}", replayed=not written)
+
+
 __all__ = [
     "Connector",
     "Effect",
     "EffectResult",
     "FakeConnector",
+    "FileConnector",
     "PermanentConnectorError",
     "TransientConnectorError",
 ]

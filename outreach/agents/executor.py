@@ -25,7 +25,7 @@ from outreach.agents.announcing import (
     from_deferred,
     outbound,
 )
-from outreach.agents.guardrails import Guardrails, SharedLedger, Verdict
+from outreach.agents.guardrails import Guardrails, Ledger, Verdict
 from outreach.agents.plan import Plan, PlannedAction, PlannedMessage
 from outreach.agents.playbooks import Playbook, PlaybookContext
 from outreach.agents.recording import action_record, effect, preview, record_message
@@ -69,7 +69,7 @@ class Executor:
         signal: Signal,
         event: Event,
         cs: CustomerState,
-        shared: SharedLedger,
+        shared: Ledger,
         now: datetime,
         out: Decisions,
     ) -> None:
@@ -104,7 +104,7 @@ class Executor:
         playbook: str,
         entity_name: str,
         cs: CustomerState,
-        shared: SharedLedger,
+        shared: Ledger,
         now: datetime,
         out: Decisions,
     ) -> None:
@@ -152,7 +152,7 @@ class Executor:
         action: PlannedAction,
         playbook: str,
         cs: CustomerState,
-        shared: SharedLedger,
+        shared: Ledger,
         now: datetime,
     ) -> Verdict:
         key = make_id("eff", signal.signal_id, action.tool, action.target)
@@ -201,7 +201,7 @@ class Executor:
         playbook: str,
         entity_name: str,
         cs: CustomerState,
-        shared: SharedLedger,
+        shared: Ledger,
         now: datetime,
         out: Decisions,
         due: datetime | None = None,
@@ -356,7 +356,7 @@ class Executor:
         return deferred.channel or order[0]
 
     def fire(
-        self, ref: TimerRef, cs: CustomerState, shared: SharedLedger, now: datetime, out: Decisions
+        self, ref: TimerRef, cs: CustomerState, shared: Ledger, now: datetime, out: Decisions
     ) -> None:
         """A timer fell due: execute the scheduled action or judge the deferred message."""
         if ref.kind == "action":
@@ -370,7 +370,7 @@ class Executor:
         self,
         deferred: DeferredMessage,
         cs: CustomerState,
-        shared: SharedLedger,
+        shared: Ledger,
         now: datetime,
         out: Decisions,
     ) -> None:
@@ -406,7 +406,7 @@ class Executor:
             self._commit_message(fallback, choice, deferred.entity, cs, now, out)
 
     def _recheck_announced(
-        self, announces: list[str], cs: CustomerState, shared: SharedLedger, now: datetime
+        self, announces: list[str], cs: CustomerState, shared: Ledger, now: datetime
     ) -> str:
         """Why a waiting offer may no longer be made (budgets move overnight), or ''."""
         for action_id in announces:
@@ -422,7 +422,7 @@ class Executor:
         return ""
 
     def _fire_action(
-        self, action_id: str, cs: CustomerState, shared: SharedLedger, now: datetime, out: Decisions
+        self, action_id: str, cs: CustomerState, shared: Ledger, now: datetime, out: Decisions
     ) -> None:
         oa = cs.agents.open.pop(action_id, None)
         if oa is None or oa.status != "scheduled":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -86,9 +86,21 @@ class GuardrailsConfig(_Config):
     effect_memory: Duration = Field(description="how long effect keys are remembered")
 
 
+class Ledger(Protocol):
+    """Counters shared by all customers (global daily budgets): the port the guardrails use."""
+
+    def total(self, key: str) -> float:
+        """Spent so far under ``key``."""
+        ...
+
+    def add(self, key: str, amount: float) -> None:
+        """Spend ``amount`` under ``key``."""
+        ...
+
+
 class SharedLedger:
-    """Counters shared by all customers (global daily budgets). In memory for replay; the live
-    runtime substitutes a store-backed ledger with the same two methods."""
+    """The in-memory ``Ledger`` (replay). The live runtime uses the store's ledger
+    (``outreach.store.StoreLedger``), whose rows are locked inside each batch's transaction."""
 
     def __init__(self) -> None:
         self.totals: dict[str, float] = {}
@@ -162,7 +174,7 @@ class Guardrails:
         playbook: str,
         idempotency_key: str,
         state: AgentState,
-        shared: SharedLedger,
+        shared: Ledger,
         now: float,
         at: float | None = None,
         recheck: bool = False,
@@ -220,7 +232,7 @@ class Guardrails:
         value: float | None,
         currency: str | None,
         state: AgentState,
-        shared: SharedLedger,
+        shared: Ledger,
         now: float,
         at: float | None,
         checks: list[Check],
@@ -251,7 +263,7 @@ class Guardrails:
         value: float | None,
         currency: str | None,
         state: AgentState,
-        shared: SharedLedger,
+        shared: Ledger,
         when: float,
         checks: list[Check],
     ) -> bool:
@@ -289,7 +301,7 @@ class Guardrails:
         return True
 
     def commit_spend(
-        self, tool: str, verdict: Verdict, state: AgentState, shared: SharedLedger, when: float
+        self, tool: str, verdict: Verdict, state: AgentState, shared: Ledger, when: float
     ) -> None:
         """Count an executed action against its budgets."""
         guard = self.config.tools.get(tool)  # type: ignore[call-overload]

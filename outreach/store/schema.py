@@ -1,0 +1,81 @@
+"""The store's tables (SQLAlchemy Core metadata; Alembic migrations create them).
+
+Times are epoch seconds (double precision): the core works in epoch seconds and the same
+column type behaves identically on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+customer_state = sa.Table(
+    "customer_state",
+    metadata,
+    sa.Column("customer_id", sa.String(128), primary_key=True),
+    # msgspec JSON of outreach.state.CustomerState; NULL for a row reserved (locked) but not
+    # yet written by the transaction that inserted it
+    sa.Column("state", sa.LargeBinary, nullable=True),
+    sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.Double, nullable=False, server_default="0"),
+)
+
+applied_offsets = sa.Table(
+    "applied_offsets",
+    metadata,
+    sa.Column("consumer_group", sa.String(255), primary_key=True),
+    sa.Column("topic", sa.String(255), primary_key=True),
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    # the next offset to apply (Kafka's convention for committed offsets)
+    sa.Column("next_offset", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("idempotency_key", sa.String(255), nullable=False, unique=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # "effect" | "delivery"
+    sa.Column("customer_id", sa.String(128), nullable=False),
+    sa.Column("ref", sa.String(128), nullable=False),  # action_id or message_id
+    sa.Column("payload", sa.LargeBinary, nullable=False),  # JSON of the Effect / Delivery
+    # pending -> in_flight -> done | failed; in_flight rows whose lease ran out are due again
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_at", sa.Double, nullable=False),
+    sa.Column("lease_until", sa.Double, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("result", sa.LargeBinary, nullable=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("done_at", sa.Double, nullable=True),
+)
+sa.Index("outbox_due", outbox.c.status, outbox.c.next_at)
+
+timers = sa.Table(
+    "timers",
+    metadata,
+    sa.Column("timer_id", sa.String(255), primary_key=True),
+    sa.Column("customer_id", sa.String(128), nullable=False),
+    sa.Column("due_at", sa.Double, nullable=False),
+)
+sa.Index("timers_due", timers.c.due_at)
+
+# Records for Kafka (decision log topics and the DLQ), written in the same transaction as the
+# state and relayed to Kafka after it commits: a crash between the two never loses one.
+pending_records = sa.Table(
+    "pending_records",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("topic", sa.String(32), nullable=False),  # signals | actions | messages | dlq
+    sa.Column("key", sa.LargeBinary, nullable=True),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+)
+
+ledger = sa.Table(
+    "ledger",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("total", sa.Double, nullable=False),
+)

@@ -1,0 +1,485 @@
+"""The store's operations: one transaction per batch, the outbox, timers and the Kafka relay.
+
+Concurrency. Several workers may apply events of the same customer at once (producers that do
+not partition by murmur2 spread a customer over partitions). Every batch locks the rows of the
+customers it touches before reading them: PostgreSQL ``SELECT ... FOR UPDATE`` in customer-id
+order (rows of new customers are reserved first with ``INSERT ... ON CONFLICT DO NOTHING``, so
+two workers cannot both create one); SQLite ``BEGIN IMMEDIATE`` (one writer at a time). A
+deadlock or lock timeout rolls the batch back and it is tried again (``Store.run``).
+
+Outbox rows and records are claimed with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several
+dispatchers or relays never take the same row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from outreach.store.schema import (
+    applied_offsets,
+    customer_state,
+    ledger,
+    outbox,
+    pending_records,
+    timers,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_RETRY_SQLSTATES = {"40P01", "40001", "55P03"}  # deadlock, serialization failure, lock timeout
+
+
+class StoreSettings(BaseSettings):
+    """Where the store lives (``OUTREACH_DATABASE_URL``)."""
+
+    model_config = SettingsConfigDict(env_prefix="OUTREACH_")
+
+    database_url: str = "sqlite:///outreach.db"
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One effect or delivery to perform, as claimed by a dispatcher."""
+
+    id: int
+    idempotency_key: str
+    kind: str
+    customer_id: str
+    ref: str
+    payload: bytes
+    attempts: int
+
+
+@dataclass(frozen=True)
+class TimerRow:
+    """A pending timer: deliver ``timer.fired`` for the customer at ``due_at``."""
+
+    timer_id: str
+    customer_id: str
+    due_at: float
+
+
+@dataclass(frozen=True)
+class PendingRecord:
+    """A record waiting to be produced to Kafka; ``topic`` is the logical name."""
+
+    seq: int
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+def _retryable(exc: sa.exc.DBAPIError) -> bool:
+    code = getattr(exc.orig, "sqlstate", None)
+    if code in _RETRY_SQLSTATES:
+        return True
+    return "database is locked" in str(exc.orig)
+
+
+class StoreLedger:
+    """The shared ledger (global budgets) inside one transaction: rows are locked when first
+    read and written back by ``flush``. Same two methods as ``SharedLedger``."""
+
+    def __init__(self, batch: Batch) -> None:
+        self._batch = batch
+        self._totals: dict[str, float] = {}
+        self._dirty: set[str] = set()
+
+    def total(self, key: str) -> float:
+        """Spent so far under ``key`` (locks the row until the transaction ends)."""
+        if key not in self._totals:
+            query = sa.select(ledger.c.total).where(ledger.c.key == key)
+            if self._batch.postgres:
+                query = query.with_for_update()
+            found = self._batch.conn.execute(query).scalar()
+            self._totals[key] = float(found) if found is not None else 0.0
+        return self._totals[key]
+
+    def add(self, key: str, amount: float) -> None:
+        """Spend ``amount`` under ``key``."""
+        self._totals[key] = self.total(key) + amount
+        self._dirty.add(key)
+
+    def flush(self) -> None:
+        """Write the changed totals."""
+        rows = [{"key": k, "total": self._totals[k]} for k in sorted(self._dirty)]
+        if rows:
+            self._batch.upsert(ledger, rows, ["key"], ["total"])
+        self._dirty.clear()
+
+
+class Batch:
+    """One transaction of the live runtime: read and lock states, write everything back."""
+
+    def __init__(self, conn: Connection, postgres: bool, now: float) -> None:
+        self.conn = conn
+        self.postgres = postgres
+        self.now = now
+        self.ledger = StoreLedger(self)
+
+    def upsert(
+        self, table: sa.Table, rows: list[dict[str, Any]], keys: list[str], update: list[str]
+    ) -> None:
+        """Insert rows, or update ``update`` columns where ``keys`` already exist."""
+        insert = postgresql.insert(table) if self.postgres else sqlite.insert(table)
+        excluded = insert.excluded
+        self.conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=keys, set_={c: excluded[c] for c in update}
+            ),
+            rows,
+        )
+
+    def _insert_new(self, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]) -> int:
+        insert = postgresql.insert(table) if self.postgres else sqlite.insert(table)
+        done = 0
+        for row in rows:  # one by one: rowcount of executemany is unreliable across drivers
+            result = self.conn.execute(insert.on_conflict_do_nothing(index_elements=keys), row)
+            done += max(result.rowcount, 0)
+        return done
+
+    def positions(
+        self, group: str, partitions: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """The next offset to apply for each (topic, partition) that has been applied before."""
+        wanted = sorted(set(partitions))
+        if not wanted:
+            return {}
+        table = applied_offsets
+        query = (
+            sa.select(table.c.topic, table.c.partition, table.c.next_offset)
+            .where(table.c.consumer_group == group)
+            .where(sa.tuple_(table.c.topic, table.c.partition).in_(wanted))
+        )
+        if self.postgres:
+            # Lock the partitions' rows (reserving missing ones) before reading them: a worker
+            # that has just been given a partition waits for the previous owner's last batch
+            # to commit, then reads the position it left.
+            self.conn.execute(
+                postgresql.insert(table).on_conflict_do_nothing(),
+                [{"consumer_group": group, "topic": t, "partition": p, "next_offset": 0,
+                  "updated_at": self.now} for t, p in wanted],
+            )  # fmt: skip
+            query = query.order_by(table.c.topic, table.c.partition).with_for_update()
+        return {(t, p): o for t, p, o in self.conn.execute(query)}
+
+    def set_positions(self, group: str, positions: dict[tuple[str, int], int]) -> None:
+        """Record that everything before these offsets has been applied."""
+        rows = [
+            {"consumer_group": group, "topic": t, "partition": p, "next_offset": o,
+             "updated_at": self.now}
+            for (t, p), o in sorted(positions.items())
+        ]  # fmt: skip
+        if rows:
+            self.upsert(applied_offsets, rows, ["consumer_group", "topic", "partition"],
+                        ["next_offset", "updated_at"])  # fmt: skip
+
+    def lock_states(self, customer_ids: Iterable[str]) -> dict[str, bytes]:
+        """Lock the customers' rows (creating missing ones) and return the stored states of
+        those that have one."""
+        ids = sorted(set(customer_ids))
+        if not ids:
+            return {}
+        column = customer_state.c.customer_id
+        if self.postgres:
+            insert = postgresql.insert(customer_state).on_conflict_do_nothing(
+                index_elements=["customer_id"]
+            )
+            self.conn.execute(insert, [{"customer_id": c} for c in ids])
+        found: dict[str, bytes] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            query = sa.select(column, customer_state.c.state).where(column.in_(chunk))
+            if self.postgres:
+                query = query.order_by(column).with_for_update()
+            for customer_id, state in self.conn.execute(query):
+                if state is not None:
+                    found[customer_id] = bytes(state)
+        return found
+
+    def save_states(self, states: dict[str, bytes]) -> None:
+        """Write the customers' new states."""
+        rows = [
+            {"customer_id": c, "state": s, "updated_at": self.now}
+            for c, s in sorted(states.items())
+        ]
+        if rows:
+            self.upsert(customer_state, rows, ["customer_id"], ["state", "updated_at"])
+            self.conn.execute(
+                sa.update(customer_state)
+                .where(customer_state.c.customer_id.in_(sorted(states)))
+                .values(version=customer_state.c.version + 1)
+            )
+
+    def add_outbox(self, rows: Sequence[tuple[str, str, str, str, bytes, float]]) -> int:
+        """Queue (idempotency_key, kind, customer_id, ref, payload, due) rows; a key already in
+        the outbox is left as it is. Returns how many were new."""
+        return self._insert_new(
+            outbox,
+            [
+                {
+                    "idempotency_key": k,
+                    "kind": kind,
+                    "customer_id": c,
+                    "ref": ref,
+                    "payload": payload,
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_at": due,
+                    "created_at": self.now,
+                }
+                for k, kind, c, ref, payload, due in rows
+            ],  # fmt: skip
+            ["idempotency_key"],
+        )
+
+    def schedule_timers(self, rows: Iterable[TimerRow]) -> None:
+        """Remember timers to deliver later (a timer id already known keeps one row)."""
+        values = [
+            {"timer_id": r.timer_id, "customer_id": r.customer_id, "due_at": r.due_at} for r in rows
+        ]
+        if values:
+            self.upsert(timers, values, ["timer_id"], ["due_at"])
+
+    def drop_timers(self, timer_ids: Iterable[str]) -> None:
+        """Forget timers that have fired."""
+        ids = sorted(set(timer_ids))
+        for start in range(0, len(ids), 500):
+            self.conn.execute(
+                sa.delete(timers).where(timers.c.timer_id.in_(ids[start : start + 500]))
+            )
+
+    def add_records(self, rows: Iterable[tuple[str, bytes | None, bytes]]) -> None:
+        """Queue (logical topic, key, value) records for the relay to Kafka, in order."""
+        values = [{"topic": t, "key": k, "value": v} for t, k, v in rows]
+        if values:
+            self.conn.execute(sa.insert(pending_records), values)
+
+
+class Store:
+    """The database behind the live runtime."""
+
+    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+        self.url = sa.engine.make_url(url)
+        self.postgres = self.url.get_backend_name() == "postgresql"
+        if self.postgres:
+            self.engine: Engine = sa.create_engine(
+                self.url, pool_pre_ping=True, pool_size=pool_size
+            )
+        elif self.url.get_backend_name() == "sqlite":
+            self.engine = sa.create_engine(self.url, connect_args={"timeout": 30})
+            _serialise_sqlite(self.engine)
+        else:
+            raise ValueError(
+                f"unsupported database URL {self.url.render_as_string()!r}: use sqlite:///FILE "
+                "or postgresql+psycopg://USER:PASSWORD@HOST/DB"
+            )
+
+    def migrate(self) -> None:
+        """Bring the schema to the latest Alembic revision (safe to call from every process)."""
+        config = Config()
+        config.set_main_option(
+            "script_location", str(resources.files("outreach.store") / "migrations")
+        )
+        with self.engine.begin() as conn:
+            if self.postgres:  # two processes starting at once must not both create tables
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def batch(self, now: float | None = None) -> Iterator[Batch]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        with self.engine.begin() as conn:
+            yield Batch(conn, self.postgres, time.time() if now is None else now)
+
+    def run(self, work: Callable[[Batch], T], *, attempts: int = 8) -> T:
+        """``work`` in one transaction, tried again after a deadlock or lock timeout. ``work``
+        must not keep anything from a failed attempt."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.batch() as batch:
+                    result = work(batch)
+                    batch.ledger.flush()
+                    return result
+            except sa.exc.DBAPIError as exc:
+                if attempt == attempts or not _retryable(exc):
+                    raise
+                log.warning("store: transaction retried (%s), attempt %d", exc.orig, attempt)
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+        raise AssertionError("unreachable")
+
+    # -- the outbox (dispatcher side) ------------------------------------------------------
+
+    def claim_due(self, now: float, limit: int, lease: float) -> list[OutboxRow]:
+        """Take up to ``limit`` due rows (pending, or in flight with an expired lease), leased
+        for ``lease`` seconds; each claim counts as an attempt."""
+        due = sa.or_(
+            sa.and_(outbox.c.status == "pending", outbox.c.next_at <= now),
+            sa.and_(outbox.c.status == "in_flight", outbox.c.lease_until <= now),
+        )
+        query = sa.select(outbox).where(due).order_by(outbox.c.next_at, outbox.c.id).limit(limit)
+        if self.postgres:
+            query = query.with_for_update(skip_locked=True)
+        with self.batch(now) as batch:
+            rows = list(batch.conn.execute(query).mappings())
+            if not rows:
+                return []
+            batch.conn.execute(
+                sa.update(outbox)
+                .where(outbox.c.id.in_([r["id"] for r in rows]))
+                .values(status="in_flight", lease_until=now + lease, attempts=outbox.c.attempts + 1)
+            )
+        return [
+            OutboxRow(r["id"], r["idempotency_key"], r["kind"], r["customer_id"], r["ref"],
+                      bytes(r["payload"]), r["attempts"] + 1)
+            for r in rows
+        ]  # fmt: skip
+
+    def finish(self, row_id: int, status: str, result: bytes | None, error: str | None) -> None:
+        """Mark a claimed row ``done`` or ``failed`` for good."""
+        with self.batch() as batch:
+            batch.conn.execute(
+                sa.update(outbox).where(outbox.c.id == row_id).values(
+                    status=status, result=result, last_error=error, done_at=batch.now,
+                    lease_until=None,
+                )
+            )  # fmt: skip
+
+    def retry_later(self, row_id: int, at: float, error: str) -> None:
+        """Put a claimed row back, due again at ``at`` (a transient failure)."""
+        with self.batch() as batch:
+            batch.conn.execute(
+                sa.update(outbox).where(outbox.c.id == row_id).values(
+                    status="pending", next_at=at, last_error=error, lease_until=None
+                )
+            )  # fmt: skip
+
+    def outbox_rows(self, customer_id: str | None = None) -> list[dict[str, Any]]:
+        """Every outbox row (optionally one customer's), oldest first: for tests and reports."""
+        query = sa.select(outbox).order_by(outbox.c.id)
+        if customer_id is not None:
+            query = query.where(outbox.c.customer_id == customer_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def due_count(self, now: float) -> int:
+        """Outbox rows a dispatcher could claim now, plus timers due now."""
+        due = sa.or_(
+            sa.and_(outbox.c.status == "pending", outbox.c.next_at <= now),
+            sa.and_(outbox.c.status == "in_flight", outbox.c.lease_until <= now),
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(sa.func.count()).select_from(outbox).where(due)).scalar()
+            fired = conn.execute(
+                sa.select(sa.func.count()).select_from(timers).where(timers.c.due_at <= now)
+            ).scalar()
+        return int(rows or 0) + int(fired or 0)
+
+    def outbox_counts(self) -> dict[tuple[str, str], int]:
+        """Outbox rows by (kind, status)."""
+        query = sa.select(outbox.c.kind, outbox.c.status, sa.func.count()).group_by(
+            outbox.c.kind, outbox.c.status
+        )
+        with self.engine.connect() as conn:
+            return {(k, s): n for k, s, n in conn.execute(query)}
+
+    # -- timers and records (relay side) ---------------------------------------------------
+
+    def take_due_timers(
+        self, now: float, limit: int, publish: Callable[[list[TimerRow]], None]
+    ) -> int:
+        """Hand timers due at ``now`` to ``publish`` and forget them once it returns; if it
+        raises they stay (a timer delivered twice is harmless: the core ignores a fired one)."""
+        query = sa.select(timers).where(timers.c.due_at <= now)
+        query = query.order_by(timers.c.due_at, timers.c.timer_id).limit(limit)
+        if self.postgres:
+            query = query.with_for_update(skip_locked=True)
+        with self.batch(now) as batch:
+            rows = [
+                TimerRow(r.timer_id, r.customer_id, r.due_at) for r in batch.conn.execute(query)
+            ]
+            if rows:
+                publish(rows)
+                batch.drop_timers(r.timer_id for r in rows)
+        return len(rows)
+
+    def take_records(self, limit: int, publish: Callable[[list[PendingRecord]], None]) -> int:
+        """Hand the oldest waiting records to ``publish`` and delete them once it returns."""
+        query = sa.select(pending_records).order_by(pending_records.c.seq).limit(limit)
+        if self.postgres:
+            query = query.with_for_update(skip_locked=True)
+        with self.batch() as batch:
+            rows = [
+                PendingRecord(
+                    r.seq, r.topic, None if r.key is None else bytes(r.key), bytes(r.value)
+                )
+                for r in batch.conn.execute(query)
+            ]
+            if rows:
+                publish(rows)
+                batch.conn.execute(
+                    sa.delete(pending_records).where(
+                        pending_records.c.seq.in_([r.seq for r in rows])
+                    )
+                )
+        return len(rows)
+
+    def forget_positions(self, group: str) -> int:
+        """Drop the group's applied positions (the topics were recreated empty, e.g. a new
+        embedded broker); returns how many partitions were forgotten."""
+        with self.batch() as batch:
+            result = batch.conn.execute(
+                sa.delete(applied_offsets).where(applied_offsets.c.consumer_group == group)
+            )
+        return max(result.rowcount, 0)
+
+    def load_state(self, customer_id: str) -> bytes | None:
+        """One customer's stored state, without locking (reports, tests)."""
+        query = sa.select(customer_state.c.state).where(customer_state.c.customer_id == customer_id)
+        with self.engine.connect() as conn:
+            found = conn.execute(query).scalar()
+        return None if found is None else bytes(found)
+
+    def count(self, table: str) -> int:
+        """Rows in one of the store's tables."""
+        target = {t.name: t for t in (customer_state, outbox, timers, pending_records, ledger)}[
+            table
+        ]
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(target)).scalar() or 0)
+
+
+def _serialise_sqlite(engine: Engine) -> None:
+    """SQLite: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` so a batch holds the write lock
+    from its first read (the pysqlite default would upgrade late and deadlock two writers)."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

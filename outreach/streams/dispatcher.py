@@ -1,0 +1,152 @@
+"""The effects dispatcher: performs due outbox rows through the connector and channel ports.
+
+Each round claims due rows (leased, so a crashed dispatcher's rows come back after the lease),
+performs them, and marks them ``done``; a transient failure puts the row back with exponential
+backoff and full jitter (or the provider's ``retry_after``) until ``max_attempts``; a permanent
+failure marks it ``failed`` and is never retried.
+
+Crash between "performed" and "marked": the row's lease runs out and it is performed again
+with the same idempotency key. Connectors pass the key on (Stripe, HTTP ``Idempotency-Key``)
+and the file channel/connector keep each key once, so the second call changes nothing the
+customer sees. A provider with no idempotency key of its own must be reconciled by its
+channel (look the key up before sending again); the window that remains is documented in the
+README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+from outreach.agents.connectors import Connector, Effect
+from outreach.decisions import Delivery
+from outreach.errors import (
+    PermanentConnectorError,
+    PermanentDeliveryError,
+    TransientConnectorError,
+    TransientDeliveryError,
+)
+from outreach.outbound.channels import Channel
+from outreach.store import OutboxRow, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DispatcherOptions:
+    """Retry and lease policy."""
+
+    batch: int = 100
+    lease: float = 60.0  # a claimed row is due again if not marked within this
+    max_attempts: int = 8
+    backoff_base: float = 1.0
+    backoff_max: float = 600.0
+    poll: float = 0.2
+
+
+@dataclass
+class DispatchStats:
+    """Counts since start."""
+
+    done: int = 0
+    replayed: int = 0  # performed before (a crash between performing and marking)
+    retried: int = 0
+    failed: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class Dispatcher:
+    """Drains the outbox through one connector (effects) and one channel (deliveries)."""
+
+    def __init__(
+        self,
+        store: Store,
+        connector: Connector,
+        channel: Channel,
+        options: DispatcherOptions | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.connector = connector
+        self.channel = channel
+        self.options = options or DispatcherOptions()
+        self.stats = DispatchStats()
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+
+    def backoff(self, attempts: int, retry_after: float | None) -> float:
+        """Seconds before the next attempt: full jitter over an exponential cap, and never
+        sooner than the provider asked."""
+        opts = self.options
+        cap = min(opts.backoff_max, opts.backoff_base * 2 ** (attempts - 1))
+        delay = self._rng.uniform(0, cap)
+        return max(delay, retry_after or 0.0)
+
+    async def run_once(self, now: float | None = None) -> int:
+        """Perform every row due now (one claim); returns how many were handled."""
+        at = time.time() if now is None else now
+        rows = await asyncio.to_thread(
+            self.store.claim_due, at, self.options.batch, self.options.lease
+        )
+        for row in rows:
+            await self._perform(row)
+        return len(rows)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                handled = await self.run_once()
+            except Exception:  # the database may be away: wait and try again
+                log.exception("dispatcher: round failed; retrying")
+                handled = 0
+            if handled < self.options.batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.options.poll)
+
+    async def _perform(self, row: OutboxRow) -> None:
+        try:
+            if row.kind == "effect":
+                effect = await self.connector.perform(Effect.model_validate_json(row.payload))
+                replayed, result = effect.replayed, effect.model_dump_json().encode()
+            else:
+                sent = await self.channel.send(
+                    Delivery.model_validate_json(row.payload), row.idempotency_key
+                )
+                replayed, result = sent.replayed, sent.model_dump_json().encode()
+        except (PermanentConnectorError, PermanentDeliveryError) as exc:
+            await self._finish(row, "failed", None, f"permanent: {exc}")
+            return
+        except (TransientConnectorError, TransientDeliveryError) as exc:
+            await self._retry(row, str(exc), exc.retry_after)
+            return
+        except Exception as exc:  # an unexpected error is treated as transient, and logged
+            log.exception("dispatcher: %s %s raised", row.kind, row.idempotency_key)
+            await self._retry(row, f"{type(exc).__name__}: {exc}", None)
+            return
+        self.stats.replayed += replayed
+        await self._finish(row, "done", result, None)
+
+    async def _finish(
+        self, row: OutboxRow, status: str, result: bytes | None, error: str | None
+    ) -> None:
+        await asyncio.to_thread(self.store.finish, row.id, status, result, error)
+        if status == "done":
+            self.stats.done += 1
+            self.stats.by_kind[row.kind] = self.stats.by_kind.get(row.kind, 0) + 1
+        else:
+            self.stats.failed += 1
+            log.warning("dispatcher: %s %s failed: %s", row.kind, row.idempotency_key, error)
+
+    async def _retry(self, row: OutboxRow, error: str, retry_after: float | None) -> None:
+        if row.attempts >= self.options.max_attempts:
+            await self._finish(
+                row, "failed", None, f"gave up after {row.attempts} attempts: {error}"
+            )
+            return
+        self.stats.retried += 1
+        at = time.time() + self.backoff(row.attempts, retry_after)
+        await asyncio.to_thread(self.store.retry_later, row.id, at, error)

@@ -1,0 +1,256 @@
+"""Apply a batch of Kafka records to the store through the decision core, in ONE transaction.
+
+Per batch: read which offsets each partition has applied (records below are redeliveries and
+are skipped), decode (invalid records become dead letters), lock and load the states of the
+customers in the batch, evaluate each customer's events in ``occurred_at`` order (ties keep
+arrival order), and write back states, outbox rows (effects and deliveries), timers, decision
+records and dead letters for the relay, and the new positions. Kafka offsets are committed
+after this returns. On redelivery nothing is applied twice: the positions say what was.
+
+Time. An event is evaluated at its own ``occurred_at``, as replay does, so a backtest
+previews production. Before each event, the customer's timers due at or before its time fire
+first, at their own due times (as replay's event-time clock does); timers still pending are
+delivered later by the timer relay as ``timer.fired`` events on the timers topic.
+
+This module is the runtime glue shared by every driver (aiokafka loop, Faust agent): it has no
+Kafka client of its own.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import msgspec
+
+from outreach.core import DecisionCore
+from outreach.decisions import Decisions
+from outreach.events import Event, TimerFired, TimerFiredData
+from outreach.state import CustomerState
+from outreach.store import Batch, Store, TimerRow
+from outreach.streams.codec import DeadLetter, Record, dead_letter_value, decode, record_value
+
+log = logging.getLogger(__name__)
+Decoded = tuple[Record, Event | DeadLetter]
+
+
+@dataclass
+class BatchResult:
+    """What one batch did (for the live summary and metrics)."""
+
+    records: int = 0
+    redelivered: int = 0  # already applied before: skipped
+    events: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    timers_fired: int = 0
+    signals: int = 0
+    effects: int = 0
+    deliveries: int = 0
+    rule_errors: int = 0
+    last_applied: float = 0.0  # time.monotonic() when the last batch was applied
+    actions: Counter[str] = field(default_factory=Counter)
+    messages: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: BatchResult) -> None:
+        """Accumulate another batch's counts."""
+        for name in (
+            "records", "redelivered", "events", "duplicates", "dead_letters", "timers_fired",
+            "signals", "effects", "deliveries", "rule_errors",
+        ):  # fmt: skip
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.last_applied = time.monotonic()
+        self.actions.update(other.actions)
+        self.messages.update(other.messages)
+
+
+class _Collected:
+    """Everything a batch writes besides states, gathered while evaluating."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None, bytes]] = []
+        self.outbox: list[tuple[str, str, str, str, bytes, float]] = []
+        self.timers: list[TimerRow] = []
+        self.fired: list[str] = []
+        self.result = BatchResult()
+
+    def take(self, decisions: Decisions) -> None:
+        result, records = self.result, self.records
+        for signal in decisions.signals:
+            records.append(("signals", signal.customer_id.encode(), record_value(signal)))
+        for action in decisions.actions:
+            records.append(("actions", action.customer_id.encode(), record_value(action)))
+            result.actions[action.status] += 1
+        for message in decisions.messages:
+            records.append(("messages", message.customer_id.encode(), record_value(message)))
+            result.messages[message.status] += 1
+        for effect in decisions.effects:
+            self.outbox.append((
+                effect.idempotency_key, "effect", effect.customer_id, effect.action_id,
+                effect.model_dump_json().encode(), 0.0,
+            ))  # fmt: skip
+        for delivery in decisions.deliveries:
+            self.outbox.append((
+                f"msg:{delivery.message_id}", "delivery", delivery.customer_id,
+                delivery.message_id, delivery.model_dump_json().encode(), 0.0,
+            ))  # fmt: skip
+        for timer in decisions.timers:
+            self.timers.append(
+                TimerRow(timer.timer_id, timer.customer_id, timer.due_at.timestamp())
+            )
+        for error in decisions.errors:
+            log.warning(
+                "rule %s raised on event %s: %s", error.rule_id, error.event_id, error.error
+            )
+        result.signals += len(decisions.signals)
+        result.effects += len(decisions.effects)
+        result.deliveries += len(decisions.deliveries)
+        result.rule_errors += len(decisions.errors)
+
+
+def timer_event(timer_id: str, customer_id: str, due: float, source: str) -> TimerFired:
+    """The ``timer.fired`` event for a due timer (what replay's clock and the relay deliver)."""
+    when = datetime.fromtimestamp(due, UTC)
+    return TimerFired.model_construct(
+        event_id=timer_id,
+        type="timer.fired",
+        customer_id=customer_id,
+        occurred_at=when,
+        source=source,
+        schema_version=1,
+        data=TimerFiredData.model_construct(timer_id=timer_id, due_at=when),
+    )
+
+
+class BatchProcessor:
+    """Applies record batches for one consumer group through one decision core."""
+
+    def __init__(
+        self,
+        core: DecisionCore,
+        store: Store,
+        *,
+        group: str,
+        timers_topic: str,
+        max_event_bytes: int,
+    ) -> None:
+        self.core = core
+        self.store = store
+        self.group = group
+        self.timers_topic = timers_topic
+        self.max_event_bytes = max_event_bytes
+        self._decode_state = msgspec.json.Decoder(CustomerState).decode
+        self._encode = msgspec.json.Encoder().encode
+
+    def decode(self, record: Record) -> Decoded:
+        """The record with its event or dead letter."""
+        return record, decode(
+            record, max_bytes=self.max_event_bytes, timers_topic=self.timers_topic
+        )
+
+    def apply(self, records: Sequence[Record]) -> BatchResult:
+        """Apply ``records`` (any topics and partitions, each partition in offset order)."""
+        return self.apply_decoded([self.decode(r) for r in records])
+
+    def apply_decoded(self, items: Sequence[Decoded]) -> BatchResult:
+        """Apply already decoded records, in the order given (per partition: offset order)."""
+        if not items:
+            return BatchResult()
+        return self.store.run(lambda batch: self._apply(batch, items))
+
+    def _apply(self, batch: Batch, items: Sequence[Decoded]) -> BatchResult:
+        out = _Collected()
+        result = out.result
+        result.records = len(items)
+        applied = batch.positions(self.group, {(r.topic, r.partition) for r, _ in items})
+        positions: dict[tuple[str, int], int] = {}
+        events: list[Event] = []
+        for record, event in items:
+            tp = (record.topic, record.partition)
+            positions[tp] = max(positions.get(tp, 0), record.offset + 1)
+            if record.offset < applied.get(tp, 0):
+                result.redelivered += 1
+            elif isinstance(event, DeadLetter):
+                out.records.append(("dlq", record.key, dead_letter_value(record, str(event))))
+                result.dead_letters += 1
+            else:
+                events.append(event)
+        stored = batch.lock_states({e.customer_id for e in events})
+        states: dict[str, CustomerState] = {}
+        clock = _Clock(self.core, batch, out)
+        for customer_id in {e.customer_id for e in events}:
+            raw = stored.get(customer_id)
+            state = self.core.new_state(customer_id) if raw is None else self._decode_state(raw)
+            states[customer_id] = state
+            clock.watch(state)
+        events.sort(key=lambda e: e.occurred_at)  # stable: ties keep arrival order
+        for event in events:
+            clock.evaluate(event, states[event.customer_id])
+        batch.save_states({c: self._encode(s) for c, s in states.items()})
+        batch.add_outbox(out.outbox)
+        batch.schedule_timers(out.timers)
+        batch.drop_timers(out.fired)
+        batch.add_records(out.records)
+        batch.set_positions(
+            self.group, {tp: max(o, applied.get(tp, 0)) for tp, o in positions.items()}
+        )
+        return result
+
+
+class _Clock:
+    """Replay's event-time clock over the customers of one batch: before each event, every
+    timer of these customers due at or before its time fires, in due order, at its due time."""
+
+    def __init__(self, core: DecisionCore, batch: Batch, out: _Collected) -> None:
+        self.core = core
+        self.batch = batch
+        self.out = out
+        self.heap: list[tuple[float, int, str, str]] = []  # (due, seq, timer id, customer)
+        self.states: dict[str, CustomerState] = {}
+        self._seq = 0
+
+    def watch(self, state: CustomerState) -> None:
+        """Take the customer's pending timers into the clock."""
+        self.states[state.customer_id] = state
+        for timer_id, ref in sorted(state.timers.items(), key=lambda item: item[1].due):
+            self._push(ref.due, timer_id, state.customer_id)
+
+    def _push(self, due: float, timer_id: str, customer_id: str) -> None:
+        self._seq += 1
+        heapq.heappush(self.heap, (due, self._seq, timer_id, customer_id))
+
+    def _take(self, decisions: Decisions) -> None:
+        for timer in decisions.timers:
+            if timer.customer_id in self.states:
+                self._push(timer.due_at.timestamp(), timer.timer_id, timer.customer_id)
+        self.out.take(decisions)
+
+    def evaluate(self, event: Event, state: CustomerState) -> None:
+        """Fire what is due, then evaluate ``event`` at its own time."""
+        stamp = event.occurred_at.timestamp()
+        heap, out = self.heap, self.out
+        while heap and heap[0][0] <= stamp:
+            due, _, timer_id, customer_id = heapq.heappop(heap)
+            owner = self.states[customer_id]
+            ref = owner.timers.get(timer_id)
+            if ref is None or ref.due != due:
+                continue  # fired or cancelled meanwhile
+            fired = timer_event(timer_id, customer_id, due, "worker")
+            decisions = self.core.evaluate(fired, owner, self.batch.ledger, fired.occurred_at, due)
+            out.fired.append(timer_id)
+            out.result.timers_fired += 1
+            if decisions:
+                self._take(decisions)
+        decisions = self.core.evaluate(event, state, self.batch.ledger, event.occurred_at, stamp)
+        out.result.events += 1
+        if isinstance(event, TimerFired):
+            out.fired.append(event.data.timer_id)
+        if decisions.duplicate:
+            out.result.duplicates += 1
+        elif decisions:
+            self._take(decisions)

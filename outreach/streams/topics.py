@@ -1,0 +1,175 @@
+"""Kafka settings, topic names, event-type routing, and creating the topics.
+
+Owns ``KafkaSettings`` (``OUTREACH_KAFKA_URL``, ``OUTREACH_TOPIC_PREFIX``,
+``OUTREACH_PARTITIONS``, ``OUTREACH_GROUP_ID``), the ``Topics`` an engine uses (the five input
+topics of the public contract, the internal ``timers`` topic, the output topics and the
+dead-letter topic, all under one prefix), which topic each event type goes to, and
+``ensure_topics``.
+
+Every input topic and ``timers`` has the same partition count and every record is keyed by
+``customer_id``, so one customer's events from all topics land on the same partition number
+and are processed by the same worker (co-partitioning).
+
+Must not import: faust, sqlalchemy.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from aiokafka.admin import (  # type: ignore[import-untyped,unused-ignore]
+    AIOKafkaAdminClient,
+    NewTopic,
+)
+from aiokafka.errors import (  # type: ignore[import-untyped,unused-ignore]
+    TopicAlreadyExistsError,
+    for_code,
+)
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from outreach.events import EVENT_TYPES
+
+# the part before the dot of an event type -> the Topics attribute it is published to
+_FAMILIES = {
+    "customer": "customers",
+    "contact": "customers",
+    "shipment": "shipments",
+    "payment": "payments",
+    "usage": "usage",
+    "renewal": "renewals",
+    "timer": "timers",
+}
+_LEGAL = re.compile(r"^[A-Za-z0-9._-]*$")
+_MAX_TOPIC_NAME = 249
+
+
+class KafkaSettings(BaseSettings):
+    """Where Kafka is and how the engine's topics are laid out (``OUTREACH_*`` variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="OUTREACH_")
+
+    kafka_url: str | None = Field(
+        default=None, description="bootstrap servers; none: start the embedded broker"
+    )
+    topic_prefix: str = Field(default="", description="prepended to every topic name")
+    partitions: int = Field(default=4, ge=1, description="partitions of every topic")
+    group_id: str = Field(default="outreach", min_length=1, description="consumer group")
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The engine's topic names under one prefix (``Topics("staging.").payments``)."""
+
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        longest = len(self.prefix) + len("shipments")
+        if not _LEGAL.match(self.prefix) or longest > _MAX_TOPIC_NAME:
+            raise ValueError(
+                f"topic prefix {self.prefix!r} is not usable in Kafka topic names: use letters, "
+                f"digits, '.', '_' and '-' only, at most {_MAX_TOPIC_NAME - 9} characters"
+            )
+
+    @property
+    def shipments(self) -> str:
+        """Input: ``shipment.*`` events."""
+        return f"{self.prefix}shipments"
+
+    @property
+    def payments(self) -> str:
+        """Input: ``payment.*`` events."""
+        return f"{self.prefix}payments"
+
+    @property
+    def usage(self) -> str:
+        """Input: ``usage.*`` events."""
+        return f"{self.prefix}usage"
+
+    @property
+    def renewals(self) -> str:
+        """Input: ``renewal.*`` events."""
+        return f"{self.prefix}renewals"
+
+    @property
+    def customers(self) -> str:
+        """Input: ``customer.updated``, ``contact.suppressed`` and ``contact.unsuppressed``."""
+        return f"{self.prefix}customers"
+
+    @property
+    def timers(self) -> str:
+        """Internal: ``timer.fired`` events the runtime re-injects, keyed by customer_id."""
+        return f"{self.prefix}timers"
+
+    @property
+    def signals(self) -> str:
+        """Output: detected risk signals."""
+        return f"{self.prefix}signals"
+
+    @property
+    def actions(self) -> str:
+        """Output: action records (each status change)."""
+        return f"{self.prefix}actions"
+
+    @property
+    def messages(self) -> str:
+        """Output: message records (each status change)."""
+        return f"{self.prefix}messages"
+
+    @property
+    def dlq(self) -> str:
+        """Output: dead letters (raw bytes, error, source topic/partition/offset)."""
+        return f"{self.prefix}dlq"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The five input topics of the public contract."""
+        return (self.shipments, self.payments, self.usage, self.renewals, self.customers)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The output topics, the dead-letter topic included."""
+        return (self.signals, self.actions, self.messages, self.dlq)
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        """Every topic: inputs, timers, outputs."""
+        return (*self.inputs, self.timers, *self.outputs)
+
+    def topic_for(self, event_type: str) -> str:
+        """The topic an event of ``event_type`` is published to; ValueError if unknown."""
+        family, _, kind = event_type.partition(".")
+        attribute = _FAMILIES.get(family) if kind else None
+        if attribute is None:
+            raise ValueError(
+                f"unknown event type {event_type!r}: no topic for it; "
+                f"known types: {', '.join(EVENT_TYPES)}"
+            )
+        topic: str = getattr(self, attribute)
+        return topic
+
+
+async def ensure_topics(
+    bootstrap: str, topics: Topics, partitions: int, *, replication_factor: int = 1
+) -> None:
+    """Create the topics that are missing (all with ``partitions``); existing ones are kept."""
+    if partitions < 1:
+        raise ValueError(f"partitions must be at least 1, not {partitions}")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="outreach-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in topics.all if name not in existing]
+        if not missing:
+            return
+        response = await admin.create_topics(
+            [NewTopic(name, partitions, replication_factor) for name in missing]
+        )
+    finally:
+        await admin.close()
+    for name, code, *message in response.topic_errors:  # (topic, code[, message]) by version
+        error = for_code(code)
+        if code and error is not TopicAlreadyExistsError:  # already there: another worker won
+            detail = (message[0] if message else None) or error.description
+            raise error(f"cannot create topic {name!r}: {detail}")

@@ -1,0 +1,177 @@
+"""The live worker: an aiokafka consumer-group member that applies batches through the store.
+
+Loop: fetch (``getmany``) -> decode -> align by event time -> apply in one store transaction
+(in a thread, so heartbeats go on) -> commit the Kafka offsets -> wake the relay. Positions in
+the store are the truth: on assignment each partition is moved to the store's position, and
+a batch re-fetched after a crash is recognised and skipped record by record.
+
+Two relays run beside the loop:
+- records: decision records and dead letters the batches queued in the store are produced to
+  the output topics (``signals``, ``actions``, ``messages``, ``dlq``; acks=all) and deleted
+  from the store after the broker acknowledged them (at least once; ids are deterministic);
+- timers: timers due by the wall clock are produced as ``timer.fired`` events to the timers
+  topic, keyed by customer, and go through the core like any event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from outreach.store import Store
+from outreach.streams.align import Aligner
+from outreach.streams.codec import Record
+from outreach.streams.processor import BatchProcessor, BatchResult
+from outreach.streams.relay import Relay
+from outreach.streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerOptions:
+    """Tuning of one worker (defaults suit the embedded broker and a small cluster)."""
+
+    batch_max: int = 5000  # records per store transaction at most
+    poll_ms: int = 100  # getmany wait when nothing is buffered
+    align_wait: float = 2.0  # see Aligner.max_wait
+    timer_poll: float = 0.5  # seconds between looks at the timers table
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 2_000
+    fetch_max_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass
+class WorkerStats:
+    """What the worker has done since it started (read by the live summary)."""
+
+    totals: BatchResult = field(default_factory=BatchResult)
+    batches: int = 0
+    started: float = field(default_factory=time.monotonic)
+    last_batch: float = 0.0
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.worker.assigned(assigned)
+
+
+class Worker:
+    """One process of the engine's consumer group."""
+
+    def __init__(
+        self,
+        processor: BatchProcessor,
+        store: Store,
+        topics: Topics,
+        bootstrap: str,
+        *,
+        group: str,
+        options: WorkerOptions | None = None,
+    ) -> None:
+        self.processor = processor
+        self.store = store
+        self.topics = topics
+        self.bootstrap = bootstrap
+        self.group = group
+        self.options = options or WorkerOptions()
+        self.stats = WorkerStats()
+        self.aligner = Aligner(max_wait=self.options.align_wait)
+        self.relay = Relay(store, topics, bootstrap, timer_poll=self.options.timer_poll)
+        self._consumer: AIOKafkaConsumer | None = None
+        self.on_batch: Callable[[BatchResult], None] | None = None
+        self.caught_up = False  # every assigned partition fetched to its high watermark
+
+    async def assigned(self, partitions: list[TopicPartition]) -> None:
+        """Seek newly assigned partitions to what the store says was applied."""
+        consumer = self._consumer
+        assert consumer is not None
+        self.aligner.assign((tp.topic, tp.partition) for tp in partitions)
+        wanted = [(tp.topic, tp.partition) for tp in partitions]
+        positions = await asyncio.to_thread(
+            self.store.run, lambda batch: batch.positions(self.group, wanted)
+        )
+        for tp in partitions:
+            at = positions.get((tp.topic, tp.partition))
+            if at:
+                consumer.seek(tp, at)
+        log.info("worker: assigned %s", sorted(f"{t}[{p}]" for t, p in wanted))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume, apply and relay until ``stop`` is set; then finish the batch in hand,
+        relay what it queued, commit, and leave the group."""
+        opts = self.options
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=opts.session_timeout_ms,
+            heartbeat_interval_ms=opts.heartbeat_interval_ms,
+            rebalance_timeout_ms=opts.session_timeout_ms,
+            fetch_max_bytes=opts.fetch_max_bytes,
+            max_partition_fetch_bytes=opts.fetch_max_bytes // 4,
+        )
+        self._consumer = consumer
+        consumer.subscribe([*self.topics.inputs, self.topics.timers], listener=_Rebalance(self))
+        await self.relay.start()
+        await consumer.start()
+        relaying = asyncio.create_task(self.relay.run(stop))
+        try:
+            await self.relay.relay_once()  # what a previous run committed but had not relayed
+            while not stop.is_set():
+                await self._step()
+        finally:
+            relaying.cancel()
+            await asyncio.gather(relaying, return_exceptions=True)
+            try:
+                await consumer.stop()
+            finally:
+                await self.relay.stop()
+
+    async def _step(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        wait = self.options.poll_ms if not self.aligner.buffered else 10
+        fetched = await consumer.getmany(timeout_ms=wait, max_records=self.options.batch_max)
+        if fetched:
+            decode = self.processor.decode
+            batches = {
+                tp: [decode(Record(m.topic, m.partition, m.offset, m.key, m.value)) for m in msgs]
+                for tp, msgs in fetched.items()
+            }
+            for tp, items in batches.items():
+                self.aligner.add((tp.topic, tp.partition), items)
+        caught_up = set()
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None and await consumer.position(tp) >= high:
+                caught_up.add((tp.topic, tp.partition))
+        assignment = consumer.assignment()
+        self.caught_up = bool(assignment) and len(caught_up) == len(assignment)
+        ready = self.aligner.release(caught_up, time.monotonic())
+        if not ready:
+            return
+        result = await asyncio.to_thread(self.processor.apply_decoded, ready)
+        offsets: dict[TopicPartition, int] = {}
+        for record, _ in ready:
+            tp = TopicPartition(record.topic, record.partition)
+            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        await consumer.commit(offsets)
+        self.stats.totals.add(result)
+        self.stats.batches += 1
+        self.stats.last_batch = time.monotonic()
+        self.relay.wake()
+        if self.on_batch is not None:
+            self.on_batch(result)

@@ -1,0 +1,195 @@
+"""The batch processor against a real database (SQLite and PostgreSQL), without a broker:
+parity with replay, redelivery, dead letters, concurrent workers on one customer."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import orjson
+import pytest
+from livesupport import Feed, drain_records, log_lines, run_to_quiescence, sorted_lines
+from support import make_event, payment_failed, profile
+
+from outreach.core import DecisionCore
+from outreach.replay import replay
+from outreach.rulebook import RuleBook
+from outreach.sample import generate
+from outreach.state import CustomerState
+from outreach.store import Store
+from outreach.streams.codec import Record
+from outreach.streams.processor import BatchProcessor
+
+
+@pytest.fixture
+def store(database_url: str) -> Store:
+    made = Store(database_url)
+    made.migrate()
+    yield made
+    made.close()
+
+
+def processor(
+    book: RuleBook, store: Store, group: str = "g", max_bytes: int = 65536
+) -> BatchProcessor:
+    return BatchProcessor(
+        DecisionCore(book), store, group=group, timers_topic="timers", max_event_bytes=max_bytes
+    )
+
+
+def line(event: dict) -> bytes:
+    return orjson.dumps(event)
+
+
+def test_live_decisions_equal_replay_of_the_same_file(
+    book: RuleBook, store: Store, tmp_path: Path
+) -> None:
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=60)
+    lines = [raw.rstrip(b"\n") for raw in generate(150, 20, 11, start)]
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(lines) + b"\n")
+    replay(events, book, tmp_path / "replay")
+    feed = Feed()
+    run_to_quiescence(processor(book, store), store, [feed.line(raw) for raw in lines], feed, 300)
+    out = drain_records(store)
+    for name in ("signals", "actions", "messages"):
+        want = sorted_lines(log_lines(tmp_path / "replay", name))
+        assert want, name
+        assert sorted_lines(out[name]) == want, name
+    assert store.count("timers") == 0
+
+
+def test_a_redelivered_batch_is_not_applied_twice(book: RuleBook, store: Store) -> None:
+    feed = Feed()
+    records = [
+        feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1"))),
+        feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_1"))),
+    ]
+    proc = processor(book, store)
+    first = proc.apply(records)
+    state_after_first = store.load_state("cus_1")
+    outbox_after_first = store.outbox_rows()
+    records_after_first = drain_records(store)
+    second = proc.apply(records)
+    assert first.events == 2 and first.redelivered == 0
+    assert second.redelivered == 2 and second.events == 0
+    assert store.load_state("cus_1") == state_after_first
+    assert store.outbox_rows() == outbox_after_first
+    assert drain_records(store) == {}
+    assert records_after_first["signals"]
+
+
+HOSTILE = {
+    "not json": b"{not json",
+    "not utf-8": b'{"event_id": "\xff\xfe"}',
+    "wrong schema": orjson.dumps(
+        make_event("shipment.updated", "2026-10-01T10:00:00Z", "cus_9", x=1)
+    ),
+    "oversized": b" " * 70_000,
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_invalid_records_go_to_the_dlq_with_raw_bytes_error_and_position(
+    book: RuleBook, store: Store, case: str
+) -> None:
+    feed = Feed()
+    good = feed.line(line(profile("2026-10-01T09:00:00Z", "cus_9")))
+    bad = feed.record("shipments", b"cus_9", HOSTILE[case], partition=good.partition)
+    result = processor(book, store).apply([bad, good])
+    assert result.dead_letters == 1 and result.events == 1
+    (letter,) = [orjson.loads(v) for v in drain_records(store)["dlq"]]
+    assert base64.b64decode(letter["raw_base64"]) == HOSTILE[case]
+    assert (letter["topic"], letter["partition"], letter["offset"]) == (
+        "shipments",
+        bad.partition,
+        0,
+    )
+    assert letter["error"]
+    assert store.load_state("cus_9") is not None
+
+
+def test_key_must_equal_customer_id_and_timers_come_only_from_the_timers_topic(
+    book: RuleBook, store: Store
+) -> None:
+    feed = Feed()
+    event = line(profile("2026-10-01T09:00:00Z", "cus_1"))
+    timer = line(make_event("timer.fired", "2026-10-01T10:00:00Z", "cus_1",
+                            timer_id="tmr_x", due_at="2026-10-01T10:00:00Z"))  # fmt: skip
+    records = [
+        feed.record("customers", b"cus_2", event),
+        feed.record("customers", None, event),
+        feed.record("customers", b"cus_1", timer),
+    ]
+    result = processor(book, store).apply(records)
+    errors = [orjson.loads(v)["error"] for v in drain_records(store)["dlq"]]
+    assert result.dead_letters == 3
+    assert "does not equal customer_id 'cus_1'" in errors[0]
+    assert "key is missing" in errors[1]
+    assert "timer.fired" in errors[2]
+
+
+def test_one_customer_on_two_partitions_applied_by_two_workers_at_once(
+    book: RuleBook, store: Store, database_url: str
+) -> None:
+    """Producers that do not partition by murmur2 split a customer; the store serialises."""
+    feed = Feed()
+    per_worker = 40
+    batches = [
+        [
+            feed.record("usage", b"cus_1", line(make_event(
+                "usage.reported", f"2026-10-01T{w:02d}:{i:02d}:00Z", "cus_1",
+                event_id=f"evt_{w}_{i}", metric="api_calls", value=float(i),
+                period_start="2026-09-30T00:00:00Z", period_end="2026-10-01T00:00:00Z",
+            )), partition=w)
+            for i in range(per_worker)
+        ]
+        for w in range(2)
+    ]  # fmt: skip
+    second = Store(database_url)
+    workers = [processor(book, store), processor(book, second)]
+    barrier = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            barrier.wait()
+            for record in batches[index]:  # many small transactions, to interleave
+                workers[index].apply([record])
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    second.close()
+    assert not failures
+    state = msgspec.json.decode(store.load_state("cus_1") or b"", type=CustomerState)
+    assert len(state.rules.seen) == 2 * per_worker
+
+
+def test_records_applied_in_event_time_order_within_a_batch(book: RuleBook, store: Store) -> None:
+    """A profile that arrives after a payment failure in the same batch but happened before
+    it is applied first (the message can then be addressed)."""
+    feed = Feed()
+    failed = payment_failed("2026-10-01T10:00:00Z", "cus_1")
+    records = [feed.line(line(failed)), feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1")))]
+    processor(book, store).apply(records)
+    messages = [orjson.loads(v) for v in drain_records(store)["messages"]]
+    assert messages and all(m["to"] for m in messages)
+
+
+def test_a_record_is_a_dataclass_of_plain_values() -> None:
+    record = Record("t", 0, 1, None, b"x")
+    assert (record.topic, record.partition, record.offset, record.key, record.value) == (
+        "t",
+        0,
+        1,
+        None,
+        b"x",
+    )

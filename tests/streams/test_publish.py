@@ -1,0 +1,325 @@
+"""Topics, routing and publishing: settings, ``ensure_topics``, ``EventPublisher``,
+``publish_file`` and ``outreach publish``, against the session's broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from support import make_event, payment_failed, profile
+from typer.testing import CliRunner
+
+from outreach.cli import app
+from outreach.events import EVENT_TYPES, InvalidEventError, parse_event
+from outreach.streams.publish import (
+    EventPublisher,
+    PublishError,
+    Unroutable,
+    publish_file,
+    route_line,
+)
+from outreach.streams.topics import KafkaSettings, Topics, ensure_topics
+
+pytestmark = pytest.mark.timeout(30)
+
+AT = "2026-03-02T10:00:00Z"
+
+
+def shipment(customer: str) -> dict[str, Any]:
+    return make_event(
+        "shipment.updated", AT, customer, shipment_id="shp_1", order_id="ord_1", carrier="ups",
+        status="in_transit", promised_delivery="2026-03-04T18:00:00Z",
+    )  # fmt: skip
+
+
+def usage(customer: str) -> dict[str, Any]:
+    return make_event(
+        "usage.reported", AT, customer, metric="api_calls", value=12.5,
+        period_start="2026-03-01T00:00:00Z", period_end="2026-03-02T00:00:00Z",
+    )  # fmt: skip
+
+
+def renewal(customer: str) -> dict[str, Any]:
+    return make_event(
+        "renewal.upcoming", AT, customer, subscription_id="sub_1", plan="pro",
+        renews_at="2026-03-20T00:00:00Z", amount=4900, currency="USD", auto_renew=True,
+    )  # fmt: skip
+
+
+def suppressed(customer: str) -> dict[str, Any]:
+    return make_event("contact.suppressed", AT, customer, channel="sms", reason="stop")
+
+
+def write_lines(path: Path, lines: Iterable[bytes | dict[str, Any]]) -> Path:
+    encoded = (line if isinstance(line, bytes) else orjson.dumps(line) for line in lines)
+    path.write_bytes(b"".join(line + b"\n" for line in encoded))
+    return path
+
+
+async def read_back(
+    bootstrap: str, names: Iterable[str], count: int, seconds: float = 10.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``names`` from the beginning (no group), until ``count`` or the deadline."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()  # loads the metadata partitions_for_topic reads
+        parts = [
+            TopicPartition(name, p)
+            for name in names
+            for p in sorted(consumer.partitions_for_topic(name) or ())
+        ]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        deadline = time.monotonic() + seconds
+        while len(records) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for part in batch.values():
+                records.extend(part)
+        return records
+    finally:
+        await consumer.stop()
+
+
+# -- topics and settings (no broker) ----------------------------------------------------------
+
+
+def test_every_event_type_has_its_topic() -> None:
+    topics = Topics("p.")
+    routes = {kind: topics.topic_for(kind) for kind in EVENT_TYPES}
+    assert routes == {
+        "customer.updated": "p.customers",
+        "shipment.updated": "p.shipments",
+        "payment.failed": "p.payments",
+        "payment.succeeded": "p.payments",
+        "usage.reported": "p.usage",
+        "renewal.upcoming": "p.renewals",
+        "renewal.renewed": "p.renewals",
+        "renewal.cancelled": "p.renewals",
+        "contact.suppressed": "p.customers",
+        "contact.unsuppressed": "p.customers",
+        "timer.fired": "p.timers",
+    }
+    assert topics.topic_for("shipment.created") == "p.shipments"  # the engine dead-letters it
+
+
+@pytest.mark.parametrize("kind", ["order.placed", "payment", "payment.", "", "Payment.failed"])
+def test_an_unknown_type_is_refused_naming_the_known_ones(kind: str) -> None:
+    with pytest.raises(ValueError, match=f"unknown event type '{kind}'.*payment.failed"):
+        Topics().topic_for(kind)
+
+
+def test_the_topic_layout() -> None:
+    topics = Topics("staging.")
+    assert topics.inputs == (
+        "staging.shipments", "staging.payments", "staging.usage", "staging.renewals",
+        "staging.customers",
+    )  # fmt: skip
+    assert topics.outputs == tuple(
+        f"staging.{n}" for n in ("signals", "actions", "messages", "dlq")
+    )
+    assert topics.all == (*topics.inputs, "staging.timers", *topics.outputs)
+    assert Topics().payments == "payments"
+
+
+@pytest.mark.parametrize("prefix", ["has space.", "slash/", "x" * 241])
+def test_a_prefix_kafka_cannot_use_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="not usable in Kafka topic names"):
+        Topics(prefix)
+
+
+def test_kafka_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("KAFKA_URL", "TOPIC_PREFIX", "PARTITIONS", "GROUP_ID"):
+        monkeypatch.delenv(f"OUTREACH_{name}", raising=False)
+    assert KafkaSettings() == KafkaSettings(
+        kafka_url=None, topic_prefix="", partitions=4, group_id="outreach"
+    )
+    monkeypatch.setenv("OUTREACH_KAFKA_URL", "k1:9092,k2:9092")
+    monkeypatch.setenv("OUTREACH_TOPIC_PREFIX", "prod.")
+    monkeypatch.setenv("OUTREACH_PARTITIONS", "12")
+    settings = KafkaSettings()
+    assert (settings.kafka_url, settings.topic_prefix, settings.partitions) == (
+        "k1:9092,k2:9092", "prod.", 12,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "not a JSON object but list"),
+        (b'{"customer_id": "c"}', 'no "type" string'),
+        (b'{"type": 7, "customer_id": "c"}', 'no "type" string'),
+        (b'{"type": "order.placed", "customer_id": "c"}', "unknown event type 'order.placed'"),
+        (b'{"type": "payment.failed"}', 'no "customer_id" string'),
+        (b'{"type": "payment.failed", "customer_id": 42}', 'no "customer_id" string'),
+        (b'{"type": "timer.fired", "customer_id": "c"}', "produced by the engine only"),
+    ],
+)
+def test_route_line_says_why_a_line_cannot_be_routed(line: bytes, reason: str) -> None:
+    route = route_line(line, Topics())
+    assert isinstance(route, str) and reason in route
+
+
+def test_route_line_routes_by_type_and_keys_by_customer() -> None:
+    line = b'{"type": "usage.reported", "customer_id": "cus_\xc3\xa9", "data": {}}'
+    assert route_line(line, Topics("p.")) == ("p.usage", "cus_é".encode())
+
+
+# -- against the broker -----------------------------------------------------------------------
+
+
+async def test_ensure_topics_is_idempotent(kafka_bootstrap: str, topics: Topics) -> None:
+    await ensure_topics(kafka_bootstrap, topics, 4)  # the fixture created them already
+    await ensure_topics(kafka_bootstrap, topics, 4)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics.all))
+    finally:
+        await admin.close()
+    assert {t["topic"]: len(t["partitions"]) for t in described} == {name: 4 for name in topics.all}
+
+
+async def test_publish_file_sends_raw_lines_to_their_topics_keyed_by_customer(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    events: list[dict[str, Any]] = []
+    for n in range(8):
+        customer = f"cus_{n}"
+        events += [profile(AT, customer), shipment(customer), payment_failed(AT, customer)]
+        events += [usage(customer), renewal(customer), suppressed(customer)]
+    broken = b'{"type":"payment.failed","customer_id":"cus_0","data":{"amount":"lots"}}'
+    path = write_lines(tmp_path / "events.jsonl", [*events[:3], b"", b"  ", *events[3:], broken])
+    sent = path.read_bytes().splitlines()
+    calls: list[tuple[int, int]] = []
+
+    report = await publish_file(path, kafka_bootstrap, topics, progress=lambda *c: calls.append(c))
+
+    assert report.unroutable == 0
+    assert report.published == {
+        topics.customers: 16, topics.shipments: 8, topics.payments: 9, topics.usage: 8,
+        topics.renewals: 8,
+    }  # fmt: skip
+    assert calls[-1] == (path.stat().st_size, path.stat().st_size)
+    records = await read_back(kafka_bootstrap, topics.inputs, report.total)
+    assert len(records) == report.total == len(events) + 1
+    assert sorted(r.value for r in records) == sorted(v for v in sent if v.strip())  # byte for byte
+    partitions: dict[bytes, set[int]] = {}
+    for record in records:
+        obj = orjson.loads(record.value)
+        assert record.topic == topics.topic_for(obj["type"])
+        assert record.key == obj["customer_id"].encode()
+        partitions.setdefault(record.key, set()).add(record.partition)
+    assert all(len(p) == 1 for p in partitions.values())  # co-partitioned across topics
+    assert len(set().union(*partitions.values())) > 1  # and spread over the partitions
+
+
+async def test_unroutable_lines_are_reported_with_their_line_numbers_and_not_sent(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    bad = [b"{not json", b'{"type": "order.placed", "customer_id": "c"}', b'{"type": "usage.x"}']
+    bad += [b'{"type": "timer.fired", "customer_id": "c"}'] + [b"[]"] * 22
+    path = write_lines(tmp_path / "events.jsonl", [usage("cus_1"), *bad, usage("cus_2")])
+
+    report = await publish_file(path, kafka_bootstrap, topics)
+
+    assert report.unroutable == 26
+    assert [u.line for u in report.unroutable_lines] == list(range(2, 22))  # the first 20
+    assert report.unroutable_lines[1:4] == [
+        Unroutable(3, "unknown event type 'order.placed'"),
+        Unroutable(4, 'no "customer_id" string'),
+        Unroutable(5, "timer.fired is produced by the engine only"),
+    ]
+    assert report.published == {topics.usage: 2}
+    records = await read_back(kafka_bootstrap, topics.all, 2)
+    assert sorted(r.key for r in records) == [b"cus_1", b"cus_2"]
+
+
+async def test_rate_paces_the_publishing(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    path = write_lines(tmp_path / "events.jsonl", [usage(f"cus_{n}") for n in range(50)])
+    started = time.monotonic()
+    report = await publish_file(path, kafka_bootstrap, topics, rate=500)
+    took = time.monotonic() - started
+    assert report.published == {topics.usage: 50}
+    assert min(took, report.elapsed) >= 49 / 500 - 0.005  # 49 gaps of 2 ms at the least
+
+
+async def test_the_publisher_checks_dicts_and_routes_models(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    model = parse_event(orjson.dumps(renewal("cus_9")))
+    async with EventPublisher(kafka_bootstrap, topics) as publisher:
+        first = await publisher.publish(payment_failed(AT, "cus_8"))
+        await publisher.publish(model)
+        with pytest.raises(InvalidEventError, match="data.attempt"):
+            await publisher.publish(make_event("payment.failed", AT, "cus_8", attempt=0))
+        timer = make_event("timer.fired", AT, "cus_8", timer_id="t1", due_at=AT)
+        with pytest.raises(PublishError, match="engine only"):
+            await publisher.publish(timer)
+        await publisher.flush()
+        assert first.done() and publisher.delivered == {topics.payments: 1, topics.renewals: 1}
+    records = await read_back(kafka_bootstrap, topics.all, 2)
+    by_topic = {r.topic: r for r in records}
+    assert set(by_topic) == {topics.payments, topics.renewals}
+    assert parse_event(by_topic[topics.renewals].value) == model
+    assert by_topic[topics.payments].key == b"cus_8"
+
+
+def test_a_publisher_is_made_anywhere_and_refuses_to_send_before_it_starts() -> None:
+    publisher = EventPublisher("127.0.0.1:9", Topics())  # no event loop needed to make one
+    with pytest.raises(RuntimeError, match="not started"):
+        asyncio.run(publisher.publish(usage("cus_1")))
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def test_outreach_publish_prints_counts_and_unroutable_lines(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    prefix = f"cli{uuid.uuid4().hex}."
+    path = write_lines(tmp_path / "events.jsonl", [profile(AT), b"oops", usage("cus_1")])
+    result = CliRunner().invoke(
+        app,
+        ["publish", str(path), "--kafka-url", kafka_bootstrap, "--topic-prefix", prefix],
+        env={"COLUMNS": "120"},
+    )
+    assert result.exit_code == 1, result.output  # a line was not sent
+    assert f"{prefix}customers │ 1" in result.stdout
+    assert f"{prefix}usage     │ 1" in result.stdout
+    assert f"2 events acknowledged by {kafka_bootstrap}" in result.stdout
+    assert f"{path}:2: not JSON" in result.stderr
+    records = asyncio.run(read_back(kafka_bootstrap, Topics(prefix).inputs, 2))
+    assert sorted(r.topic for r in records) == [f"{prefix}customers", f"{prefix}usage"]
+
+
+def test_outreach_publish_without_kafka_exits_2_saying_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OUTREACH_KAFKA_URL", raising=False)
+    path = write_lines(tmp_path / "events.jsonl", [usage("cus_1")])
+    result = CliRunner().invoke(app, ["publish", str(path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert "--kafka-url" in result.stderr and "OUTREACH_KAFKA_URL" in result.stderr
+    assert "outreach worker" in result.stderr
+
+
+def test_outreach_publish_to_an_unreachable_kafka_exits_1(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "events.jsonl", [usage("cus_1")])
+    result = CliRunner().invoke(
+        app, ["publish", str(path), "--kafka-url", "127.0.0.1:9"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 1
+    assert "publishing to 127.0.0.1:9 failed" in result.stderr
