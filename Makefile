@@ -17,7 +17,9 @@ help:
 	@echo "            starts a local PostgreSQL with scripts/postgres.sh (root: installs it) unless"
 	@echo "            OUTREACH_TEST_POSTGRES_URL is set; Kafka: Docker if reachable, else embedded"
 	@echo "make lint   ruff, ruff format --check, mypy --strict"
-	@echo "make bench  replay throughput and peak memory on outreach sample --customers 20000 --days 30"
+	@echo "make bench  replay throughput and peak memory on outreach sample --customers 20000 --days 30;"
+	@echo "            then the live engine on one embedded broker: raw consume ceiling, worker and"
+	@echo "            Faust throughput, p50/p99 event->decision latency at 1,000 events/s, peak RSS"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed; set PYTHON=/path/to/python3.11")'
@@ -53,6 +55,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/replay_bench.py --workdir $(BENCH)
+	$(BIN)/python bench/live_bench.py --workdir $(BENCH)
 
 clean:
 	rm -rf $(VENV) $(DEMO) $(BENCH) .pytest_cache .mypy_cache .ruff_cache *.egg-info

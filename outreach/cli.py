@@ -303,6 +303,7 @@ def worker(
         bool, typer.Option(help="also write the output topics to DATA_DIR/decisions/*.jsonl")
     ] = False,
     dispatch: Annotated[bool, typer.Option(help="run the effects dispatcher in-process")] = True,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "warning",
 ) -> None:
     """Run a live worker: consume the input topics, decide, write the store, relay decisions
     to the output topics, and perform due effects and messages (file connector and file
@@ -316,8 +317,10 @@ def worker(
     from outreach.streams.runtime import WorkerSettings
     from outreach.streams.topics import KafkaSettings
 
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(  # force: importing faust has already configured the root logger
+        force=True,
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     given = {
         "rules": rules, "database_url": database_url, "data_dir": data_dir, "runtime": runtime,
@@ -352,6 +355,9 @@ def worker(
         err.print(
             f"decision log: {parts.exporter.folder}/ (signals, actions, messages, dlq .jsonl)"
         )
+    if parts.failure is not None:
+        err.print(f"[bold red]the worker stopped on an error:[/] {parts.failure}", highlight=False)
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import orjson
+import sqlalchemy as sa
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from outreach.store import Store
 from outreach.streams.codec import Record
 from outreach.streams.processor import BatchProcessor
 from outreach.streams.relay import timer_value
+from outreach.streams.topics import Topics
 
 TOPIC_OF = {
     "customer": "customers", "contact": "customers", "shipment": "shipments",
@@ -75,3 +83,140 @@ def log_lines(folder: Path, name: str) -> list[bytes]:
 def sorted_lines(lines: Iterable[bytes]) -> list[bytes]:
     """Lines as a sorted list (decision logs compared as multisets)."""
     return sorted(line.rstrip(b"\n") for line in lines)
+
+
+# -- live worker processes (integration and fault tests) ------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class WorkerProcess:
+    """``outreach worker`` in a child process against the test's broker, topics and store."""
+
+    running: list[WorkerProcess] = []  # noqa: RUF012 - killed by the tests' teardown
+
+    @classmethod
+    def kill_all(cls) -> None:
+        """Kill every child still alive (a failed test must not leave workers behind)."""
+        for worker in cls.running:
+            if worker.process is not None and worker.process.poll() is None:
+                worker.process.kill()
+                worker.process.wait(timeout=10)
+        cls.running.clear()
+
+    def __init__(
+        self, bootstrap: str, topics: Topics, group: str, database_url: str, data_dir: Path,
+        *extra: str, name: str = "worker",
+    ) -> None:  # fmt: skip
+        self.args = [
+            sys.executable, "-m", "outreach.cli", "worker", "--kafka-url", bootstrap,
+            "--database-url", database_url, "--data-dir", str(data_dir),
+            "--rules", str(REPO / "rules"), "--log-level", "info", *extra,
+        ]  # fmt: skip
+        self.env = {
+            **os.environ, "OUTREACH_TOPIC_PREFIX": topics.prefix, "OUTREACH_GROUP_ID": group,
+            "OUTREACH_DISPATCH_LEASE": "2", "COLUMNS": "200",
+        }  # fmt: skip
+        self.log_path = data_dir / f"{name}.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        """Start the child (its output goes to ``<data_dir>/<name>.log``)."""
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=log, cwd=REPO)
+        log.close()
+        WorkerProcess.running.append(self)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind, like a crashed machine."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> int:
+        """SIGTERM (what Ctrl-C does) and wait for a clean exit; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the child to exit by itself (``--until-idle``)."""
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def log(self) -> str:
+        """What the child printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+
+def applied(database_url: str, group: str, topics: Iterable[str]) -> int:
+    """Records the group has applied from ``topics`` (from the store's positions)."""
+    engine = sa.create_engine(database_url)
+    query = sa.text(
+        "SELECT COALESCE(SUM(next_offset), 0) FROM applied_offsets "
+        "WHERE consumer_group = :g AND topic IN :t"
+    ).bindparams(sa.bindparam("t", expanding=True))
+    try:
+        with engine.connect() as conn:
+            total = conn.execute(query, {"g": group, "t": list(topics)}).scalar()
+    except sa.exc.OperationalError:  # the worker has not created the tables yet
+        return 0
+    finally:
+        engine.dispose()
+    return int(total or 0)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds (a deadline, not a sleep as synchronisation)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+async def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 60) -> list[bytes]:
+    """Every value of ``topic`` once at least ``at_least`` distinct values arrived (then what
+    is left is drained until a fetch comes back empty)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()  # noqa: SLF001
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        values: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            fetched = await consumer.getmany(timeout_ms=300)
+            for messages in fetched.values():
+                values.extend(m.value for m in messages)
+            if not fetched and len(set(values)) >= at_least:
+                return values
+            if time.monotonic() > deadline:
+                return values
+    finally:
+        await consumer.stop()
+
+
+def performed_keys(path: Path) -> list[str]:
+    """The idempotency keys a file connector/channel wrote, in order (repeats kept)."""
+    if not path.exists():
+        return []
+    return [orjson.loads(line)["key"] for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def expected_keys(replay_folder: Path) -> tuple[set[str], set[str]]:
+    """(effect keys of executed actions, delivery keys of sent messages) of a replay."""
+    effects = {
+        r["idempotency_key"] for r in map(orjson.loads, log_lines(replay_folder, "actions"))
+        if r["status"] == "executed"
+    }  # fmt: skip
+    deliveries = {
+        f"msg:{r['message_id']}" for r in map(orjson.loads, log_lines(replay_folder, "messages"))
+        if r["status"] == "sent"
+    }  # fmt: skip
+    return effects, deliveries

@@ -103,6 +103,11 @@ class StoreLedger:
         if key not in self._totals:
             query = sa.select(ledger.c.total).where(ledger.c.key == key)
             if self._batch.postgres:
+                # reserve the row first: FOR UPDATE on a row that does not exist locks nothing,
+                # and two workers would both start from 0
+                self._batch.conn.execute(
+                    postgresql.insert(ledger).on_conflict_do_nothing(), {"key": key, "total": 0.0}
+                )
                 query = query.with_for_update()
             found = self._batch.conn.execute(query).scalar()
             self._totals[key] = float(found) if found is not None else 0.0
@@ -145,10 +150,10 @@ class Batch:
 
     def _insert_new(self, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]) -> int:
         insert = postgresql.insert(table) if self.postgres else sqlite.insert(table)
+        statement = insert.on_conflict_do_nothing(index_elements=keys).returning(table.c[keys[0]])
         done = 0
-        for row in rows:  # one by one: rowcount of executemany is unreliable across drivers
-            result = self.conn.execute(insert.on_conflict_do_nothing(index_elements=keys), row)
-            done += max(result.rowcount, 0)
+        for row in rows:  # one by one: RETURNING says whether this row was new
+            done += len(self.conn.execute(statement, row).all())
         return done
 
     def positions(

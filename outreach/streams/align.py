@@ -16,8 +16,9 @@ Pure: no Kafka client here; the driver tells it which partitions are caught up.
 from __future__ import annotations
 
 import heapq
-from collections import deque
-from collections.abc import Iterable
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from itertools import islice
 
 from outreach.streams.codec import DeadLetter
 from outreach.streams.processor import Decoded
@@ -64,9 +65,11 @@ class Aligner:
                 self._latest[tp] = stamp
         self.buffered = sum(len(b) for b in self._buffers.values())
 
-    def release(self, caught_up: set[TopicPartition], now: float) -> list[Decoded]:
-        """The records that can be applied now, in event-time order (each partition's records
-        stay a prefix in offset order)."""
+    def release(
+        self, caught_up: set[TopicPartition], now: float, limit: int | None = None
+    ) -> list[Decoded]:
+        """The records that can be applied now, in event-time order, at most ``limit`` (each
+        partition's released records are a prefix of it, in offset order)."""
         horizon = float("inf")
         for tp in self._buffers:
             if tp not in caught_up:  # more may come from it, no older than what it gave last
@@ -76,17 +79,32 @@ class Aligner:
         self._horizon = horizon
         if now - self._stuck_since >= self.max_wait or self.buffered >= self.max_buffered:
             horizon = float("inf")  # a partition makes no progress: stop waiting for it
-        ready: list[list[_Item]] = []
-        for buffer in self._buffers.values():
-            taken: list[_Item] = []
-            while buffer and buffer[0][0] <= horizon:
-                taken.append(buffer.popleft())
-            if taken:
-                ready.append(taken)
-        released = [item for _, _, item in heapq.merge(*ready)]
-        self.buffered -= len(released)
-        return released
+        keys = list(self._buffers)
+        streams = [_tagged(self._buffers[tp], index, horizon) for index, tp in enumerate(keys)]
+        taken = list(islice(heapq.merge(*streams), limit))
+        counts = Counter(index for _, _, index, _ in taken)
+        for index, count in counts.items():
+            buffer = self._buffers[keys[index]]
+            for _ in range(count):
+                buffer.popleft()
+        self.buffered -= len(taken)
+        return [item for _, _, _, item in taken]
+
+    def backlog(self, tp: TopicPartition) -> int:
+        """Records of one partition fetched and not yet released."""
+        buffer = self._buffers.get(tp)
+        return len(buffer) if buffer is not None else 0
 
     def first_unreleased(self) -> dict[TopicPartition, int]:
         """Per partition, the offset of the first record still buffered (commit no further)."""
         return {tp: b[0][2][0].offset for tp, b in self._buffers.items() if b}
+
+
+def _tagged(
+    buffer: deque[_Item], index: int, horizon: float
+) -> Iterator[tuple[float, int, int, Decoded]]:
+    """The buffer's records up to ``horizon``, tagged with the buffer's index."""
+    for stamp, seq, item in buffer:
+        if stamp > horizon:
+            return
+        yield stamp, seq, index, item

@@ -92,7 +92,7 @@ class Dispatcher:
             self.store.claim_due, at, self.options.batch, self.options.lease
         )
         for row in rows:
-            await self._perform(row)
+            await self._perform(row, at)
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -107,7 +107,7 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.options.poll)
 
-    async def _perform(self, row: OutboxRow) -> None:
+    async def _perform(self, row: OutboxRow, now: float) -> None:
         try:
             if row.kind == "effect":
                 effect = await self.connector.perform(Effect.model_validate_json(row.payload))
@@ -121,11 +121,11 @@ class Dispatcher:
             await self._finish(row, "failed", None, f"permanent: {exc}")
             return
         except (TransientConnectorError, TransientDeliveryError) as exc:
-            await self._retry(row, str(exc), exc.retry_after)
+            await self._retry(row, now, str(exc), exc.retry_after)
             return
         except Exception as exc:  # an unexpected error is treated as transient, and logged
             log.exception("dispatcher: %s %s raised", row.kind, row.idempotency_key)
-            await self._retry(row, f"{type(exc).__name__}: {exc}", None)
+            await self._retry(row, now, f"{type(exc).__name__}: {exc}", None)
             return
         self.stats.replayed += replayed
         await self._finish(row, "done", result, None)
@@ -141,12 +141,14 @@ class Dispatcher:
             self.stats.failed += 1
             log.warning("dispatcher: %s %s failed: %s", row.kind, row.idempotency_key, error)
 
-    async def _retry(self, row: OutboxRow, error: str, retry_after: float | None) -> None:
+    async def _retry(
+        self, row: OutboxRow, now: float, error: str, retry_after: float | None
+    ) -> None:
         if row.attempts >= self.options.max_attempts:
             await self._finish(
                 row, "failed", None, f"gave up after {row.attempts} attempts: {error}"
             )
             return
         self.stats.retried += 1
-        at = time.time() + self.backoff(row.attempts, retry_after)
+        at = now + self.backoff(row.attempts, retry_after)
         await asyncio.to_thread(self.store.retry_later, row.id, at, error)

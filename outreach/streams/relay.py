@@ -4,9 +4,11 @@
   the output topics (``signals``, ``actions``, ``messages``, ``dlq``; acks=all) and deleted
   from the store only after the broker acknowledged them: at least once, never lost (ids are
   deterministic, so a consumer can drop a repeat);
-- timers: timers due by the wall clock are produced as ``timer.fired`` events to the timers
-  topic, keyed by customer, and go through the core like any event (the worker holds them back
-  until its event-time clock reaches them, see ``align``).
+- timers: timers due are produced as ``timer.fired`` events to the timers topic, keyed by
+  customer, and go through the core like any event. "Due" is the earlier of the wall clock and
+  the driver's event-time limit (``limit``): while the worker is applying events older than the
+  wall clock (a backlog, a recording), a timer is released only once the events before its due
+  time have been applied, as replay's clock does; when the worker is idle the wall clock rules.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -37,9 +40,16 @@ class Relay:
     """Moves what the store holds for Kafka to Kafka."""
 
     def __init__(
-        self, store: Store, topics: Topics, bootstrap: str, *, timer_poll: float = 0.5
+        self,
+        store: Store,
+        topics: Topics,
+        bootstrap: str,
+        *,
+        timer_poll: float = 0.5,
+        limit: Callable[[], float] | None = None,
     ) -> None:
         self.store = store
+        self.limit = limit  # the driver's event-time limit for timers (None: the wall clock)
         self.topics = topics
         self.timer_poll = timer_poll
         self.producer = AIOKafkaProducer(
@@ -47,6 +57,7 @@ class Relay:
         )
         self.relayed = 0
         self.timers_published = 0
+        self.last_published = 0.0  # time.monotonic() of the last timer or record produced
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._names = {
@@ -92,6 +103,8 @@ class Relay:
             if done < _CHUNK:
                 break
         self.relayed += total
+        if total:
+            self.last_published = time.monotonic()
         return total
 
     async def publish_due_timers(self, now: float | None = None) -> int:
@@ -103,6 +116,8 @@ class Relay:
             ])  # fmt: skip
 
         at = time.time() if now is None else now
+        if self.limit is not None:
+            at = min(at, self.limit())
         total = 0
         while True:
             done = await asyncio.to_thread(self.store.take_due_timers, at, _CHUNK, publish)
@@ -110,6 +125,8 @@ class Relay:
             if done < _CHUNK:
                 break
         self.timers_published += total
+        if total:
+            self.last_published = time.monotonic()
         return total
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -26,7 +26,7 @@ from outreach.outbound.channels import FileChannel
 from outreach.rulebook import load_rulebook
 from outreach.store import Store
 from outreach.streams.codec import DEFAULT_MAX_EVENT_BYTES
-from outreach.streams.dispatcher import Dispatcher
+from outreach.streams.dispatcher import Dispatcher, DispatcherOptions
 from outreach.streams.embedded import EmbeddedBroker
 from outreach.streams.export import DecisionExporter
 from outreach.streams.faust_app import make_app
@@ -51,6 +51,9 @@ class WorkerSettings(BaseSettings):
     )
     max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=256)
     dispatch: bool = Field(default=True, description="run the effects dispatcher in-process")
+    dispatch_lease: float = Field(
+        default=60.0, gt=0, description="seconds before a claimed, unmarked outbox row is retried"
+    )
     export: bool = Field(
         default=False, description="also write the output topics to DATA_DIR/decisions/*.jsonl"
     )
@@ -74,6 +77,7 @@ class Parts:
     exporter: DecisionExporter | None
     embedded: bool
     started: float = field(default_factory=time.monotonic)
+    failure: str | None = None  # why a part stopped on its own, if one did
 
 
 class LiveEngine:
@@ -83,69 +87,78 @@ class LiveEngine:
         self.settings = worker
         self.kafka = kafka
 
+    async def _store(self, embedded: bool) -> Store:
+        store = Store(self.settings.database_url)
+        await asyncio.to_thread(store.migrate)
+        if embedded:
+            # a new embedded broker (memory storage) starts with empty topics: positions
+            # applied on a previous broker's offsets would skip its records
+            forgotten = await asyncio.to_thread(store.forget_positions, self.kafka.group_id)
+            if forgotten:
+                log.warning(
+                    "embedded broker: forgot the applied positions of %d partitions from a "
+                    "previous broker (customer states and the outbox are kept)",
+                    forgotten,
+                )
+        return store
+
+    def _dispatcher(self, store: Store) -> Dispatcher | None:
+        settings = self.settings
+        if not settings.dispatch:
+            return None
+        return Dispatcher(
+            store,
+            FileConnector(settings.data_dir / "effects.jsonl"),
+            FileChannel(settings.data_dir / "messages.jsonl"),
+            DispatcherOptions(lease=settings.dispatch_lease),
+        )
+
     @contextlib.asynccontextmanager
     async def running(self, stop: asyncio.Event) -> AsyncIterator[Parts]:
-        """Start everything; on exit (after ``stop`` is set) shut it all down cleanly."""
+        """Start everything; on exit (after ``stop`` is set) shut it all down cleanly. If a
+        part fails on its own, ``stop`` is set and ``Parts.failure`` says why."""
         settings, kafka = self.settings, self.kafka
         book = load_rulebook(settings.rules)  # a bad rules folder fails before anything starts
         with contextlib.ExitStack() as stack:
             bootstrap = kafka.kafka_url
             if bootstrap is None:
                 settings.data_dir.mkdir(parents=True, exist_ok=True)
-                broker = stack.enter_context(
-                    EmbeddedBroker(log_path=settings.data_dir / "broker.log")
-                )
-                bootstrap = broker.bootstrap
+                broker = EmbeddedBroker(log_path=settings.data_dir / "broker.log")
+                bootstrap = stack.enter_context(broker).bootstrap
             topics = Topics(kafka.topic_prefix)
             await ensure_topics(bootstrap, topics, kafka.partitions)
-            store = Store(settings.database_url)
+            store = await self._store(kafka.kafka_url is None)
             stack.callback(store.close)
-            await asyncio.to_thread(store.migrate)
-            if kafka.kafka_url is None:
-                # a new embedded broker (memory storage) starts with empty topics: positions
-                # applied on a previous broker's offsets would skip its records
-                forgotten = await asyncio.to_thread(store.forget_positions, kafka.group_id)
-                if forgotten:
-                    log.warning(
-                        "embedded broker: forgot the applied positions of %d partitions from a "
-                        "previous broker (customer states and the outbox are kept)",
-                        forgotten,
-                    )
             processor = BatchProcessor(
                 DecisionCore(book), store, group=kafka.group_id, timers_topic=topics.timers,
                 max_event_bytes=settings.max_event_bytes,
             )  # fmt: skip
-            dispatcher = None
-            if settings.dispatch:
-                data = settings.data_dir
-                dispatcher = Dispatcher(
-                    store,
-                    FileConnector(data / "effects.jsonl"),
-                    FileChannel(data / "messages.jsonl"),
-                )
             exporter = None
             if settings.export:
                 exporter = DecisionExporter(bootstrap, topics, settings.data_dir / "decisions")
-            tasks = []
+            app = None
             if settings.runtime == "faust":
-                totals = BatchResult()
                 relay = Relay(store, topics, bootstrap)
+                totals, worker = BatchResult(), None
                 app = make_app(processor, relay, topics, bootstrap, group=kafka.group_id,
                                totals=totals)  # fmt: skip
                 await relay.start()
                 await app.start()
-                worker = None
-                tasks.append(asyncio.create_task(relay.run(stop), name="relay"))
+                runs = {"relay": relay.run(stop)}
             else:
                 worker = Worker(processor, store, topics, bootstrap, group=kafka.group_id)
-                totals, relay, app = worker.stats.totals, worker.relay, None
-                tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
+                totals, relay = worker.stats.totals, worker.relay
+                runs = {"worker": worker.run(stop)}
+            dispatcher = self._dispatcher(store)
             parts = Parts(bootstrap, topics, store, totals, relay, worker, dispatcher, exporter,
                           kafka.kafka_url is None)  # fmt: skip
             if dispatcher is not None:
-                tasks.append(asyncio.create_task(dispatcher.run(stop), name="dispatcher"))
+                runs["dispatcher"] = dispatcher.run(stop)
             if exporter is not None:
-                tasks.append(asyncio.create_task(exporter.run(stop), name="exporter"))
+                runs["exporter"] = exporter.run(stop)
+            tasks = [asyncio.create_task(run, name=name) for name, run in runs.items()]
+            for task in tasks:
+                task.add_done_callback(lambda done: _ended(done, parts, stop))
             try:
                 yield parts
             finally:
@@ -153,12 +166,16 @@ class LiveEngine:
                 if app is not None:
                     await app.stop()
                     await relay.stop()
-                results = await asyncio.gather(*tasks, return_exceptions=True)
-                for task, result in zip(tasks, results, strict=True):
-                    if isinstance(result, BaseException) and not isinstance(
-                        result, asyncio.CancelledError
-                    ):
-                        log.error("%s stopped with %r", task.get_name(), result)
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _ended(task: asyncio.Task[None], parts: Parts, stop: asyncio.Event) -> None:
+    """A part that dies takes the process down: a half-running worker would hold its
+    partitions and do nothing with them."""
+    if not task.cancelled() and task.exception() is not None:
+        parts.failure = f"{task.get_name()}: {task.exception()!r}"
+        log.error("%s stopped: %r", task.get_name(), task.exception())
+        stop.set()
 
 
 def quiet(parts: Parts, *, since: float) -> bool:
@@ -167,7 +184,12 @@ def quiet(parts: Parts, *, since: float) -> bool:
     worker = parts.worker
     if worker is not None and (not worker.caught_up or worker.aligner.buffered):
         return False
-    last = max(worker.stats.last_batch if worker else 0.0, parts.totals.last_applied, parts.started)
+    last = max(
+        worker.stats.last_batch if worker else 0.0,
+        parts.totals.last_applied,
+        parts.relay.last_published,  # timers just produced have yet to come back
+        parts.started,
+    )
     if time.monotonic() - last < since:
         return False
     store, now = parts.store, time.time()

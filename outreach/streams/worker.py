@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from outreach.store import Store
 from outreach.streams.align import Aligner
-from outreach.streams.codec import Record
+from outreach.streams.codec import DeadLetter, Record
 from outreach.streams.processor import BatchProcessor, BatchResult
 from outreach.streams.relay import Relay
 from outreach.streams.topics import Topics
@@ -41,6 +41,7 @@ class WorkerOptions:
     poll_ms: int = 100  # getmany wait when nothing is buffered
     align_wait: float = 2.0  # see Aligner.max_wait
     timer_poll: float = 0.5  # seconds between looks at the timers table
+    idle_after: float = 2.0  # caught up with nothing applied for this long: wall-clock timers
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 2_000
     fetch_max_bytes: int = 16 * 1024 * 1024
@@ -88,10 +89,21 @@ class Worker:
         self.options = options or WorkerOptions()
         self.stats = WorkerStats()
         self.aligner = Aligner(max_wait=self.options.align_wait)
-        self.relay = Relay(store, topics, bootstrap, timer_poll=self.options.timer_poll)
+        self.relay = Relay(
+            store, topics, bootstrap, timer_poll=self.options.timer_poll, limit=self.timer_limit
+        )
+        self.watermark = float("-inf")  # the latest occurred_at applied
         self._consumer: AIOKafkaConsumer | None = None
         self.on_batch: Callable[[BatchResult], None] | None = None
         self.caught_up = False  # every assigned partition fetched to its high watermark
+
+    def timer_limit(self) -> float:
+        """Event time up to which timers may fire: the latest event applied while catching
+        up; unlimited (the wall clock rules) once idle for ``idle_after`` seconds."""
+        idle = time.monotonic() - max(self.stats.last_batch, self.stats.started)
+        if self.caught_up and not self.aligner.buffered and idle >= self.options.idle_after:
+            return float("inf")
+        return self.watermark
 
     async def assigned(self, partitions: list[TopicPartition]) -> None:
         """Seek newly assigned partitions to what the store says was applied."""
@@ -144,6 +156,15 @@ class Worker:
         consumer = self._consumer
         assert consumer is not None
         wait = self.options.poll_ms if not self.aligner.buffered else 10
+        # memory stays bounded: a partition with a batch's worth buffered is not fetched
+        # further until the aligner has released some of it
+        full = [
+            tp for tp in consumer.assignment()
+            if self.aligner.backlog((tp.topic, tp.partition)) >= self.options.batch_max
+        ]  # fmt: skip
+        consumer.resume(*(set(consumer.assignment()) - set(full)))
+        if full:
+            consumer.pause(*full)
         fetched = await consumer.getmany(timeout_ms=wait, max_records=self.options.batch_max)
         if fetched:
             decode = self.processor.decode
@@ -160,10 +181,14 @@ class Worker:
                 caught_up.add((tp.topic, tp.partition))
         assignment = consumer.assignment()
         self.caught_up = bool(assignment) and len(caught_up) == len(assignment)
-        ready = self.aligner.release(caught_up, time.monotonic())
+        ready = self.aligner.release(caught_up, time.monotonic(), self.options.batch_max)
         if not ready:
             return
         result = await asyncio.to_thread(self.processor.apply_decoded, ready)
+        for _, event in reversed(ready):
+            if not isinstance(event, DeadLetter):
+                self.watermark = max(self.watermark, event.occurred_at.timestamp())
+                break
         offsets: dict[TopicPartition, int] = {}
         for record, _ in ready:
             tp = TopicPartition(record.topic, record.partition)
