@@ -77,6 +77,8 @@ if [ "$(sql "SELECT 1 FROM pg_roles WHERE rolname = '$ROLE'")" != 1 ]; then
 else
     sql "ALTER ROLE $ROLE LOGIN CREATEDB PASSWORD '$PASSWORD'" >/dev/null
 fi
+# DROP DATABASE ... WITH (FORCE) at a test's teardown may have to end an autovacuum worker
+sql "GRANT pg_signal_backend TO $ROLE" >/dev/null
 if [ "$(sql "SELECT 1 FROM pg_database WHERE datname = '$DATABASE'")" != 1 ]; then
     say "creating database $DATABASE"
     sql "CREATE DATABASE $DATABASE OWNER $ROLE" >/dev/null

@@ -22,6 +22,8 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 from outreach.agents.connectors import Connector, Effect
 from outreach.decisions import Delivery
 from outreach.errors import (
@@ -81,7 +83,7 @@ class Dispatcher:
         """Seconds before the next attempt: full jitter over an exponential cap, and never
         sooner than the provider asked."""
         opts = self.options
-        cap = min(opts.backoff_max, opts.backoff_base * 2 ** (attempts - 1))
+        cap = min(opts.backoff_max, opts.backoff_base * 2 ** min(attempts - 1, 60))
         delay = self._rng.uniform(0, cap)
         return max(delay, retry_after or 0.0)
 
@@ -109,13 +111,18 @@ class Dispatcher:
 
     async def _perform(self, row: OutboxRow, now: float) -> None:
         try:
-            if row.kind == "effect":
-                effect = await self.connector.perform(Effect.model_validate_json(row.payload))
+            request = (Effect if row.kind == "effect" else Delivery).model_validate_json(
+                row.payload
+            )
+        except ValidationError as exc:  # cannot succeed however often it is tried
+            await self._finish(row, "failed", None, f"permanent: unreadable payload: {exc}")
+            return
+        try:
+            if isinstance(request, Effect):
+                effect = await self.connector.perform(request)
                 replayed, result = effect.replayed, effect.model_dump_json().encode()
             else:
-                sent = await self.channel.send(
-                    Delivery.model_validate_json(row.payload), row.idempotency_key
-                )
+                sent = await self.channel.send(request, row.idempotency_key)
                 replayed, result = sent.replayed, sent.model_dump_json().encode()
         except (PermanentConnectorError, PermanentDeliveryError) as exc:
             await self._finish(row, "failed", None, f"permanent: {exc}")

@@ -11,7 +11,10 @@ from __future__ import annotations
 import ast
 import asyncio
 import base64
+import os
 import re
+import signal
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,8 +36,9 @@ from livesupport import (
 from outreach.replay import replay
 from outreach.rulebook import RuleBook
 from outreach.sample import generate
+from outreach.streams.embedded import EmbeddedBroker
 from outreach.streams.publish import EventPublisher, publish_file
-from outreach.streams.topics import Topics
+from outreach.streams.topics import Topics, ensure_topics
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -238,3 +242,38 @@ async def test_faust_runtime_applies_every_record_and_dead_letters_the_invalid(
     assert letter["raw"] == "[1, 2" and letter["topic"] == topics.usage
     signals = await read_topic(kafka_bootstrap, topics.signals, 1)
     assert set(signals) <= set(log_lines(workload.replay, "signals"))
+
+
+async def test_broker_outage_mid_stream_then_everything_resumes(
+    tmp_path: Path, book: RuleBook, group_id: str
+) -> None:
+    """The broker stops answering (SIGSTOP: a hung or partitioned broker) for longer than the
+    consumer's session timeout while the worker is mid-stream, then comes back (SIGCONT). The
+    worker must not crash or lose anything. Its own broker: the session one is shared.
+    (A broker *restart* needs persistent storage, which the embedded broker lacks; against a
+    real Kafka, `docker compose restart kafka` is the same test.)"""
+    work = make_workload(tmp_path / "work", book, 800, 20, 17)
+    url, data = f"sqlite:///{tmp_path}/store.db", tmp_path / "data"
+    with EmbeddedBroker() as broker:
+        topics = Topics("outage.")
+        await ensure_topics(broker.bootstrap, topics, 4)
+        await publish_file(work.events, broker.bootstrap, topics)
+        worker = WorkerProcess(
+            broker.bootstrap, topics, group_id, url, data, "--until-idle"
+        ).start()
+        await asyncio.to_thread(
+            wait_for, lambda: inputs_applied(url, group_id, topics) > work.count // 4, 120,
+            "the worker to apply a quarter of the events",
+        )  # fmt: skip
+        assert broker.pid is not None
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            paused_at = inputs_applied(url, group_id, topics)
+            with pytest.raises(subprocess.TimeoutExpired):
+                await asyncio.to_thread(worker.wait, 12)  # the worker waits; it does not die
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        assert paused_at < work.count, "the outage came too late to prove much"
+        assert await asyncio.to_thread(worker.wait, 180) == 0, worker.log()
+        assert inputs_applied(url, group_id, topics) == work.count
+        await assert_same_as_replay(broker.bootstrap, topics, work, data)

@@ -1,0 +1,364 @@
+"""The effects dispatcher against a real store (SQLite and PostgreSQL) and the file-backed
+connector and channel: done, transient (backoff), permanent, giving up, and the crash between
+performing a row and marking it."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from outreach.agents.connectors import Effect, EffectResult, FakeConnector, FileConnector
+from outreach.decisions import Delivery
+from outreach.errors import (
+    PermanentConnectorError,
+    PermanentDeliveryError,
+    TransientConnectorError,
+    TransientDeliveryError,
+)
+from outreach.outbound.channels import FileChannel, SendResult
+from outreach.store import Store
+from outreach.streams.dispatcher import Dispatcher, DispatcherOptions
+
+LEASE = 60.0
+# The error policy does not depend on the database (test_store covers finish and retry_later
+# on both): these tests run on SQLite only, to keep the file fast.
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    made = Store(database_url)
+    made.migrate()
+    yield made
+    made.close()
+
+
+def effect(key: str = "eff:sig_1:grant_credit:cus_1") -> Effect:
+    return Effect(
+        idempotency_key=key, action_id="act_1", customer_id="cus_1", tool="grant_credit",
+        params={"amount": 500, "currency": "USD", "reason": "late delivery"},
+    )  # fmt: skip
+
+
+def delivery(message_id: str = "msg_1") -> Delivery:
+    return Delivery(
+        message_id=message_id, customer_id="cus_1", channel="sms", to="+14155550100",
+        purpose="transactional", subject=None, body="Acme: your refund is on its way.",
+    )  # fmt: skip
+
+
+def queue_effect(store: Store, item: Effect, due: float) -> None:
+    row = (item.idempotency_key, "effect", item.customer_id, item.action_id,
+           item.model_dump_json().encode(), due)  # fmt: skip
+    store.run(lambda b: b.add_outbox([row]))
+
+
+def queue_delivery(store: Store, item: Delivery, due: float) -> str:
+    key = f"msg:{item.message_id}"
+    row = (key, "delivery", item.customer_id, item.message_id, item.model_dump_json().encode(), due)
+    store.run(lambda b: b.add_outbox([row]))
+    return key
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    """Every line of a JSONL file, parsed (fails on a line that is not JSON)."""
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def only_row(store: Store) -> dict[str, Any]:
+    [row] = store.outbox_rows()
+    return row
+
+
+class Setup:
+    """A dispatcher over file-backed ports in ``tmp_path``."""
+
+    def __init__(self, store: Store, tmp_path: Path, seed: int = 7, **options: Any) -> None:
+        self.effects = tmp_path / "effects.jsonl"
+        self.messages = tmp_path / "messages.jsonl"
+        self.connector = FileConnector(self.effects)
+        self.channel = FileChannel(self.messages)
+        self.options = DispatcherOptions(lease=LEASE, **options)
+        self.dispatcher = Dispatcher(
+            store, self.connector, self.channel, self.options, random.Random(seed)
+        )
+
+
+@pytest.fixture
+def setup(store: Store, tmp_path: Path) -> Setup:
+    return Setup(store, tmp_path, backoff_base=2.0, backoff_max=30.0)
+
+
+# -- done ------------------------------------------------------------------------------------
+
+
+async def test_due_effects_and_deliveries_are_performed_and_marked_done(
+    store: Store, setup: Setup
+) -> None:
+    now = time.time()
+    queue_effect(store, effect(), now)
+    key = queue_delivery(store, delivery(), now)
+    queue_delivery(store, delivery("msg_later"), now + 3600)
+    assert await setup.dispatcher.run_once(now) == 2
+    rows = {r["idempotency_key"]: r for r in store.outbox_rows()}
+    done = rows[effect().idempotency_key]
+    sent = rows[key]
+    assert (done["status"], done["attempts"], done["lease_until"], done["last_error"]) == (
+        "done", 1, None, None,
+    )  # fmt: skip
+    assert (sent["status"], sent["attempts"]) == ("done", 1)
+    assert rows["msg:msg_later"]["status"] == "pending"
+    assert EffectResult.model_validate_json(done["result"]) == EffectResult(
+        status="done", external_id=f"file:{effect().idempotency_key}"
+    )
+    assert SendResult.model_validate_json(sent["result"]) == SendResult(
+        status="sent", provider_id=f"file:{key}"
+    )
+    [performed] = lines(setup.effects)
+    assert (performed["key"], performed["tool"], performed["params"]["amount"]) == (
+        effect().idempotency_key, "grant_credit", 500,
+    )  # fmt: skip
+    [message] = lines(setup.messages)
+    assert (message["key"], message["to"], message["body"]) == (
+        key, "+14155550100", delivery().body,
+    )  # fmt: skip
+    stats = setup.dispatcher.stats
+    assert (stats.done, stats.replayed, stats.retried, stats.failed) == (2, 0, 0, 0)
+    assert stats.by_kind == {"effect": 1, "delivery": 1}
+    assert await setup.dispatcher.run_once(now + 1) == 0
+    assert len(lines(setup.effects)) == 1 and len(lines(setup.messages)) == 1
+
+
+async def test_the_in_memory_fake_connector_is_driven_the_same_way(
+    store: Store, tmp_path: Path
+) -> None:
+    now = time.time()
+    fake = FakeConnector()
+    dispatcher = Dispatcher(store, fake, FileChannel(tmp_path / "m.jsonl"), rng=random.Random(1))
+    queue_effect(store, effect("k1"), now)
+    queue_effect(store, effect("k2"), now)
+    assert await dispatcher.run_once(now) == 2
+    assert [e.idempotency_key for e in fake.effects_for("cus_1")] == ["k1", "k2"]
+    assert {r["status"] for r in store.outbox_rows()} == {"done"}
+
+
+# -- transient errors and backoff ------------------------------------------------------------
+
+TRANSIENT = [
+    pytest.param("effect", TransientConnectorError("503 from the billing API"), id="effect"),
+    pytest.param(
+        "effect", TransientConnectorError("429", retry_after=120.0), id="effect-retry-after"
+    ),
+    pytest.param("delivery", TransientDeliveryError("timeout"), id="delivery"),
+    pytest.param(
+        "delivery", TransientDeliveryError("429", retry_after=45.5), id="delivery-retry-after"
+    ),
+]
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize(("kind", "error"), TRANSIENT)
+async def test_a_transient_error_puts_the_row_back_after_the_backoff_then_it_is_performed(
+    store: Store, setup: Setup, kind: str, error: Exception
+) -> None:
+    if kind == "effect":
+        queue_effect(store, effect(), 0.0)
+        setup.connector.fail_next(error)
+        written = setup.effects
+    else:
+        queue_delivery(store, delivery(), 0.0)
+        setup.channel.fail_next(error)
+        written = setup.messages
+    retry_after = getattr(error, "retry_after", None)
+    # the same seed, first draw: attempt 1 has the cap backoff_base * 2**0
+    expected = max(random.Random(7).uniform(0, 2.0), retry_after or 0.0)
+    before = time.time()
+    assert await setup.dispatcher.run_once(before) == 1
+    after = time.time()
+    row = only_row(store)
+    assert (row["status"], row["attempts"], row["last_error"]) == ("pending", 1, str(error))
+    assert row["lease_until"] is None
+    assert before + expected <= row["next_at"] <= after + expected
+    assert row["next_at"] > after  # in the future
+    if retry_after is not None:
+        assert row["next_at"] >= before + retry_after
+    assert written.read_bytes() == b""
+    assert setup.dispatcher.stats.retried == 1
+    assert await setup.dispatcher.run_once(row["next_at"] - 0.001) == 0  # not yet due
+    assert await setup.dispatcher.run_once(row["next_at"]) == 1
+    row = only_row(store)
+    assert (row["status"], row["attempts"], row["last_error"]) == ("done", 2, None)
+    assert len(lines(written)) == 1
+
+
+@SQLITE_ONLY
+async def test_a_retry_is_scheduled_from_the_now_given_to_run_once(
+    store: Store, setup: Setup
+) -> None:
+    now = 1_000_000.0  # a driven clock, far from the wall clock
+    queue_effect(store, effect(), now)
+    setup.connector.fail_next(TransientConnectorError("503"))
+    assert await setup.dispatcher.run_once(now) == 1
+    assert now <= only_row(store)["next_at"] <= now + 2.0
+    assert await setup.dispatcher.run_once(now + 2.0) == 1
+
+
+@SQLITE_ONLY
+async def test_an_unexpected_exception_is_treated_as_transient(store: Store, setup: Setup) -> None:
+    queue_effect(store, effect(), 0.0)
+    setup.connector.fail_next(RuntimeError("connection reset by peer"))
+    before = time.time()
+    assert await setup.dispatcher.run_once(before) == 1
+    row = only_row(store)
+    assert (row["status"], row["attempts"]) == ("pending", 1)
+    assert row["last_error"] == "RuntimeError: connection reset by peer"
+    assert before <= row["next_at"] <= time.time() + 2.0
+    assert await setup.dispatcher.run_once(before + 3.0) == 1
+    assert only_row(store)["status"] == "done"
+    assert len(lines(setup.effects)) == 1
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        pytest.param("effect", PermanentConnectorError("card account closed"), id="effect"),
+        pytest.param("delivery", PermanentDeliveryError("number unreachable"), id="delivery"),
+    ],
+)
+async def test_a_permanent_error_fails_the_row_and_it_is_never_retried(
+    store: Store, setup: Setup, kind: str, error: Exception
+) -> None:
+    if kind == "effect":
+        queue_effect(store, effect(), 0.0)
+        setup.connector.fail_next(error)
+    else:
+        queue_delivery(store, delivery(), 0.0)
+        setup.channel.fail_next(error)
+    now = time.time()
+    assert await setup.dispatcher.run_once(now) == 1
+    row = only_row(store)
+    assert (row["status"], row["attempts"], row["result"]) == ("failed", 1, None)
+    assert row["last_error"] == f"permanent: {error}"
+    assert (setup.dispatcher.stats.failed, setup.dispatcher.stats.retried) == (1, 0)
+    assert await setup.dispatcher.run_once(now + 10 * 86400) == 0
+    assert setup.effects.read_bytes() == b"" and setup.messages.read_bytes() == b""
+
+
+@SQLITE_ONLY
+async def test_a_row_that_keeps_failing_transiently_is_failed_after_max_attempts(
+    store: Store, tmp_path: Path
+) -> None:
+    setup = Setup(store, tmp_path, max_attempts=3, backoff_base=1.0, backoff_max=1.0)
+    queue_effect(store, effect(), 0.0)
+    setup.connector.fail_next(*(TransientConnectorError(f"503 #{i}") for i in (1, 2, 3)))
+    now = time.time()
+    for attempt in (1, 2, 3):
+        assert await setup.dispatcher.run_once(now + 10 * attempt) == 1, attempt
+        assert only_row(store)["attempts"] == attempt
+    row = only_row(store)
+    assert row["status"] == "failed"
+    assert row["last_error"] == "gave up after 3 attempts: 503 #3"
+    assert (setup.dispatcher.stats.retried, setup.dispatcher.stats.failed) == (2, 1)
+    assert await setup.dispatcher.run_once(now + 10 * 86400) == 0
+    assert setup.effects.read_bytes() == b""
+
+
+# -- the backoff itself ----------------------------------------------------------------------
+
+
+def backoff_dispatcher(tmp_path: Path, seed: int, **options: Any) -> Dispatcher:
+    # backoff touches neither the store nor the ports; the SQLite file is never opened
+    store = Store(f"sqlite:///{tmp_path}/unused.db")
+    return Dispatcher(
+        store, FakeConnector(), FileChannel(tmp_path / "m.jsonl"),
+        DispatcherOptions(**options), random.Random(seed),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("attempts", "cap"), [(1, 1.5), (2, 3.0), (4, 12.0), (9, 100.0)])
+def test_backoff_is_full_jitter_over_an_exponential_cap(
+    tmp_path: Path, attempts: int, cap: float
+) -> None:
+    dispatcher = backoff_dispatcher(tmp_path, 3, backoff_base=1.5, backoff_max=100.0)
+    delays = [dispatcher.backoff(attempts, None) for _ in range(300)]
+    assert all(0.0 <= d <= cap for d in delays)
+    assert min(delays) < 0.1 * cap and max(delays) > 0.9 * cap  # spread over the whole range
+
+
+def test_backoff_is_never_sooner_than_the_provider_asked(tmp_path: Path) -> None:
+    dispatcher = backoff_dispatcher(tmp_path, 5, backoff_base=1.0, backoff_max=600.0)
+    assert {dispatcher.backoff(1, 30.0) for _ in range(50)} == {30.0}  # cap 1 < 30
+    delays = [dispatcher.backoff(6, 10.0) for _ in range(300)]  # cap 32
+    assert min(delays) == 10.0  # a floor ...
+    assert max(delays) > 30.0  # ... not a replacement for the jitter
+
+
+def test_the_same_seed_gives_the_same_backoffs(tmp_path: Path) -> None:
+    first, second, other = (backoff_dispatcher(tmp_path, seed) for seed in (11, 11, 12))
+    sequence = [first.backoff(a, None) for a in range(1, 9)]
+    assert sequence == [second.backoff(a, None) for a in range(1, 9)]
+    assert sequence != [other.backoff(a, None) for a in range(1, 9)]
+
+
+# -- the crash between performing and marking ------------------------------------------------
+
+
+async def test_an_effect_performed_by_a_dispatcher_that_crashed_is_replayed_not_redone(
+    store: Store, setup: Setup
+) -> None:
+    now = time.time()
+    queue_effect(store, effect(), now)
+    # another process claims the row and performs it, then dies before marking it
+    [claimed] = store.claim_due(now, 10, LEASE)
+    crashed = FileConnector(setup.effects)
+    assert not (await crashed.perform(Effect.model_validate_json(claimed.payload))).replayed
+    assert await setup.dispatcher.run_once(now + LEASE / 2) == 0  # its lease still holds
+    assert await setup.dispatcher.run_once(now + LEASE) == 1
+    row = only_row(store)
+    assert (row["status"], row["attempts"]) == ("done", 2)
+    assert EffectResult.model_validate_json(row["result"]).replayed
+    assert setup.dispatcher.stats.replayed == 1
+    assert [line["key"] for line in lines(setup.effects)] == [effect().idempotency_key]
+
+
+async def test_a_delivery_sent_by_a_dispatcher_that_crashed_is_not_sent_twice(
+    store: Store, setup: Setup
+) -> None:
+    now = time.time()
+    key = queue_delivery(store, delivery(), now)
+    [claimed] = store.claim_due(now, 10, LEASE)
+    crashed = FileChannel(setup.messages)  # the crashed process's own channel on the file
+    await crashed.send(Delivery.model_validate_json(claimed.payload), claimed.idempotency_key)
+    assert await setup.dispatcher.run_once(now + LEASE) == 1
+    row = only_row(store)
+    assert (row["status"], row["attempts"]) == ("done", 2)
+    assert SendResult.model_validate_json(row["result"]).replayed
+    assert setup.dispatcher.stats.replayed == 1
+    assert [line["key"] for line in lines(setup.messages)] == [key]
+
+
+async def test_two_dispatchers_sharing_the_output_files_write_each_key_once(
+    store: Store, tmp_path: Path
+) -> None:
+    now = time.time()
+    first, second = Setup(store, tmp_path), Setup(store, tmp_path)
+    queue_delivery(store, delivery("msg_1"), now)
+    queue_effect(store, effect("eff_1"), now)
+    assert await first.dispatcher.run_once(now) == 2
+    # the rows come back (as after a lost lease) and the other process performs them again
+    store.run(lambda b: b.conn.exec_driver_sql("UPDATE outbox SET status = 'pending'"))
+    queue_delivery(store, delivery("msg_2"), now)
+    assert await second.dispatcher.run_once(now) == 3
+    assert second.dispatcher.stats.replayed == 2
+    assert [line["key"] for line in lines(tmp_path / "messages.jsonl")] == [
+        "msg:msg_1",
+        "msg:msg_2",
+    ]
+    assert [line["key"] for line in lines(tmp_path / "effects.jsonl")] == ["eff_1"]
