@@ -84,7 +84,8 @@ async def run_worker(
                 publishing = asyncio.create_task(
                     publish_file(publish, parts.bootstrap, parts.topics, rate)
                 )
-            with Live(summary(parts), console=console, refresh_per_second=4) as live:
+            live_view = Live(summary(parts), console=console, refresh_per_second=4, transient=True)
+            with live_view as live:
                 while not stop.is_set():
                     note = "Ctrl-C to stop"
                     if publishing is not None and publishing.done():
