@@ -162,7 +162,7 @@ def applied(database_url: str, group: str, topics: Iterable[str]) -> int:
     try:
         with engine.connect() as conn:
             total = conn.execute(query, {"g": group, "t": list(topics)}).scalar()
-    except sa.exc.OperationalError:  # the worker has not created the tables yet
+    except sa.exc.DBAPIError:  # the worker has not created the tables yet
         return 0
     finally:
         engine.dispose()

@@ -108,11 +108,16 @@ def workload(tmp_path: Path, book: RuleBook) -> Workload:
 
 
 async def test_worker_decisions_equal_replay_of_the_same_file(
-    kafka_bootstrap: str, topics: Topics, group_id: str, workload: Workload, tmp_path: Path
+    kafka_bootstrap: str,
+    topics: Topics,
+    group_id: str,
+    workload: Workload,
+    tmp_path: Path,
+    database_url: str,
 ) -> None:
     report = await publish_file(workload.events, kafka_bootstrap, topics)
     assert report.total == workload.count
-    url, data = f"sqlite:///{tmp_path}/store.db", tmp_path / "data"
+    url, data = database_url, tmp_path / "data"  # SQLite and PostgreSQL
     worker = WorkerProcess(kafka_bootstrap, topics, group_id, url, data, "--until-idle").start()
     assert await asyncio.to_thread(worker.wait, 120) == 0, worker.log()
     assert inputs_applied(url, group_id, topics) == workload.count
@@ -170,10 +175,15 @@ async def test_librdkafka_partitioning_and_hostile_records(
 
 
 async def test_sigkill_mid_stream_then_restart_loses_nothing_and_repeats_nothing(
-    kafka_bootstrap: str, topics: Topics, group_id: str, tmp_path: Path, book: RuleBook
+    kafka_bootstrap: str,
+    topics: Topics,
+    group_id: str,
+    tmp_path: Path,
+    book: RuleBook,
+    database_url: str,
 ) -> None:
     work = make_workload(tmp_path / "work", book, 800, 20, 9)
-    url, data = f"sqlite:///{tmp_path}/store.db", tmp_path / "data"
+    url, data = database_url, tmp_path / "data"  # SQLite and PostgreSQL
     await publish_file(work.events, kafka_bootstrap, topics)
     first = WorkerProcess(kafka_bootstrap, topics, group_id, url, data, name="first").start()
     await asyncio.to_thread(
@@ -197,10 +207,15 @@ def assigned_partitions(log: str) -> set[str]:
 
 
 async def test_two_workers_split_the_partitions_and_one_survives_the_others_sigkill(
-    kafka_bootstrap: str, topics: Topics, group_id: str, tmp_path: Path, book: RuleBook
+    kafka_bootstrap: str,
+    topics: Topics,
+    group_id: str,
+    tmp_path: Path,
+    book: RuleBook,
+    database_url: str,
 ) -> None:
     work = make_workload(tmp_path / "work", book, 800, 20, 13)
-    url, data = f"sqlite:///{tmp_path}/store.db", tmp_path / "data"
+    url, data = database_url, tmp_path / "data"  # SQLite and PostgreSQL
     one = WorkerProcess(kafka_bootstrap, topics, group_id, url, data, name="one").start()
     two = WorkerProcess(kafka_bootstrap, topics, group_id, url, data, name="two").start()
     every = {f"{t}[{p}]" for t in (*topics.inputs, topics.timers) for p in range(4)}
