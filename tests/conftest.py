@@ -17,6 +17,7 @@ from support import RULES, Run, run_events
 
 from outreach.events import Event
 from outreach.rulebook import RuleBook, load_rulebook
+from outreach.store import Store
 
 
 @pytest.fixture(scope="session")
@@ -84,3 +85,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with admin.connect() as connection:  # FORCE: connections a test left open
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    """A migrated store on the test's database (SQLite or PostgreSQL, see ``database_url``)."""
+    made = Store(database_url)
+    made.migrate()
+    yield made
+    made.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,14 +27,6 @@ ONLY_POSTGRES = pytest.mark.parametrize("database_url", ["postgresql"], indirect
 # For tests of paths with no PostgreSQL branch (plain updates, a rollback after the callback
 # raised): a fresh PostgreSQL database costs ~0.2 s, and the file must stay fast.
 ONLY_SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    made = Store(database_url)
-    made.migrate()
-    yield made
-    made.close()
 
 
 def outbox_row(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,6 @@ LEASE = 60.0
 # The error policy does not depend on the database (test_store covers finish and retry_later
 # on both): these tests run on SQLite only, to keep the file fast.
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    made = Store(database_url)
-    made.migrate()
-    yield made
-    made.close()
 
 
 def effect(key: str = "eff:sig_1:grant_credit:cus_1") -> Effect:

@@ -24,14 +24,6 @@ from outreach.streams.codec import Record
 from outreach.streams.processor import BatchProcessor
 
 
-@pytest.fixture
-def store(database_url: str) -> Store:
-    made = Store(database_url)
-    made.migrate()
-    yield made
-    made.close()
-
-
 def processor(
     book: RuleBook, store: Store, group: str = "g", max_bytes: int = 65536
 ) -> BatchProcessor:
