@@ -7,8 +7,9 @@ order (rows of new customers are reserved first with ``INSERT ... ON CONFLICT DO
 two workers cannot both create one); SQLite ``BEGIN IMMEDIATE`` (one writer at a time). A
 deadlock or lock timeout rolls the batch back and it is tried again (``Store.run``).
 
-Outbox rows and records are claimed with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several
-dispatchers or relays never take the same row.
+Outbox rows and due timers are claimed with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so
+several dispatchers or timer relays never take the same row. Records for Kafka are relayed by
+one relay at a time (an advisory lock), so they reach Kafka in the order they were written.
 """
 
 from __future__ import annotations
@@ -428,11 +429,14 @@ class Store:
         return len(rows)
 
     def take_records(self, limit: int, publish: Callable[[list[PendingRecord]], None]) -> int:
-        """Hand the oldest waiting records to ``publish`` and delete them once it returns."""
+        """Hand the oldest waiting records to ``publish`` and delete them once it returns.
+        One relay at a time (an advisory lock on PostgreSQL; SQLite has one writer anyway):
+        two relays publishing side by side could put a later status of an action on the topic
+        before an earlier one, and readers take the last record of an id as its state."""
         query = sa.select(pending_records).order_by(pending_records.c.seq).limit(limit)
-        if self.postgres:
-            query = query.with_for_update(skip_locked=True)
         with self.batch() as batch:
+            if self.postgres:
+                batch.conn.execute(sa.text("SELECT pg_advisory_xact_lock(727275)"))
             rows = [
                 PendingRecord(
                     r.seq, r.topic, None if r.key is None else bytes(r.key), bytes(r.value)
