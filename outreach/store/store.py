@@ -220,15 +220,22 @@ class Batch:
     def save_states(self, states: dict[str, bytes]) -> None:
         """Write the customers' new states."""
         rows = [
-            {"customer_id": c, "state": s, "updated_at": self.now}
+            {"customer_id": c, "state": s, "updated_at": self.now, "version": 1}
             for c, s in sorted(states.items())
         ]
         if rows:
-            self.upsert(customer_state, rows, ["customer_id"], ["state", "updated_at"])
+            insert = postgresql.insert if self.postgres else sqlite.insert
+            statement = insert(customer_state)
             self.conn.execute(
-                sa.update(customer_state)
-                .where(customer_state.c.customer_id.in_(sorted(states)))
-                .values(version=customer_state.c.version + 1)
+                statement.on_conflict_do_update(
+                    index_elements=["customer_id"],
+                    set_={
+                        "state": statement.excluded.state,
+                        "updated_at": statement.excluded.updated_at,
+                        "version": customer_state.c.version + 1,
+                    },
+                ),
+                rows,
             )
 
     def add_outbox(self, rows: Sequence[tuple[str, str, str, str, bytes, float]]) -> int:
@@ -384,7 +391,7 @@ class Store:
         query = sa.select(outbox).order_by(outbox.c.id)
         if customer_id is not None:
             query = query.where(outbox.c.customer_id == customer_id)
-        with self.engine.connect() as conn:
+        with self.engine.connect().execution_options(read_only=True) as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def due_count(self, now: float) -> int:
@@ -393,7 +400,7 @@ class Store:
             sa.and_(outbox.c.status == "pending", outbox.c.next_at <= now),
             sa.and_(outbox.c.status == "in_flight", outbox.c.lease_until <= now),
         )
-        with self.engine.connect() as conn:
+        with self.engine.connect().execution_options(read_only=True) as conn:
             rows = conn.execute(sa.select(sa.func.count()).select_from(outbox).where(due)).scalar()
             fired = conn.execute(
                 sa.select(sa.func.count()).select_from(timers).where(timers.c.due_at <= now)
@@ -405,7 +412,7 @@ class Store:
         query = sa.select(outbox.c.kind, outbox.c.status, sa.func.count()).group_by(
             outbox.c.kind, outbox.c.status
         )
-        with self.engine.connect() as conn:
+        with self.engine.connect().execution_options(read_only=True) as conn:
             return {(k, s): n for k, s, n in conn.execute(query)}
 
     # -- timers and records (relay side) ---------------------------------------------------
@@ -415,6 +422,8 @@ class Store:
     ) -> int:
         """Hand timers due at ``now`` to ``publish`` and forget them once it returns; if it
         raises they stay (a timer delivered twice is harmless: the core ignores a fired one)."""
+        if not self._any(timers, timers.c.due_at <= now):
+            return 0
         query = sa.select(timers).where(timers.c.due_at <= now)
         query = query.order_by(timers.c.due_at, timers.c.timer_id).limit(limit)
         if self.postgres:
@@ -433,6 +442,8 @@ class Store:
         One relay at a time (an advisory lock on PostgreSQL; SQLite has one writer anyway):
         two relays publishing side by side could put a later status of an action on the topic
         before an earlier one, and readers take the last record of an id as its state."""
+        if not self._any(pending_records):  # no write lock just to find nothing to do
+            return 0
         query = sa.select(pending_records).order_by(pending_records.c.seq).limit(limit)
         with self.batch() as batch:
             if self.postgres:
@@ -461,10 +472,16 @@ class Store:
             )
         return max(result.rowcount, 0)
 
+    def _any(self, table: sa.Table, *where: sa.ColumnElement[bool]) -> bool:
+        """Whether ``table`` has a row (matching ``where``), read without the write lock."""
+        query = sa.select(sa.literal(1)).select_from(table).where(*where).limit(1)
+        with self.engine.connect().execution_options(read_only=True) as conn:
+            return conn.execute(query).first() is not None
+
     def load_state(self, customer_id: str) -> bytes | None:
         """One customer's stored state, without locking (reports, tests)."""
         query = sa.select(customer_state.c.state).where(customer_state.c.customer_id == customer_id)
-        with self.engine.connect() as conn:
+        with self.engine.connect().execution_options(read_only=True) as conn:
             found = conn.execute(query).scalar()
         return None if found is None else bytes(found)
 
@@ -473,7 +490,7 @@ class Store:
         target = {t.name: t for t in (customer_state, outbox, timers, pending_records, ledger)}[
             table
         ]
-        with self.engine.connect() as conn:
+        with self.engine.connect().execution_options(read_only=True) as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(target)).scalar() or 0)
 
 
@@ -501,4 +518,5 @@ def _serialise_sqlite(engine: Engine) -> None:
 
     @sa.event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get("read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -133,6 +134,7 @@ class LiveEngine:
                 DecisionCore(book), store, group=kafka.group_id, timers_topic=topics.timers,
                 max_event_bytes=settings.max_event_bytes,
             )  # fmt: skip
+            _tune_gc()
             exporter = None
             if settings.export:
                 exporter = DecisionExporter(bootstrap, topics, settings.data_dir / "decisions")
@@ -167,6 +169,17 @@ class LiveEngine:
                     await app.stop()
                     await relay.stop()
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _tune_gc() -> None:
+    """The worker keeps many objects alive (fetched records waiting in the aligner, a batch of
+    states): with the default thresholds, full collections scanning them took 38% of the
+    worker's time (measured with a gc callback in `make bench`). Collect young objects less
+    often and move everything loaded so far (modules, rules, templates) out of the collector's
+    sight."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
 
 
 def _ended(task: asyncio.Task[None], parts: Parts, stop: asyncio.Event) -> None:
