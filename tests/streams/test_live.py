@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 from livesupport import (
+    REPO,
     WorkerProcess,
     applied,
     expected_keys,
@@ -292,3 +294,39 @@ async def test_broker_outage_mid_stream_then_everything_resumes(
         assert await asyncio.to_thread(worker.wait, 180) == 0, worker.log()
         assert inputs_applied(url, group_id, topics) == work.count
         await assert_same_as_replay(broker.bootstrap, topics, work, data)
+
+
+def test_embedded_worker_stops_cleanly_on_ctrl_c_and_leaves_no_process(tmp_path: Path) -> None:
+    """No OUTREACH_KAFKA_URL: the worker starts the embedded broker; SIGINT (Ctrl-C) stops
+    the worker, which stops the broker; nothing is left running."""
+    env = {k: v for k, v in os.environ.items() if k != "OUTREACH_KAFKA_URL"}
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "outreach.cli", "worker", "--rules", str(REPO / "rules"),
+             "--data-dir", str(tmp_path / "data"), "--database-url",
+             f"sqlite:///{tmp_path}/store.db", "--log-level", "info"],
+            env=env, stdout=out, stderr=out, cwd=tmp_path,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: "worker: assigned" in log.read_text(errors="replace"), 60, "assignment")
+        children = subprocess.run(
+            ["pgrep", "-P", str(worker.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert children, "the embedded broker should be a child of the worker"
+        worker.send_signal(signal.SIGINT)
+        assert worker.wait(timeout=60) == 0, log.read_text(errors="replace")
+        for pid in children:
+            wait_for(lambda pid=pid: not _alive(int(pid)), 10, f"process {pid} to end")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
