@@ -271,24 +271,30 @@ def _print_publish_report(
 @app.command()
 def worker(
     rules: Annotated[
-        Path | None, typer.Option(help="rules folder [default: $OUTREACH_RULES or rules]")
+        Path | None, typer.Option(help="rules folder (default: $OUTREACH_RULES or rules)")
     ] = None,
     kafka_url: Annotated[
         str | None,
         typer.Option(
-            help="bootstrap servers [default: $OUTREACH_KAFKA_URL; none: embedded broker]"
+            help="bootstrap servers (default: $OUTREACH_KAFKA_URL; none: start the embedded broker)"
         ),
     ] = None,
     database_url: Annotated[
         str | None,
-        typer.Option(help="the store [default: $OUTREACH_DATABASE_URL or sqlite:///outreach.db]"),
+        typer.Option(help="the store (default: $OUTREACH_DATABASE_URL or sqlite:///outreach.db)"),
     ] = None,
     data_dir: Annotated[
         Path | None,
-        typer.Option(help="file channel/connector output and broker log [default: .outreach]"),
+        typer.Option(
+            help="file channel and connector output, broker log (default: $OUTREACH_DATA_DIR or "
+            ".outreach)"
+        ),
     ] = None,
     runtime: Annotated[
-        str | None, typer.Option(help="consumer driver: aiokafka (default) or faust")
+        str | None,
+        typer.Option(
+            help="consumer driver: aiokafka or faust (default: $OUTREACH_RUNTIME or aiokafka)"
+        ),
     ] = None,
     publish: Annotated[
         Path | None, typer.Option(help="publish this JSONL file once the worker is up (demo)")
