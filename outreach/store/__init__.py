@@ -14,15 +14,8 @@ Must not import: faust, aiokafka, twilio, sendgrid, openai, fastapi; nor the dec
 
 from __future__ import annotations
 
-from outreach.store.store import (
-    Batch,
-    OutboxRow,
-    PendingRecord,
-    Store,
-    StoreLedger,
-    StoreSettings,
-    TimerRow,
-)
+from outreach.store.batch import Batch, StoreLedger, TimerRow
+from outreach.store.store import OutboxRow, PendingRecord, Store, StoreSettings
 
 __all__ = [
     "Batch",

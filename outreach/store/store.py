@@ -18,7 +18,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar
@@ -27,9 +27,9 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from outreach.store.batch import Batch, TimerRow
 from outreach.store.schema import (
     applied_offsets,
     customer_state,
@@ -66,15 +66,6 @@ class OutboxRow:
 
 
 @dataclass(frozen=True)
-class TimerRow:
-    """A pending timer: deliver ``timer.fired`` for the customer at ``due_at``."""
-
-    timer_id: str
-    customer_id: str
-    due_at: float
-
-
-@dataclass(frozen=True)
 class PendingRecord:
     """A record waiting to be produced to Kafka; ``topic`` is the logical name."""
 
@@ -89,198 +80,6 @@ def _retryable(exc: sa.exc.DBAPIError) -> bool:
     if code in _RETRY_SQLSTATES:
         return True
     return "database is locked" in str(exc.orig)
-
-
-class StoreLedger:
-    """The shared ledger (global budgets) inside one transaction: rows are locked when first
-    read and written back by ``flush``. Same two methods as ``SharedLedger``."""
-
-    def __init__(self, batch: Batch) -> None:
-        self._batch = batch
-        self._totals: dict[str, float] = {}
-        self._dirty: set[str] = set()
-
-    def total(self, key: str) -> float:
-        """Spent so far under ``key`` (locks the row until the transaction ends)."""
-        if key not in self._totals:
-            query = sa.select(ledger.c.total).where(ledger.c.key == key)
-            if self._batch.postgres:
-                # reserve the row first: FOR UPDATE on a row that does not exist locks nothing,
-                # and two workers would both start from 0
-                self._batch.conn.execute(
-                    postgresql.insert(ledger).on_conflict_do_nothing(), {"key": key, "total": 0.0}
-                )
-                query = query.with_for_update()
-            found = self._batch.conn.execute(query).scalar()
-            self._totals[key] = float(found) if found is not None else 0.0
-        return self._totals[key]
-
-    def add(self, key: str, amount: float) -> None:
-        """Spend ``amount`` under ``key``."""
-        self._totals[key] = self.total(key) + amount
-        self._dirty.add(key)
-
-    def flush(self) -> None:
-        """Write the changed totals."""
-        rows = [{"key": k, "total": self._totals[k]} for k in sorted(self._dirty)]
-        if rows:
-            self._batch.upsert(ledger, rows, ["key"], ["total"])
-        self._dirty.clear()
-
-
-class Batch:
-    """One transaction of the live runtime: read and lock states, write everything back."""
-
-    def __init__(self, conn: Connection, postgres: bool, now: float) -> None:
-        self.conn = conn
-        self.postgres = postgres
-        self.now = now
-        self.ledger = StoreLedger(self)
-
-    def upsert(
-        self, table: sa.Table, rows: list[dict[str, Any]], keys: list[str], update: list[str]
-    ) -> None:
-        """Insert rows, or update ``update`` columns where ``keys`` already exist."""
-        insert = postgresql.insert(table) if self.postgres else sqlite.insert(table)
-        excluded = insert.excluded
-        self.conn.execute(
-            insert.on_conflict_do_update(
-                index_elements=keys, set_={c: excluded[c] for c in update}
-            ),
-            rows,
-        )
-
-    def _insert_new(self, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]) -> int:
-        insert = postgresql.insert(table) if self.postgres else sqlite.insert(table)
-        statement = insert.on_conflict_do_nothing(index_elements=keys).returning(table.c[keys[0]])
-        done = 0
-        for row in rows:  # one by one: RETURNING says whether this row was new
-            done += len(self.conn.execute(statement, row).all())
-        return done
-
-    def positions(
-        self, group: str, partitions: Iterable[tuple[str, int]]
-    ) -> dict[tuple[str, int], int]:
-        """The next offset to apply for each (topic, partition) that has been applied before."""
-        wanted = sorted(set(partitions))
-        if not wanted:
-            return {}
-        table = applied_offsets
-        query = (
-            sa.select(table.c.topic, table.c.partition, table.c.next_offset)
-            .where(table.c.consumer_group == group)
-            .where(sa.tuple_(table.c.topic, table.c.partition).in_(wanted))
-        )
-        if self.postgres:
-            # Lock the partitions' rows (reserving missing ones) before reading them: a worker
-            # that has just been given a partition waits for the previous owner's last batch
-            # to commit, then reads the position it left.
-            self.conn.execute(
-                postgresql.insert(table).on_conflict_do_nothing(),
-                [{"consumer_group": group, "topic": t, "partition": p, "next_offset": 0,
-                  "updated_at": self.now} for t, p in wanted],
-            )  # fmt: skip
-            query = query.order_by(table.c.topic, table.c.partition).with_for_update()
-        return {(t, p): o for t, p, o in self.conn.execute(query)}
-
-    def set_positions(self, group: str, positions: dict[tuple[str, int], int]) -> None:
-        """Record that everything before these offsets has been applied."""
-        rows = [
-            {"consumer_group": group, "topic": t, "partition": p, "next_offset": o,
-             "updated_at": self.now}
-            for (t, p), o in sorted(positions.items())
-        ]  # fmt: skip
-        if rows:
-            self.upsert(applied_offsets, rows, ["consumer_group", "topic", "partition"],
-                        ["next_offset", "updated_at"])  # fmt: skip
-
-    def lock_states(self, customer_ids: Iterable[str]) -> dict[str, bytes]:
-        """Lock the customers' rows (creating missing ones) and return the stored states of
-        those that have one."""
-        ids = sorted(set(customer_ids))
-        if not ids:
-            return {}
-        column = customer_state.c.customer_id
-        if self.postgres:
-            insert = postgresql.insert(customer_state).on_conflict_do_nothing(
-                index_elements=["customer_id"]
-            )
-            self.conn.execute(insert, [{"customer_id": c} for c in ids])
-        found: dict[str, bytes] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            query = sa.select(column, customer_state.c.state).where(column.in_(chunk))
-            if self.postgres:
-                query = query.order_by(column).with_for_update()
-            for customer_id, state in self.conn.execute(query):
-                if state is not None:
-                    found[customer_id] = bytes(state)
-        return found
-
-    def save_states(self, states: dict[str, bytes]) -> None:
-        """Write the customers' new states."""
-        rows = [
-            {"customer_id": c, "state": s, "updated_at": self.now, "version": 1}
-            for c, s in sorted(states.items())
-        ]
-        if rows:
-            insert = postgresql.insert if self.postgres else sqlite.insert
-            statement = insert(customer_state)
-            self.conn.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["customer_id"],
-                    set_={
-                        "state": statement.excluded.state,
-                        "updated_at": statement.excluded.updated_at,
-                        "version": customer_state.c.version + 1,
-                    },
-                ),
-                rows,
-            )
-
-    def add_outbox(self, rows: Sequence[tuple[str, str, str, str, bytes, float]]) -> int:
-        """Queue (idempotency_key, kind, customer_id, ref, payload, due) rows; a key already in
-        the outbox is left as it is. Returns how many were new."""
-        return self._insert_new(
-            outbox,
-            [
-                {
-                    "idempotency_key": k,
-                    "kind": kind,
-                    "customer_id": c,
-                    "ref": ref,
-                    "payload": payload,
-                    "status": "pending",
-                    "attempts": 0,
-                    "next_at": due,
-                    "created_at": self.now,
-                }
-                for k, kind, c, ref, payload, due in rows
-            ],  # fmt: skip
-            ["idempotency_key"],
-        )
-
-    def schedule_timers(self, rows: Iterable[TimerRow]) -> None:
-        """Remember timers to deliver later (a timer id already known keeps one row)."""
-        values = [
-            {"timer_id": r.timer_id, "customer_id": r.customer_id, "due_at": r.due_at} for r in rows
-        ]
-        if values:
-            self.upsert(timers, values, ["timer_id"], ["due_at"])
-
-    def drop_timers(self, timer_ids: Iterable[str]) -> None:
-        """Forget timers that have fired."""
-        ids = sorted(set(timer_ids))
-        for start in range(0, len(ids), 500):
-            self.conn.execute(
-                sa.delete(timers).where(timers.c.timer_id.in_(ids[start : start + 500]))
-            )
-
-    def add_records(self, rows: Iterable[tuple[str, bytes | None, bytes]]) -> None:
-        """Queue (logical topic, key, value) records for the relay to Kafka, in order."""
-        values = [{"topic": t, "key": k, "value": v} for t, k, v in rows]
-        if values:
-            self.conn.execute(sa.insert(pending_records), values)
 
 
 class Store:
