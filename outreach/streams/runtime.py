@@ -195,7 +195,7 @@ def quiet(parts: Parts, *, since: float) -> bool:
     """Whether nothing is left to do now: every fetched record applied and relayed, no due
     outbox row, no due timer, and no new batch for ``since`` seconds."""
     worker = parts.worker
-    if worker is not None and (not worker.caught_up or worker.aligner.buffered):
+    if worker is not None and (not worker.caught_up or worker.aligner.buffered or worker.applying):
         return False
     last = max(
         worker.stats.last_batch if worker else 0.0,

@@ -99,12 +99,14 @@ class Worker:
         self._consumer: AIOKafkaConsumer | None = None
         self.on_batch: Callable[[BatchResult], None] | None = None
         self.caught_up = False  # every assigned partition fetched to its high watermark
+        self.applying = False  # a batch is being applied right now
 
     def timer_limit(self) -> float:
         """Event time up to which timers may fire: the latest event applied while catching
         up; unlimited (the wall clock rules) once idle for ``idle_after`` seconds."""
         idle = time.monotonic() - max(self.stats.last_batch, self.stats.started)
-        if self.caught_up and not self.aligner.buffered and idle >= self.options.idle_after:
+        quiet = self.caught_up and not self.aligner.buffered and not self.applying
+        if quiet and idle >= self.options.idle_after:
             return float("inf")
         return self.watermark
 
@@ -188,7 +190,11 @@ class Worker:
         ready = self.aligner.release(caught_up, time.monotonic(), self.options.batch_max)
         if not ready:
             return
-        result = await asyncio.to_thread(self.processor.apply_decoded, ready)
+        self.applying = True
+        try:
+            result = await asyncio.to_thread(self.processor.apply_decoded, ready)
+        finally:
+            self.applying = False
         for _, event in reversed(ready):
             if not isinstance(event, DeadLetter):
                 self.watermark = max(self.watermark, event.occurred_at.timestamp())
