@@ -183,7 +183,7 @@ class BatchProcessor:
         stored = batch.lock_states({e.customer_id for e in events})
         states: dict[str, CustomerState] = {}
         clock = _Clock(self.core, batch, out)
-        for customer_id in {e.customer_id for e in events}:
+        for customer_id in dict.fromkeys(e.customer_id for e in events):  # arrival order
             raw = stored.get(customer_id)
             state = self.core.new_state(customer_id) if raw is None else self._decode_state(raw)
             states[customer_id] = state
