@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 
 from outreach.store import Store
 from outreach.streams.align import Aligner
@@ -100,6 +101,19 @@ class Worker:
         self.on_batch: Callable[[BatchResult], None] | None = None
         self.caught_up = False  # every assigned partition fetched to its high watermark
         self.applying = False  # a batch is being applied right now
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        """Commit Kafka offsets: a hint only (the store's positions are the truth), so a
+        partition lost in a rebalance meanwhile or a commit refused during one is logged, not
+        fatal; its next owner starts from the store's position anyway."""
+        owned = consumer.assignment()
+        mine = {tp: offset for tp, offset in offsets.items() if tp in owned}
+        if not mine:
+            return
+        try:
+            await consumer.commit(mine)
+        except KafkaError as exc:  # CommitFailedError, IllegalStateError, broker errors
+            log.warning("worker: offset commit skipped (%r); the store has the positions", exc)
 
     def timer_limit(self) -> float:
         """Event time up to which timers may fire: the latest event applied while catching
@@ -203,7 +217,7 @@ class Worker:
         for record, _ in ready:
             tp = TopicPartition(record.topic, record.partition)
             offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
-        await consumer.commit(offsets)
+        await self._commit(consumer, offsets)
         self.stats.totals.add(result)
         self.stats.batches += 1
         self.stats.last_batch = time.monotonic()
