@@ -59,6 +59,8 @@ timers = sa.Table(
     sa.Column("timer_id", sa.String(255), primary_key=True),
     sa.Column("customer_id", sa.String(128), nullable=False),
     sa.Column("due_at", sa.Double, nullable=False),
+    # when the relay last produced it (wall clock); it stays until the worker applies it
+    sa.Column("published_at", sa.Double, nullable=True),
 )
 sa.Index("timers_due", timers.c.due_at)
 

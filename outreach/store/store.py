@@ -41,6 +41,7 @@ from outreach.store.schema import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 _RETRY_SQLSTATES = {"40P01", "40001", "55P03"}  # deadlock, serialization failure, lock timeout
 
 
@@ -166,24 +167,44 @@ class Store:
             for r in rows
         ]  # fmt: skip
 
-    def finish(self, row_id: int, status: str, result: bytes | None, error: str | None) -> None:
-        """Mark a claimed row ``done`` or ``failed`` for good."""
+    def finish(
+        self,
+        row_id: int,
+        status: str,
+        result: bytes | None,
+        error: str | None,
+        *,
+        claim: int | None = None,
+    ) -> bool:
+        """Mark a claimed row ``done`` or ``failed`` for good. With ``claim`` (the row's
+        ``attempts`` when it was claimed) only if it is still that claim: a dispatcher whose
+        lease ran out must not overwrite what the next claimant did. Returns whether it did."""
         with self.batch() as batch:
-            batch.conn.execute(
-                sa.update(outbox).where(outbox.c.id == row_id).values(
+            result_ = batch.conn.execute(
+                sa.update(outbox).where(*self._fence(row_id, claim)).values(
                     status=status, result=result, last_error=error, done_at=batch.now,
                     lease_until=None,
                 )
             )  # fmt: skip
+        return result_.rowcount > 0
 
-    def retry_later(self, row_id: int, at: float, error: str) -> None:
-        """Put a claimed row back, due again at ``at`` (a transient failure)."""
+    def retry_later(self, row_id: int, at: float, error: str, *, claim: int | None = None) -> bool:
+        """Put a claimed row back, due again at ``at`` (a transient failure); with ``claim``,
+        only if it is still that claim. Returns whether it did."""
         with self.batch() as batch:
-            batch.conn.execute(
-                sa.update(outbox).where(outbox.c.id == row_id).values(
+            result = batch.conn.execute(
+                sa.update(outbox).where(*self._fence(row_id, claim)).values(
                     status="pending", next_at=at, last_error=error, lease_until=None
                 )
             )  # fmt: skip
+        return result.rowcount > 0
+
+    @staticmethod
+    def _fence(row_id: int, claim: int | None) -> list[sa.ColumnElement[bool]]:
+        where = [outbox.c.id == row_id]
+        if claim is not None:
+            where += [outbox.c.status == "in_flight", outbox.c.attempts == claim]
+        return where
 
     def outbox_rows(self, customer_id: str | None = None) -> list[dict[str, Any]]:
         """Every outbox row (optionally one customer's), oldest first: for tests and reports."""
@@ -217,49 +238,81 @@ class Store:
     # -- timers and records (relay side) ---------------------------------------------------
 
     def take_due_timers(
-        self, now: float, limit: int, publish: Callable[[list[TimerRow]], None]
+        self,
+        now: float,
+        limit: int,
+        publish: Callable[[list[TimerRow]], None],
+        *,
+        redeliver_after: float = 60.0,
     ) -> int:
-        """Hand timers due at ``now`` to ``publish`` and forget them once it returns; if it
-        raises they stay (a timer delivered twice is harmless: the core ignores a fired one)."""
-        if not self._any(timers, timers.c.due_at <= now):
+        """Hand timers due at ``now`` to ``publish``. A published timer stays in the table,
+        marked, until the worker applies it (the processor drops it then); if it is still there
+        ``redeliver_after`` seconds later it is published again (a timer delivered twice is
+        harmless: the core ignores a fired one). If ``publish`` raises, nothing is marked."""
+        wall = time.time()
+        due = sa.and_(
+            timers.c.due_at <= now,
+            sa.or_(
+                timers.c.published_at.is_(None), timers.c.published_at <= wall - redeliver_after
+            ),
+        )
+        if not self._any(timers, due):
             return 0
-        query = sa.select(timers).where(timers.c.due_at <= now)
-        query = query.order_by(timers.c.due_at, timers.c.timer_id).limit(limit)
-        if self.postgres:
-            query = query.with_for_update(skip_locked=True)
-        with self.batch(now) as batch:
-            rows = [
-                TimerRow(r.timer_id, r.customer_id, r.due_at) for r in batch.conn.execute(query)
-            ]
-            if rows:
-                publish(rows)
-                batch.drop_timers(r.timer_id for r in rows)
-        return len(rows)
+        query = sa.select(timers).where(due).order_by(timers.c.due_at, timers.c.timer_id)
+        query = query.limit(limit)
+
+        def mark(batch: Batch, rows: list[TimerRow]) -> None:
+            ids = [r.timer_id for r in rows]
+            batch.conn.execute(
+                sa.update(timers).where(timers.c.timer_id.in_(ids)).values(published_at=wall)
+            )
+
+        return self._relay(query.with_for_update(skip_locked=True), _timer_row, publish, mark)
 
     def take_records(self, limit: int, publish: Callable[[list[PendingRecord]], None]) -> int:
         """Hand the oldest waiting records to ``publish`` and delete them once it returns.
-        One relay at a time (an advisory lock on PostgreSQL; SQLite has one writer anyway):
-        two relays publishing side by side could put a later status of an action on the topic
-        before an earlier one, and readers take the last record of an id as its state."""
+        On PostgreSQL one relay at a time (an advisory lock): two relays publishing side by side
+        could put a later status of an action on the topic before an earlier one, and readers
+        take the last record of an id as its state."""
         if not self._any(pending_records):  # no write lock just to find nothing to do
             return 0
         query = sa.select(pending_records).order_by(pending_records.c.seq).limit(limit)
-        with self.batch() as batch:
-            if self.postgres:
-                batch.conn.execute(sa.text("SELECT pg_advisory_xact_lock(727275)"))
-            rows = [
-                PendingRecord(
-                    r.seq, r.topic, None if r.key is None else bytes(r.key), bytes(r.value)
-                )
-                for r in batch.conn.execute(query)
-            ]
-            if rows:
-                publish(rows)
-                batch.conn.execute(
-                    sa.delete(pending_records).where(
-                        pending_records.c.seq.in_([r.seq for r in rows])
-                    )
-                )
+
+        def delete(batch: Batch, rows: list[PendingRecord]) -> None:
+            seqs = [r.seq for r in rows]
+            batch.conn.execute(sa.delete(pending_records).where(pending_records.c.seq.in_(seqs)))
+
+        return self._relay(query, _pending_record, publish, delete, lock=727275)
+
+    def _relay(
+        self,
+        query: sa.Select[Any],
+        row: Callable[[Any], R],
+        publish: Callable[[list[R]], None],
+        done: Callable[[Batch, list[R]], None],
+        *,
+        lock: int | None = None,
+    ) -> int:
+        """Read rows, ``publish`` them, then ``done`` (delete or mark) them. PostgreSQL: in one
+        transaction holding the rows (and the advisory ``lock``). SQLite: the rows are read
+        without the write lock and marked in a second transaction, so the database's single
+        write lock is never held across a broker round trip (a second relay on the same file
+        may publish a row again: the relays are at least once anyway)."""
+        if self.postgres:
+            with self.batch() as batch:
+                if lock is not None:
+                    batch.conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({lock})"))
+                rows = [row(r) for r in batch.conn.execute(query)]
+                if rows:
+                    publish(rows)
+                    done(batch, rows)
+            return len(rows)
+        with self.engine.connect().execution_options(read_only=True) as conn:
+            rows = [row(r) for r in conn.execute(query)]  # SQLite ignores FOR UPDATE
+        if rows:
+            publish(rows)
+            with self.batch() as batch:
+                done(batch, rows)
         return len(rows)
 
     def forget_positions(self, group: str) -> int:
@@ -319,3 +372,11 @@ def _serialise_sqlite(engine: Engine) -> None:
     def _begin(conn: Connection) -> None:
         read_only = conn.get_execution_options().get("read_only", False)
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def _timer_row(r: Any) -> TimerRow:
+    return TimerRow(r.timer_id, r.customer_id, r.due_at)
+
+
+def _pending_record(r: Any) -> PendingRecord:
+    return PendingRecord(r.seq, r.topic, None if r.key is None else bytes(r.key), bytes(r.value))

@@ -41,15 +41,14 @@ class Aligner:
         self.buffered = 0
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
-        """The partitions this worker now owns (buffers of revoked ones are dropped: their
-        records were not applied, the next owner reads them again)."""
-        owned = set(partitions)
-        for tp in list(self._buffers):
-            if tp not in owned:
-                self.buffered -= len(self._buffers.pop(tp))
-                self._latest.pop(tp, None)
-        for tp in owned:
-            self._buffers.setdefault(tp, deque())
+        """The partitions this worker now owns. Every buffer is dropped: after a rebalance the
+        consumer fetches again from the committed or stored position, kept partitions too, so
+        what was buffered would come twice (the store would skip the repeat, but memory and
+        counts would not)."""
+        self._buffers = {tp: deque() for tp in partitions}
+        self._latest = {}
+        self.buffered = 0
+        self._stuck_since = None
 
     def add(self, tp: TopicPartition, items: Iterable[Decoded]) -> None:
         """Records fetched from one partition, in offset order."""

@@ -24,6 +24,8 @@ DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 # a dead letter keeps the whole raw value up to this size, then a prefix and the SHA-256:
 # base64 grows a value by a third and Kafka's default message limit is 1 MiB
 DLQ_RAW_LIMIT = 256 * 1024
+DLQ_TEXT_LIMIT = 64 * 1024  # the raw value is also given as text up to this size
+DLQ_MAX_BYTES = 512 * 1024  # a dead letter never exceeds this (base64 of 256 KiB is 342 KiB)
 _OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
 
@@ -85,23 +87,31 @@ def _decode(record: Record, max_bytes: int, timers_topic: str) -> Event:
 
 def dead_letter_value(record: Record, error: str) -> bytes:
     """The DLQ record: error, source position and the raw bytes (base64, exact; and as text
-    when they are UTF-8)."""
+    when they are UTF-8 and small). Always under ``DLQ_MAX_BYTES``: the relay must be able to
+    produce it (Kafka's default message limit is 1 MiB)."""
     raw = record.value or b""
     kept = raw if len(raw) <= DLQ_RAW_LIMIT else raw[:DLQ_RAW_LIMIT]
+    key = record.key
     body: dict[str, Any] = {
-        "error": error,
+        "error": error[:4096],
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,
-        "key": _text(record.key),
-        "key_base64": None if record.key is None else base64.b64encode(record.key).decode(),
-        "raw": _text(kept),
+        "key": _text(key[:1024]) if key is not None else None,
+        "key_base64": None if key is None else base64.b64encode(key[:1024]).decode(),
+        "raw": None,
         "raw_base64": base64.b64encode(kept).decode(),
         "size": len(raw),
         "truncated": len(kept) < len(raw),
         "sha256": hashlib.sha256(raw).hexdigest(),
     }
-    return orjson.dumps(body, option=_OPTS)
+    if len(kept) <= DLQ_TEXT_LIMIT:  # as text too, for people reading the topic
+        body["raw"] = _text(kept)
+    value = orjson.dumps(body, option=_OPTS)
+    if len(value) > DLQ_MAX_BYTES:  # escaped control characters can blow the text up 6x
+        body["raw"] = None
+        value = orjson.dumps(body, option=_OPTS)
+    return value
 
 
 def _text(value: bytes | None) -> str | None:

@@ -21,6 +21,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 from pydantic import ValidationError
 
@@ -140,7 +141,14 @@ class Dispatcher:
     async def _finish(
         self, row: OutboxRow, status: str, result: bytes | None, error: str | None
     ) -> None:
-        await asyncio.to_thread(self.store.finish, row.id, status, result, error)
+        kept = await asyncio.to_thread(
+            partial(self.store.finish, row.id, status, result, error, claim=row.attempts)
+        )
+        if not kept:  # our lease ran out and another dispatcher has the row now
+            log.warning(
+                "dispatcher: %s %s was re-claimed; leaving it", row.kind, row.idempotency_key
+            )
+            return
         if status == "done":
             self.stats.done += 1
             self.stats.by_kind[row.kind] = self.stats.by_kind.get(row.kind, 0) + 1
@@ -158,4 +166,6 @@ class Dispatcher:
             return
         self.stats.retried += 1
         at = now + self.backoff(row.attempts, retry_after)
-        await asyncio.to_thread(self.store.retry_later, row.id, at, error)
+        await asyncio.to_thread(
+            partial(self.store.retry_later, row.id, at, error, claim=row.attempts)
+        )

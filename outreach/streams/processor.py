@@ -175,7 +175,9 @@ class BatchProcessor:
             positions[tp] = max(positions.get(tp, 0), record.offset + 1)
             if record.offset < applied.get(tp, 0):
                 result.redelivered += 1
-            elif isinstance(event, DeadLetter):
+                continue
+            applied[tp] = record.offset + 1  # the same offset twice in one batch counts once
+            if isinstance(event, DeadLetter):
                 out.records.append(("dlq", record.key, dead_letter_value(record, str(event))))
                 result.dead_letters += 1
             else:

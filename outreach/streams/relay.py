@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from outreach.store import PendingRecord, Store, TimerRow
 from outreach.streams.processor import timer_event
@@ -140,6 +141,10 @@ class Relay:
             self._wake.clear()
             try:
                 await self.relay_once()
+            except KafkaError as exc:
+                if not exc.retriable:  # e.g. a record too large, no authorisation: say so, stop
+                    raise
+                log.warning("relay: producing records failed (%r); will retry", exc)
             except Exception:  # the records stay in the store; the next round retries them
                 log.exception("relay: producing records failed; will retry")
 

@@ -157,16 +157,18 @@ class Worker:
         )
         self._consumer = consumer
         consumer.subscribe([*self.topics.inputs, self.topics.timers], listener=_Rebalance(self))
-        await self.relay.start()
-        await consumer.start()
-        relaying = asyncio.create_task(self.relay.run(stop))
+        relaying: asyncio.Task[None] | None = None
         try:
+            await self.relay.start()
+            await consumer.start()
+            relaying = asyncio.create_task(self.relay.run(stop))
             await self.relay.relay_once()  # what a previous run committed but had not relayed
             while not stop.is_set():
                 await self._step()
         finally:
-            relaying.cancel()
-            await asyncio.gather(relaying, return_exceptions=True)
+            if relaying is not None:
+                relaying.cancel()
+                await asyncio.gather(relaying, return_exceptions=True)
             try:
                 await consumer.stop()
             finally:

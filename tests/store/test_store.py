@@ -105,7 +105,7 @@ def test_migrate_again_keeps_the_data_and_one_version_row(store: Store) -> None:
     store.migrate()
     with store.engine.connect() as conn:
         versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-    assert versions == [("0001",)]
+    assert versions == [("0002",)]
     assert [r["idempotency_key"] for r in store.outbox_rows()] == ["k1"]
     assert store.run(lambda b: b.positions("g", [("payments", 0)])) == {("payments", 0): 4}
 
@@ -129,7 +129,7 @@ def test_two_stores_migrating_the_same_empty_database_at_once_both_succeed(
         assert set(sa.inspect(stores[0].engine).get_table_names()) >= TABLES
         with stores[0].engine.connect() as conn:
             versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-        assert versions == [("0001",)]
+        assert versions == [("0002",)]
     finally:
         for made in stores:
             made.close()
@@ -553,7 +553,7 @@ def test_a_claimer_skips_rows_another_claimer_holds_instead_of_waiting(store: St
 # -- timers and records for the relay --------------------------------------------------------
 
 
-def test_take_due_timers_hands_due_timers_in_due_order_once_each_and_forgets_them(
+def test_take_due_timers_hands_due_timers_in_due_order_once_and_keeps_them_until_applied(
     store: Store,
 ) -> None:
     timers = [
@@ -574,8 +574,27 @@ def test_take_due_timers_hands_due_timers_in_due_order_once_each_and_forgets_the
     assert store.take_due_timers(300.0, 3, publish) == 1
     assert store.take_due_timers(300.0, 3, publish) == 0
     assert batches == [["t1", "t2a", "t2b"], ["t3"]]
+    # published, not yet applied: still there (and still due), not handed out again ...
+    assert store.due_count(300.0) == 5
+    # ... until the worker applies them (the processor drops what it applied)
+    store.run(lambda b: b.drop_timers(["t1", "t2a", "t2b", "t3"]))
     assert store.due_count(300.0) == 1 and store.due_count(900.0) == 2
     assert [r["timer_id"] for r in rows_of(store, metadata.tables["timers"])] == ["t9"]
+
+
+def test_a_published_timer_never_applied_is_published_again(store: Store) -> None:
+    """The worker may die, or a new embedded broker lose the topic, after the relay produced
+    a timer: it stays in the table and goes out again after ``redeliver_after``."""
+    store.run(lambda b: b.schedule_timers([TimerRow("t1", "cus_1", 100.0)]))
+    taken: list[str] = []
+
+    def publish(rows: list[TimerRow]) -> None:
+        taken.extend(r.timer_id for r in rows)
+
+    assert store.take_due_timers(100.0, 10, publish) == 1
+    assert store.take_due_timers(100.0, 10, publish) == 0  # within redeliver_after
+    assert store.take_due_timers(100.0, 10, publish, redeliver_after=0.0) == 1
+    assert taken == ["t1", "t1"]
 
 
 @ONLY_SQLITE
@@ -590,7 +609,7 @@ def test_timers_stay_when_publishing_them_raises(store: Store) -> None:
     taken: list[TimerRow] = []
     assert store.take_due_timers(100.0, 10, taken.extend) == 1
     assert taken == [TimerRow("t1", "cus_1", 100.0)]
-    assert store.count("timers") == 0
+    assert store.count("timers") == 1  # kept until the worker applies it
 
 
 def test_take_records_hands_records_in_insertion_order_and_deletes_them(store: Store) -> None:
@@ -647,3 +666,16 @@ def test_a_second_relay_waits_for_the_first_so_records_reach_kafka_in_order(
     run_concurrently(lambda: store.take_records(2, slow_publish), second)
     assert published == [("first", [b"\x00", b"\x01"]), ("second", [b"\x02", b"\x03"])]
     assert store.count("pending_records") == 0
+
+
+def test_a_dispatcher_whose_lease_ran_out_cannot_overwrite_the_next_claim(store: Store) -> None:
+    """D1 claims, its lease runs out, D2 claims and finishes: D1's late answer (done, or a
+    retry that would put the row back to pending and perform it a third time) changes nothing."""
+    add_outbox(store, outbox_row("k1", 0.0))
+    (first,) = store.claim_due(10.0, 10, lease=5.0)
+    (second,) = store.claim_due(20.0, 10, lease=5.0)  # the first lease ended at 15
+    assert store.finish(second.id, "done", b"ok", None, claim=second.attempts)
+    assert not store.retry_later(first.id, 30.0, "timeout", claim=first.attempts)
+    assert not store.finish(first.id, "failed", None, "late", claim=first.attempts)
+    (row,) = store.outbox_rows()
+    assert (row["status"], row["result"]) == ("done", b"ok")

@@ -20,7 +20,7 @@ from outreach.rulebook import RuleBook
 from outreach.sample import generate
 from outreach.state import CustomerState
 from outreach.store import Store
-from outreach.streams.codec import Record
+from outreach.streams.codec import DLQ_MAX_BYTES, DLQ_RAW_LIMIT, Record, dead_letter_value
 from outreach.streams.processor import BatchProcessor
 
 
@@ -185,3 +185,15 @@ def test_a_record_is_a_dataclass_of_plain_values() -> None:
         None,
         b"x",
     )
+
+
+@pytest.mark.parametrize("value", [b"\x00" * 300_000, b"\xff" * 900_000, b"x" * 2_000_000])
+def test_a_dead_letter_always_fits_a_kafka_message(value: bytes) -> None:
+    """300 KB of NUL is valid UTF-8 that JSON escapes six times over; the relay could never
+    produce a 1.9 MB dead letter and would stop on it."""
+    record = Record("usage", 0, 7, b"k" * 5000, value)
+    letter = dead_letter_value(record, "oversized")
+    assert len(letter) <= DLQ_MAX_BYTES
+    body = orjson.loads(letter)
+    assert body["size"] == len(value) and body["truncated"] == (len(value) > DLQ_RAW_LIMIT)
+    assert base64.b64decode(body["raw_base64"]) == value[:DLQ_RAW_LIMIT]
