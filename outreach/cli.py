@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from outreach.errors import OutreachError
 from outreach.events import json_schemas
 from outreach.rulebook import RuleBook, describe, load_rulebook
 from outreach.rules.yamlfile import RuleFileError
@@ -350,6 +351,9 @@ def worker(
         )
     except RuleFileError as exc:
         err.print(f"[bold red]the rules cannot be loaded:[/]\n{exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except OutreachError as exc:  # a busy store, a broker that does not start
+        err.print(f"[bold red]the worker cannot start:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
     err.print(
         f"store: {settings.database_url} (state, outbox, positions); "

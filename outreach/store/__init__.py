@@ -15,13 +15,14 @@ Must not import: faust, aiokafka, twilio, sendgrid, openai, fastapi; nor the dec
 from __future__ import annotations
 
 from outreach.store.batch import Batch, StoreLedger, TimerRow
-from outreach.store.store import OutboxRow, PendingRecord, Store, StoreSettings
+from outreach.store.store import OutboxRow, PendingRecord, Store, StoreBusyError, StoreSettings
 
 __all__ = [
     "Batch",
     "OutboxRow",
     "PendingRecord",
     "Store",
+    "StoreBusyError",
     "StoreLedger",
     "StoreSettings",
     "TimerRow",

@@ -15,12 +15,14 @@ one relay at a time (an advisory lock), so they reach Kafka in the order they we
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -29,6 +31,7 @@ from alembic.config import Config
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import Connection, Engine
 
+from outreach.errors import OutreachError
 from outreach.store.batch import Batch, TimerRow
 from outreach.store.schema import (
     applied_offsets,
@@ -43,6 +46,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 _RETRY_SQLSTATES = {"40P01", "40001", "55P03"}  # deadlock, serialization failure, lock timeout
+
+
+class StoreBusyError(OutreachError):
+    """Another process holds an exclusive claim on the store."""
+
+    def __init__(self, name: str, url: str) -> None:
+        super().__init__(
+            f"another process holds {name!r} on the store {url}: an embedded worker (no "
+            "OUTREACH_KAFKA_URL) starts its own broker, so two of them must not share one "
+            "store; give each its own --database-url, or point both at one Kafka"
+        )
 
 
 class StoreSettings(BaseSettings):
@@ -101,6 +115,40 @@ class Store:
                 f"unsupported database URL {self.url.render_as_string()!r}: use sqlite:///FILE "
                 "or postgresql+psycopg://USER:PASSWORD@HOST/DB"
             )
+
+    def hold_exclusive(self, name: str) -> Callable[[], None]:
+        """Claim ``name`` on this store for this process until the returned function is called;
+        ``StoreBusyError`` if another process holds it. PostgreSQL: a session advisory lock on a
+        connection kept open; SQLite: ``flock`` on ``<database file>.<name>.lock``."""
+        if self.postgres:
+            conn = self.engine.connect()
+            key = {"name": name}
+            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(hashtext(:name))"), key)
+            if not got.scalar():
+                conn.close()
+                raise StoreBusyError(name, self.url.render_as_string())
+            conn.commit()
+
+            def release_pg() -> None:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:name))"), key)
+                conn.close()
+
+            return release_pg
+        if not self.url.database or self.url.database == ":memory:":
+            return lambda: None
+        safe = "".join(c if c.isalnum() else "-" for c in name)
+        handle = Path(f"{self.url.database}.{safe}.lock").open("a")  # noqa: SIM115 - held
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise StoreBusyError(name, self.url.render_as_string()) from None
+
+        def release_file() -> None:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+        return release_file
 
     def migrate(self) -> None:
         """Bring the schema to the latest Alembic revision (safe to call from every process)."""

@@ -88,8 +88,11 @@ class LiveEngine:
         self.settings = worker
         self.kafka = kafka
 
-    async def _store(self, embedded: bool) -> Store:
+    async def _store(self, embedded: bool, stack: contextlib.ExitStack) -> Store:
         store = Store(self.settings.database_url)
+        stack.callback(store.close)
+        if embedded:  # its own broker: nobody else may apply to this store
+            stack.callback(store.hold_exclusive(f"embedded worker {self.kafka.group_id}"))
         await asyncio.to_thread(store.migrate)
         if embedded:
             # a new embedded broker (memory storage) starts with empty topics: positions
@@ -128,8 +131,7 @@ class LiveEngine:
                 bootstrap = stack.enter_context(broker).bootstrap
             topics = Topics(kafka.topic_prefix)
             await ensure_topics(bootstrap, topics, kafka.partitions)
-            store = await self._store(kafka.kafka_url is None)
-            stack.callback(store.close)
+            store = await self._store(kafka.kafka_url is None, stack)
             processor = BatchProcessor(
                 DecisionCore(book), store, group=kafka.group_id, timers_topic=topics.timers,
                 max_event_bytes=settings.max_event_bytes,

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from outreach.store import Batch, PendingRecord, Store, TimerRow
+from outreach.store import Batch, PendingRecord, Store, StoreBusyError, TimerRow
 from outreach.store.schema import applied_offsets, customer_state, ledger, metadata
 
 TABLES = {"customer_state", "applied_offsets", "outbox", "timers", "pending_records", "ledger"}
@@ -679,3 +679,21 @@ def test_a_dispatcher_whose_lease_ran_out_cannot_overwrite_the_next_claim(store:
     assert not store.finish(first.id, "failed", None, "late", claim=first.attempts)
     (row,) = store.outbox_rows()
     assert (row["status"], row["result"]) == ("done", b"ok")
+
+
+def test_an_exclusive_claim_is_refused_to_a_second_holder_until_released(
+    database_url: str,
+) -> None:
+    """Two embedded workers (each with its own broker) must not share a store."""
+    first, second = Store(database_url), Store(database_url)
+    try:
+        release = first.hold_exclusive("embedded worker outreach")
+        with pytest.raises(StoreBusyError, match="must not share one store"):
+            second.hold_exclusive("embedded worker outreach")
+        other = second.hold_exclusive("embedded worker another-group")  # another name: free
+        other()
+        release()
+        second.hold_exclusive("embedded worker outreach")()
+    finally:
+        first.close()
+        second.close()
