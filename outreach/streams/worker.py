@@ -125,7 +125,9 @@ class Worker:
         return self.watermark
 
     async def assigned(self, partitions: list[TopicPartition]) -> None:
-        """Seek newly assigned partitions to what the store says was applied."""
+        """Seek every assigned partition to what the store says was applied (the beginning if
+        nothing was): the aligner has just dropped what it had buffered, so the consumer must
+        read it again, kept partitions included, whatever Kafka's committed offsets say."""
         consumer = self._consumer
         assert consumer is not None
         self.aligner.assign((tp.topic, tp.partition) for tp in partitions)
@@ -133,10 +135,15 @@ class Worker:
         positions = await asyncio.to_thread(
             self.store.run, lambda batch: batch.positions(self.group, wanted)
         )
+        fresh = []
         for tp in partitions:
             at = positions.get((tp.topic, tp.partition))
             if at:
                 consumer.seek(tp, at)
+            else:
+                fresh.append(tp)
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
         log.info("worker: assigned %s", sorted(f"{t}[{p}]" for t, p in wanted))
 
     async def run(self, stop: asyncio.Event) -> None:
