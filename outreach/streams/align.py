@@ -53,6 +53,7 @@ class Aligner:
     def add(self, tp: TopicPartition, items: Iterable[Decoded]) -> None:
         """Records fetched from one partition, in offset order."""
         buffer = self._buffers.setdefault(tp, deque())
+        before = len(buffer)
         for item in items:
             event = item[1]
             stamp = (
@@ -62,7 +63,7 @@ class Aligner:
             buffer.append((stamp, self._seq, item))
             if stamp > self._latest.get(tp, float("-inf")):
                 self._latest[tp] = stamp
-        self.buffered = sum(len(b) for b in self._buffers.values())
+        self.buffered += len(buffer) - before
 
     def release(
         self, caught_up: set[TopicPartition], now: float, limit: int | None = None

@@ -182,10 +182,11 @@ class BatchProcessor:
                 result.dead_letters += 1
             else:
                 events.append(event)
-        stored = batch.lock_states({e.customer_id for e in events})
+        customers = dict.fromkeys(e.customer_id for e in events)  # arrival order
+        stored = batch.lock_states(customers)
         states: dict[str, CustomerState] = {}
         clock = _Clock(self.core, batch, out)
-        for customer_id in dict.fromkeys(e.customer_id for e in events):  # arrival order
+        for customer_id in customers:
             raw = stored.get(customer_id)
             state = self.core.new_state(customer_id) if raw is None else self._decode_state(raw)
             states[customer_id] = state

@@ -97,12 +97,7 @@ class Relay:
         def publish(rows: list[PendingRecord]) -> None:
             self._publish_sync([(self._names[r.topic], r.key, r.value) for r in rows])
 
-        total = 0
-        while True:
-            done = await asyncio.to_thread(self.store.take_records, _CHUNK, publish)
-            total += done
-            if done < _CHUNK:
-                break
+        total = await _drain(lambda: self.store.take_records(_CHUNK, publish))
         self.relayed += total
         if total:
             self.last_published = time.monotonic()
@@ -119,12 +114,7 @@ class Relay:
         at = time.time() if now is None else now
         if self.limit is not None:
             at = min(at, self.limit())
-        total = 0
-        while True:
-            done = await asyncio.to_thread(self.store.take_due_timers, at, _CHUNK, publish)
-            total += done
-            if done < _CHUNK:
-                break
+        total = await _drain(lambda: self.store.take_due_timers(at, _CHUNK, publish))
         self.timers_published += total
         if total:
             self.last_published = time.monotonic()
@@ -156,3 +146,14 @@ class Relay:
                 log.exception("relay: publishing due timers failed; will retry")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.timer_poll)
+
+
+async def _drain(take: Callable[[], int]) -> int:
+    """Call ``take`` (a store call handing out at most ``_CHUNK`` rows) in a thread until it
+    hands out less than a full chunk; returns the total."""
+    total = 0
+    while True:
+        done = await asyncio.to_thread(take)
+        total += done
+        if done < _CHUNK:
+            return total

@@ -200,7 +200,6 @@ def quiet(parts: Parts, *, since: float) -> bool:
     if worker is not None and (not worker.caught_up or worker.aligner.buffered or worker.applying):
         return False
     last = max(
-        worker.stats.last_batch if worker else 0.0,
         parts.totals.last_applied,
         parts.relay.last_published,  # timers just produced have yet to come back
         parts.started,

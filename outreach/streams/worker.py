@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -58,7 +57,6 @@ class WorkerStats:
     totals: BatchResult = field(default_factory=BatchResult)
     batches: int = 0
     started: float = field(default_factory=time.monotonic)
-    last_batch: float = 0.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -98,7 +96,6 @@ class Worker:
         )
         self.watermark = float("-inf")  # the latest occurred_at applied
         self._consumer: AIOKafkaConsumer | None = None
-        self.on_batch: Callable[[BatchResult], None] | None = None
         self.caught_up = False  # every assigned partition fetched to its high watermark
         self.applying = False  # a batch is being applied right now
 
@@ -118,7 +115,7 @@ class Worker:
     def timer_limit(self) -> float:
         """Event time up to which timers may fire: the latest event applied while catching
         up; unlimited (the wall clock rules) once idle for ``idle_after`` seconds."""
-        idle = time.monotonic() - max(self.stats.last_batch, self.stats.started)
+        idle = time.monotonic() - max(self.stats.totals.last_applied, self.stats.started)
         quiet = self.caught_up and not self.aligner.buffered and not self.applying
         if quiet and idle >= self.options.idle_after:
             return float("inf")
@@ -229,7 +226,4 @@ class Worker:
         await self._commit(consumer, offsets)
         self.stats.totals.add(result)
         self.stats.batches += 1
-        self.stats.last_batch = time.monotonic()
         self.relay.wake()
-        if self.on_batch is not None:
-            self.on_batch(result)
