@@ -61,6 +61,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from replay_bench import ensure_sample  # same workload files as the replay bench
 
 from outreach.streams.embedded import EmbeddedBroker
 from outreach.streams.publish import EventPublisher, publish_file
@@ -428,21 +429,6 @@ async def measure_latency(
 def percentile(ordered: list[float], q: float) -> float:
     """Nearest-rank percentile of sorted values."""
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def ensure_sample(workdir: Path, customers: int, days: int) -> Path:
-    """Generate (once) and return the workload file."""
-    path = workdir / f"events-{customers}x{days}.jsonl"
-    if not path.exists():
-        print(f"generating {path.name} ...", flush=True)
-        tmp = path.with_suffix(".tmp")
-        subprocess.run(
-            [sys.executable, "-m", "outreach.cli", "sample", "--customers", str(customers),
-             "--days", str(days), "--seed", "1", "--out", str(tmp)],
-            check=True, cwd=REPO, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        tmp.rename(path)
-    return path
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

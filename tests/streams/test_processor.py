@@ -176,17 +176,6 @@ def test_records_applied_in_event_time_order_within_a_batch(book: RuleBook, stor
     assert messages and all(m["to"] for m in messages)
 
 
-def test_a_record_is_a_dataclass_of_plain_values() -> None:
-    record = Record("t", 0, 1, None, b"x")
-    assert (record.topic, record.partition, record.offset, record.key, record.value) == (
-        "t",
-        0,
-        1,
-        None,
-        b"x",
-    )
-
-
 @pytest.mark.parametrize("value", [b"\x00" * 300_000, b"\xff" * 900_000, b"x" * 2_000_000])
 def test_a_dead_letter_always_fits_a_kafka_message(value: bytes) -> None:
     """300 KB of NUL is valid UTF-8 that JSON escapes six times over; the relay could never
