@@ -8,6 +8,9 @@
 # Not root: checks the database is reachable, else explains how to provide one.
 # Messages go to stderr; stdout carries the URL only, so `url=$(bash scripts/postgres.sh)`.
 set -euo pipefail
+# Whatever the tools print (pg_ctlcluster says "Removed stale pid file." on stdout) goes to
+# stderr; the URL alone goes to the caller's stdout, kept here as fd 3.
+exec 3>&1 1>&2
 
 ROLE=outreach
 PASSWORD=outreach
@@ -32,7 +35,7 @@ sql() { # statement -> single value
 
 if [ "$(id -u)" -ne 0 ]; then
     if reachable 5432; then
-        echo "postgresql+psycopg://$ROLE:$PASSWORD@$HOST:5432/$DATABASE"
+        echo "postgresql+psycopg://$ROLE:$PASSWORD@$HOST:5432/$DATABASE" >&3
         exit 0
     fi
     say "no PostgreSQL for the tests at $HOST:5432 (role $ROLE, database $DATABASE), and"
@@ -49,7 +52,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} (apt-get)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 3>&-
 fi
 
 # the first cluster (Debian creates <version>/main when the package is installed)
@@ -57,12 +60,12 @@ read -r version cluster port status _ < <(pg_lsclusters --no-header | head -n 1)
 if [ -z "${version:-}" ]; then
     version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
     say "no cluster: creating $version/main"
-    pg_createcluster "$version" main >/dev/null
+    pg_createcluster "$version" main >/dev/null 3>&-
     read -r version cluster port status _ < <(pg_lsclusters --no-header | head -n 1)
 fi
 if [ "$status" != online ]; then
     say "starting cluster $version/$cluster on port $port"
-    pg_ctlcluster "$version" "$cluster" start
+    pg_ctlcluster "$version" "$cluster" start 3>&-  # the server must not hold the caller's pipe
 fi
 for _ in $(seq 100); do
     pg_isready -q -h "$HOST" -p "$port" && break
@@ -85,4 +88,4 @@ if [ "$(sql "SELECT 1 FROM pg_database WHERE datname = '$DATABASE'")" != 1 ]; th
 fi
 reachable "$port" || { say "cannot log in as $ROLE over TCP: check pg_hba.conf"; exit 1; }
 
-echo "postgresql+psycopg://$ROLE:$PASSWORD@$HOST:$port/$DATABASE"
+echo "postgresql+psycopg://$ROLE:$PASSWORD@$HOST:$port/$DATABASE" >&3
