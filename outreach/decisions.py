@@ -67,7 +67,14 @@ class MessageRecord(BaseModel):
 
 
 class Delivery(BaseModel):
-    """A message to hand to a channel now (what the outbound dispatcher sends)."""
+    """A message to hand to a channel now (what the outbound dispatcher sends).
+
+    ``attempt`` > 1: the same message sent again (a transient carrier failure, or another
+    channel after the first proved unusable); each attempt has its own idempotency ``key``.
+    ``compliance``: a reply the law requires even to a suppressed address (the one STOP
+    confirmation, HELP); the dispatcher's suppression check lets only these through.
+    ``list_id``: the email list a marketing email belongs to (a SendGrid unsubscribe group);
+    the unsubscribe link and ``List-Unsubscribe`` header name it."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -78,6 +85,16 @@ class Delivery(BaseModel):
     purpose: str
     subject: str | None
     body: str
+    template: str = ""
+    attempt: int = 1
+    compliance: bool = False
+    list_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The idempotency key of this attempt (``msg:<id>``, then ``msg:<id>#<n>``)."""
+        base = f"msg:{self.message_id}"
+        return base if self.attempt == 1 else f"{base}#{self.attempt}"
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,20 @@ class DeliveryError(OutreachError):
 class TransientDeliveryError(DeliveryError):
     """Worth retrying after ``retry_after`` seconds (timeouts, 429, 5xx)."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.code = code
 
 
 class PermanentDeliveryError(DeliveryError):
-    """Will not be delivered as addressed; never retried."""
+    """Will not be delivered as addressed; never retried.
+
+    ``code``: the provider's error code (Twilio 21610, 21211...; SendGrid HTTP status), which
+    the core maps to a policy change (suppression, fallback to email, pausing a template)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code

@@ -5,9 +5,11 @@ envelope"). Events are validated strictly: unknown fields are refused, money is 
 units plus an ISO-4217 currency, timestamps must carry an offset. ``outreach schema export``
 writes one JSON Schema per type from these models.
 
-Besides the public types, the engine consumes three types of its own making (the "engine
-types"): ``contact.suppressed`` / ``contact.unsuppressed`` (opt-outs, bounces, complaints fed
-back by the outbound webhooks) and ``timer.fired`` (scheduled work re-entering as an event).
+Besides the public types, the engine consumes types of its own making (the "engine types"):
+``contact.suppressed`` / ``contact.unsuppressed`` (opt-outs, bounces, complaints fed back by
+the outbound webhooks), ``message.status`` (delivery outcomes from provider callbacks and the
+dispatcher), ``message.received`` (inbound SMS replies) and ``timer.fired`` (scheduled work
+re-entering as an event).
 They share the envelope so that replay sees exactly what the live runtime sees.
 
 Must not import: faust, aiokafka, twilio, sendgrid, openai, fastapi, sqlalchemy.
@@ -203,19 +205,61 @@ class RenewalDoneData(Model):
     plan: Text
 
 
+SuppressionReason = Literal["stop", "bounce", "complaint", "unsubscribe", "unusable", "manual"]
+
+
 class ContactSuppressedData(Model):
-    """A channel the customer must no longer receive (STOP, bounce, complaint, unsubscribe)."""
+    """A channel (or one email list) the customer must no longer receive.
+
+    ``unusable``: the number or address cannot receive at all (Twilio 21211/21614/30005/30006,
+    a hard bounce); it is lifted when the profile gets a new one. ``list_id``: only that email
+    list (a SendGrid unsubscribe group), not the whole channel."""
 
     channel: Channel
-    reason: Literal["stop", "bounce", "complaint", "unsubscribe", "manual"]
+    reason: SuppressionReason
     address: Text | None = None
+    list_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
 
 
 class ContactUnsuppressedData(Model):
-    """A channel the customer may receive again (START, resubscribe)."""
+    """A channel (or one email list) the customer may receive again (START, resubscribe)."""
 
     channel: Channel
     reason: Literal["start", "resubscribe", "manual"]
+    address: Text | None = None
+    list_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+
+
+DeliveryStatus = Literal["queued", "sent", "delivered", "undelivered", "failed", "bounced"]
+
+
+class MessageStatusData(Model):
+    """What a provider (or the dispatcher) reported about one sent message.
+
+    ``error_code``: the provider's code (Twilio ``ErrorCode`` such as 30003, a dispatcher
+    reason such as ``suppressed``); ``provider_event``: the provider's own name for it
+    (SendGrid ``bounce``, ``dropped``...); ``detail``: its reason text."""
+
+    message_id: Id
+    channel: Channel
+    status: DeliveryStatus
+    attempt: Annotated[int, Field(ge=1)] = 1
+    provider: Text
+    provider_id: Text | None = None
+    error_code: Text | None = None
+    provider_event: Text | None = None
+    detail: Annotated[str, StringConstraints(max_length=1024)] | None = None
+
+
+class MessageReceivedData(Model):
+    """A message the customer sent us (an SMS reply)."""
+
+    channel: Literal["sms"]
+    from_address: Text
+    to_address: Text | None = None
+    body: Annotated[str, StringConstraints(max_length=1600)]
+    provider: Text
+    provider_id: Text | None = None
 
 
 class TimerFiredData(Model):
@@ -305,6 +349,20 @@ class ContactUnsuppressed(Envelope):
     data: ContactUnsuppressedData
 
 
+class MessageStatus(Envelope):
+    """``message.status`` (engine type, from provider callbacks and the dispatcher)"""
+
+    type: Literal["message.status"]
+    data: MessageStatusData
+
+
+class MessageReceived(Envelope):
+    """``message.received`` (engine type, from the inbound SMS webhook)"""
+
+    type: Literal["message.received"]
+    data: MessageReceivedData
+
+
 class TimerFired(Envelope):
     """``timer.fired`` (engine type, produced by the scheduler or the replay clock)"""
 
@@ -322,7 +380,13 @@ PUBLIC_TYPES: tuple[type[Envelope], ...] = (
     RenewalRenewed,
     RenewalCancelled,
 )
-ENGINE_TYPES: tuple[type[Envelope], ...] = (ContactSuppressed, ContactUnsuppressed, TimerFired)
+ENGINE_TYPES: tuple[type[Envelope], ...] = (
+    ContactSuppressed,
+    ContactUnsuppressed,
+    MessageStatus,
+    MessageReceived,
+    TimerFired,
+)
 
 Event: TypeAlias = (
     CustomerUpdated
@@ -335,6 +399,8 @@ Event: TypeAlias = (
     | RenewalCancelled
     | ContactSuppressed
     | ContactUnsuppressed
+    | MessageStatus
+    | MessageReceived
     | TimerFired
 )
 

@@ -118,6 +118,21 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "contact.unsuppressed": envelope(
         "contact.unsuppressed", {"channel": "email", "reason": "resubscribe"}
     ),
+    "message.status": envelope(
+        "message.status",
+        {
+            "message_id": "msg_1",
+            "channel": "sms",
+            "status": "undelivered",
+            "provider": "twilio",
+            "provider_id": "SM123",
+            "error_code": "30003",
+        },
+    ),
+    "message.received": envelope(
+        "message.received",
+        {"channel": "sms", "from_address": "+14155550100", "body": "STOP", "provider": "twilio"},
+    ),
     "timer.fired": envelope("timer.fired", {"timer_id": "tmr_1", "due_at": AT}),
 }
 PUBLIC = [m.model_fields["type"].annotation.__args__[0] for m in PUBLIC_TYPES]  # type: ignore[union-attr]
@@ -148,7 +163,7 @@ def altered(type_: str, **changes: Any) -> dict[str, Any]:
 
 def test_the_examples_cover_every_type() -> None:
     assert set(EXAMPLES) == set(EVENT_TYPES) == set(MODELS)
-    assert len(PUBLIC) == 8 and len(ENGINE_TYPES) == 3
+    assert len(PUBLIC) == 8 and len(ENGINE_TYPES) == 5
 
 
 @pytest.mark.parametrize("type_", EVENT_TYPES)

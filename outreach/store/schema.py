@@ -81,3 +81,50 @@ ledger = sa.Table(
     sa.Column("key", sa.String(255), primary_key=True),
     sa.Column("total", sa.Double, nullable=False),
 )
+
+# Address-level suppressions (STOP, bounces, complaints, unsubscribes), written by the webhooks
+# the moment they are received and checked by the dispatcher right before every send, so a
+# message decided before the customer's state caught up still never reaches the address.
+# ``list_id`` is '' for the whole channel, else one email list (a SendGrid unsubscribe group).
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("channel", sa.String(8), primary_key=True),
+    sa.Column("address", sa.String(320), primary_key=True),  # E.164 or lower-cased email
+    sa.Column("list_id", sa.String(64), primary_key=True),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("at", sa.Double, nullable=False),
+)
+
+# Which customers an address belongs to (inbound SMS name a number, not a customer); kept by
+# the worker from the customers' profiles, in the batch transaction.
+contacts = sa.Table(
+    "contacts",
+    metadata,
+    sa.Column("channel", sa.String(8), primary_key=True),
+    sa.Column("address", sa.String(320), primary_key=True),
+    sa.Column("customer_id", sa.String(128), primary_key=True),
+)
+
+# Provider callbacks already taken (Twilio MessageSid, SendGrid sg_event_id): a provider that
+# retries a webhook is answered 200 and nothing happens twice.
+inbound_seen = sa.Table(
+    "inbound_seen",
+    metadata,
+    sa.Column("source", sa.String(32), primary_key=True),
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("at", sa.Double, nullable=False),
+)
+sa.Index("inbound_seen_at", inbound_seen.c.at)
+
+# Engine-wide switches set at run time: a template paused on a channel after carrier
+# filtering (Twilio 30007), kill switches from the operator API. Read by the core through
+# the ledger port, written in the batch that decides them.
+controls = sa.Table(
+    "controls",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),  # template | tool | channel
+    sa.Column("name", sa.String(128), primary_key=True),  # e.g. "sms:renewal_offer"
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("at", sa.Double, nullable=False),
+)

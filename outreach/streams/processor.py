@@ -96,7 +96,7 @@ class _Collected:
             ))  # fmt: skip
         for delivery in decisions.deliveries:
             self.outbox.append((
-                f"msg:{delivery.message_id}", "delivery", delivery.customer_id,
+                delivery.key, "delivery", delivery.customer_id,
                 delivery.message_id, delivery.model_dump_json().encode(), 0.0,
             ))  # fmt: skip
         for timer in decisions.timers:

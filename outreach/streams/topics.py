@@ -35,6 +35,7 @@ from outreach.events import EVENT_TYPES
 _FAMILIES = {
     "customer": "customers",
     "contact": "customers",
+    "message": "customers",  # delivery outcomes and replies: facts about the customer
     "shipment": "shipments",
     "payment": "payments",
     "usage": "usage",

@@ -22,7 +22,10 @@ from alembic.migration import MigrationContext
 from outreach.store import Batch, PendingRecord, Store, StoreBusyError, TimerRow
 from outreach.store.schema import applied_offsets, customer_state, ledger, metadata
 
-TABLES = {"customer_state", "applied_offsets", "outbox", "timers", "pending_records", "ledger"}
+TABLES = {
+    "customer_state", "applied_offsets", "outbox", "timers", "pending_records", "ledger",
+    "suppressions", "contacts", "inbound_seen", "controls",
+}  # fmt: skip
 ONLY_POSTGRES = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 # For tests of paths with no PostgreSQL branch (plain updates, a rollback after the callback
 # raised): a fresh PostgreSQL database costs ~0.2 s, and the file must stay fast.
@@ -105,7 +108,7 @@ def test_migrate_again_keeps_the_data_and_one_version_row(store: Store) -> None:
     store.migrate()
     with store.engine.connect() as conn:
         versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-    assert versions == [("0002",)]
+    assert versions == [("0003",)]
     assert [r["idempotency_key"] for r in store.outbox_rows()] == ["k1"]
     assert store.run(lambda b: b.positions("g", [("payments", 0)])) == {("payments", 0): 4}
 
