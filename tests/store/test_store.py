@@ -132,7 +132,7 @@ def test_two_stores_migrating_the_same_empty_database_at_once_both_succeed(
         assert set(sa.inspect(stores[0].engine).get_table_names()) >= TABLES
         with stores[0].engine.connect() as conn:
             versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-        assert versions == [("0002",)]
+        assert versions == [("0003",)]
     finally:
         for made in stores:
             made.close()
