@@ -1,10 +1,13 @@
 """The channel port: how a decided message reaches a phone or an inbox.
 
-Port: ``Channel.send(delivery, key) -> SendResult``. ``key`` is the delivery's idempotency key
-(``msg:<message_id>``); a channel passes it to the provider where the provider supports one and
-otherwise answers ``sent_before(key)`` from the provider's own records, so that a dispatcher
-retrying after a crash never sends twice. Errors: ``TransientDeliveryError(retry_after=...)``
-or ``PermanentDeliveryError``.
+Port: ``Channel.send(delivery, key, retry=False) -> SendResult``. ``key`` is the delivery's
+idempotency key (``msg:<message_id>``, ``msg:<message_id>#<attempt>``); a channel passes it to
+the provider where the provider supports one. ``retry=True`` says an earlier try of this key
+may have reached the provider (the dispatcher crashed or timed out before marking it): a
+channel whose provider has no idempotency key looks the message up in the provider's own
+records first, so that it is never sent twice. Errors: ``TransientDeliveryError(retry_after=,
+code=)`` or ``PermanentDeliveryError(code=)``; ``code`` is the provider's error code, which
+``outreach.outbound.feedback`` maps to a policy change.
 
 ``FileChannel`` is the embedded default and the test double: it appends each message to a JSONL
 file, at most once per key (across processes). Provider channels (Twilio, SendGrid) come in
@@ -39,7 +42,7 @@ class SendResult(BaseModel):
 class Channel(Protocol):
     """Sends deliveries; raises ``TransientDeliveryError`` / ``PermanentDeliveryError``."""
 
-    async def send(self, delivery: Delivery, key: str) -> SendResult:
+    async def send(self, delivery: Delivery, key: str, retry: bool = False) -> SendResult:
         """Hand ``delivery`` to the provider, at most once per ``key``."""
         ...
 
@@ -55,8 +58,8 @@ class FileChannel:
         """Raise these errors, in order, on the next sends (fault tests)."""
         self._failures.extend(errors)
 
-    async def send(self, delivery: Delivery, key: str) -> SendResult:
-        """Append the message unless ``key`` was written before."""
+    async def send(self, delivery: Delivery, key: str, retry: bool = False) -> SendResult:
+        """Append the message unless ``key`` was written before (so ``retry`` changes nothing)."""
         if self._failures:
             raise self._failures.pop(0)
         record, written = self.log.append_once(
