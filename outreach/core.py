@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from outreach.agents.aftercare import Aftercare
 from outreach.agents.executor import Executor
 from outreach.agents.guardrails import Guardrails, Ledger
 from outreach.decisions import Decisions
@@ -24,6 +25,8 @@ from outreach.events import (
     ContactUnsuppressed,
     CustomerUpdated,
     Event,
+    MessageReceived,
+    MessageStatus,
     TimerFired,
 )
 from outreach.outbound.policy import ContactPolicy
@@ -35,6 +38,7 @@ from outreach.state import CustomerState
 DAY = 86400.0
 PRUNE_EVERY = 2 * DAY  # housekeeping per customer; ids are kept dedup_window + at most this
 _CONTACT_FACTS = frozenset({"customer.updated", "contact.suppressed", "contact.unsuppressed"})
+_ADDRESS = frozenset({"bounce", "unusable"})  # suppressions of an address, not of a person
 
 
 class DecisionCore:
@@ -51,7 +55,10 @@ class DecisionCore:
             frozenset(policy.guardrails.kill_switches.channels),
             policy.brand.model_dump(),
         )
-        self.executor = Executor(self.guardrails, self.contact, book.playbooks, dict(policy.links))
+        self.aftercare = Aftercare(self.contact, frozenset(policy.guardrails.kill_switches.tools))
+        self.executor = Executor(
+            self.guardrails, self.contact, book.playbooks, dict(policy.links), self.aftercare
+        )
         self.dedup_window = policy.engine.dedup_window.total_seconds()
         self.state_ttl = policy.engine.state_ttl.total_seconds()
         self.effect_memory = policy.guardrails.effect_memory.total_seconds()
@@ -115,6 +122,10 @@ class DecisionCore:
         rules = self.rules
         if etype in _CONTACT_FACTS:
             self._apply_contact_facts(event, state)
+        elif isinstance(event, MessageStatus):
+            self.aftercare.on_status(event, state, shared, now, out)
+        elif isinstance(event, MessageReceived):
+            self.aftercare.on_reply(event, state, shared, now, out)
         if etype in self._ingested:
             ingest(rules, state.rules, event, occurred)
         if etype in rules.cancels:
@@ -137,12 +148,26 @@ class DecisionCore:
             close_baselines(rules, opened)
 
     def _apply_contact_facts(self, event: Event, state: CustomerState) -> None:
+        contact = state.contact
         if isinstance(event, CustomerUpdated):
+            phone, email = state.profile.phone, state.profile.email
             state.profile.apply(event.data)
+            # a number or address that could not receive says nothing about its successor;
+            # an opt-out (STOP, unsubscribe, complaint) stays: it was the person's choice
+            if state.profile.phone != phone and contact.suppressed.get("sms") == "unusable":
+                del contact.suppressed["sms"]
+            if state.profile.email != email and contact.suppressed.get("email") in _ADDRESS:
+                del contact.suppressed["email"]
         elif isinstance(event, ContactSuppressed):
-            state.contact.suppressed[event.data.channel] = event.data.reason
+            if event.data.list_id is not None:
+                contact.lists[event.data.list_id] = event.data.reason
+            else:
+                contact.suppressed[event.data.channel] = event.data.reason
         elif isinstance(event, ContactUnsuppressed):
-            state.contact.suppressed.pop(event.data.channel, None)
+            if event.data.list_id is not None:
+                contact.lists.pop(event.data.list_id, None)
+            else:
+                contact.suppressed.pop(event.data.channel, None)
 
     def _cancel(self, event: Event, state: CustomerState, now: datetime, out: Decisions) -> None:
         cancels = self.rules.cancels.get(event.type)
@@ -175,6 +200,8 @@ class DecisionCore:
             _forget_older(agents.effects, now - self.effect_memory)
         if state.contact.marketing or state.contact.notices:
             state.contact.prune(now, self.contact_memory)
+        if state.contact.sent:
+            self.aftercare.prune(state, now)
         if state.rules.cooldowns:
             _forget_older(state.rules.cooldowns, now - self.cooldown_memory)
 

@@ -66,6 +66,28 @@ class MessageRecord(BaseModel):
     checks: list[dict[str, str]] = []
 
 
+class DeliveryRecord(BaseModel):
+    """One delivery outcome of one message attempt (``deliveries.jsonl``), and what the
+    engine did about it (``reaction``: suppressed the number, sent it by email...)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message_id: str
+    customer_id: str
+    channel: str
+    attempt: int
+    status: str  # queued | sent | delivered | undelivered | failed | bounced
+    at: datetime
+    provider: str
+    provider_id: str | None = None
+    error_code: str | None = None
+    provider_event: str | None = None
+    detail: str | None = None
+    applied: bool = True  # False: out of order or for an older attempt; the state kept
+    reaction: str = ""
+    alert: bool = False  # an operator must look (a template paused after carrier filtering)
+
+
 class Delivery(BaseModel):
     """A message to hand to a channel now (what the outbound dispatcher sends).
 
@@ -112,7 +134,8 @@ class Decisions:
     A plain slotted class, not a dataclass: one is built per event on the hot path."""
 
     __slots__ = (
-        "signals", "actions", "messages", "timers", "effects", "deliveries", "errors", "duplicate",
+        "signals", "actions", "messages", "timers", "effects", "deliveries", "receipts",
+        "errors", "duplicate",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -122,6 +145,7 @@ class Decisions:
         self.timers: list[Timer] = []
         self.effects: list[Effect] = []
         self.deliveries: list[Delivery] = []
+        self.receipts: list[DeliveryRecord] = []  # delivery outcomes reported back
         self.errors: list[RuleRuntimeError] = []  # rules that raised
         self.duplicate = False  # the event had been processed before; nothing was done
 
@@ -129,5 +153,5 @@ class Decisions:
         """Whether anything was decided (records, timers or effects)."""
         return bool(
             self.signals or self.actions or self.messages or self.timers or self.effects
-            or self.errors
+            or self.receipts or self.errors
         )  # fmt: skip

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from outreach.agents.aftercare import Aftercare
 from outreach.agents.announcing import (
     MessageChoice,
     announced,
@@ -57,11 +58,13 @@ class Executor:
         policy: ContactPolicy,
         rules: dict[str, RulePlaybook],
         links: dict[str, str],
+        aftercare: Aftercare,
     ) -> None:
         self.guardrails = guardrails
         self.policy = policy
         self.rules = rules
         self.links = links
+        self.aftercare = aftercare
 
     # -- signals --------------------------------------------------------------------------
     def run(
@@ -123,7 +126,9 @@ class Executor:
                     now,
                     out,
                 )
-        choices = {m.ref: self._decide_message(signal, m, verdicts, cs, now) for m in plan.messages}
+        choices = {
+            m.ref: self._decide_message(signal, m, verdicts, cs, shared, now) for m in plan.messages
+        }
         waiting: dict[str, list[str]] = {}
         for action in plan.actions:
             if action.announce is None:
@@ -167,6 +172,7 @@ class Executor:
         planned: PlannedMessage,
         verdicts: dict[str, Verdict],
         cs: CustomerState,
+        shared: Ledger,
         now: datetime,
     ) -> MessageChoice | None:
         """The policy's verdict on a planned message, or on its fallback when it cannot go."""
@@ -182,12 +188,12 @@ class Executor:
         msg = outbound(signal.signal_id, signal.rule_id, signal.category, chosen)
         if cs.contact.notices.get(msg.notice, (0.0, ""))[1] == msg.message_id:
             return None  # already decided once (a duplicate signal); never twice
-        decision = self.policy.decide(msg, cs.profile, cs.contact, now)
+        decision = self.policy.decide(msg, cs.profile, cs.contact, now, shared)
         if chosen is planned and not decision.deliverable and planned.fallback is not None:
             why = f"{planned.purpose} version not possible ({decision.reason})"
             chosen = planned.fallback
             msg = outbound(signal.signal_id, signal.rule_id, signal.category, chosen)
-            decision = self.policy.decide(msg, cs.profile, cs.contact, now)
+            decision = self.policy.decide(msg, cs.profile, cs.contact, now, shared)
         if why:
             decision.checks.insert(0, {"check": "fallback", "result": "used", "detail": why})
         return MessageChoice(planned, chosen, msg, decision, why)
@@ -268,7 +274,10 @@ class Executor:
         requires: list[str] | None = None,
     ) -> None:
         self.policy.commit(msg, decision, cs.contact, now.timestamp())
-        record_message(out, msg, decision, cs.customer_id)
+        marketing_list = self.policy.config.marketing_list
+        record_message(out, msg, decision, cs.customer_id, marketing_list=marketing_list)
+        if decision.status == "sent":
+            self.aftercare.track(msg, decision, entity_name, cs, now.timestamp())
         if decision.status != "deferred":
             return
         timer_id = self._timer(cs, "message", msg.message_id, decision.send_at, out)
@@ -362,6 +371,9 @@ class Executor:
         if ref.kind == "action":
             self._fire_action(ref.ref, cs, shared, now, out)
             return
+        if ref.kind == "resend":
+            self.aftercare.fire(ref.ref, cs, shared, now, out)
+            return
         deferred = cs.contact.deferred.pop(ref.ref, None)
         if deferred is not None:
             self._fire_message(deferred, cs, shared, now, out)
@@ -382,7 +394,7 @@ class Executor:
                 "suppressed", self._held_channel(deferred), None, blocked, now
             )
         else:
-            decision = self.policy.decide(msg, cs.profile, cs.contact, now)
+            decision = self.policy.decide(msg, cs.profile, cs.contact, now, shared)
         if decision.status == "deferred":
             self._commit_message(
                 msg, decision, deferred.entity, cs, now, out,
@@ -400,7 +412,7 @@ class Executor:
         if deferred.fallback is not None:
             planned = PlannedMessage(**deferred.fallback)
             fallback = outbound(deferred.signal_id, deferred.rule_id, deferred.category, planned)
-            choice = self.policy.decide(fallback, cs.profile, cs.contact, now)
+            choice = self.policy.decide(fallback, cs.profile, cs.contact, now, shared)
             why = f"{msg.purpose} version not sent ({decision.reason})"
             choice.checks.insert(0, {"check": "fallback", "result": "used", "detail": why})
             self._commit_message(fallback, choice, deferred.entity, cs, now, out)

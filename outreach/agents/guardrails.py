@@ -87,7 +87,8 @@ class GuardrailsConfig(_Config):
 
 
 class Ledger(Protocol):
-    """Counters shared by all customers (global daily budgets): the port the guardrails use."""
+    """What all customers share: global daily budgets (the guardrails) and run-time controls
+    such as a template paused on a channel after carrier filtering (the contact policy)."""
 
     def total(self, key: str) -> float:
         """Spent so far under ``key``."""
@@ -95,6 +96,14 @@ class Ledger(Protocol):
 
     def add(self, key: str, amount: float) -> None:
         """Spend ``amount`` under ``key``."""
+        ...
+
+    def control(self, kind: str, name: str) -> str | None:
+        """Why ``name`` of ``kind`` is switched off, or ``None``."""
+        ...
+
+    def set_control(self, kind: str, name: str, reason: str) -> None:
+        """Switch ``name`` of ``kind`` off (kept until an operator lifts it)."""
         ...
 
 
@@ -104,6 +113,7 @@ class SharedLedger:
 
     def __init__(self) -> None:
         self.totals: dict[str, float] = {}
+        self.controls: dict[tuple[str, str], str] = {}
 
     def total(self, key: str) -> float:
         """Spent so far under ``key``."""
@@ -112,6 +122,14 @@ class SharedLedger:
     def add(self, key: str, amount: float) -> None:
         """Spend ``amount`` under ``key``."""
         self.totals[key] = self.totals.get(key, 0.0) + amount
+
+    def control(self, kind: str, name: str) -> str | None:
+        """Why ``name`` of ``kind`` is switched off, or ``None``."""
+        return self.controls.get((kind, name))
+
+    def set_control(self, kind: str, name: str, reason: str) -> None:
+        """Switch ``name`` of ``kind`` off."""
+        self.controls[(kind, name)] = reason
 
 
 @dataclass

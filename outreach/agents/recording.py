@@ -52,9 +52,15 @@ def effect(oa: OpenAction, customer_id: str) -> Effect:
 
 
 def record_message(
-    out: Decisions, msg: OutboundMessage, decision: MessageDecision, customer_id: str
+    out: Decisions,
+    msg: OutboundMessage,
+    decision: MessageDecision,
+    customer_id: str,
+    attempt: int = 1,
+    marketing_list: str | None = None,
 ) -> None:
-    """Append the message's new status, and its delivery if it is sent now."""
+    """Append the message's new status, and its delivery if it is sent now (``attempt``:
+    the how-manieth time; ``marketing_list``: the email list of marketing mail)."""
     rendered = decision.rendered
     segments = rendered.segments if rendered else None
     out.messages.append(
@@ -89,6 +95,13 @@ def record_message(
                 purpose=msg.purpose,
                 subject=rendered.subject,
                 body=rendered.body,
+                template=msg.template,
+                attempt=attempt,
+                list_id=(
+                    marketing_list
+                    if msg.purpose == "marketing" and decision.channel == "email"
+                    else None
+                ),
             )  # fmt: skip
         )
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +23,7 @@ from outreach.errors import TemplateRenderError
 from outreach.events import Locale, Timezone
 from outreach.outbound.state import ContactState
 from outreach.outbound.templates import Rendered, TemplateCatalog
+from outreach.outbound.unsubscribe import MARKETING_LIST, UNSUBSCRIBE_MARKER
 from outreach.rules.durations import Duration, format_duration
 from outreach.rules.state import Profile
 
@@ -62,6 +63,24 @@ class ChannelOrder(_Config):
     marketing: list[Channel] = Field(min_length=1)
 
 
+_HELP = (
+    "{brand}: alerts about your orders, payments and plan, up to 10 msgs/month. "
+    "Help: {support_url} or {support_email}. Msg & data rates may apply. "
+    "Reply STOP to opt out."
+)
+
+
+class KeywordReplies(_Config):
+    """The SMS answers to STOP, START and HELP ({brand}, {support_url}, {support_email})."""
+
+    stop: str = (
+        "{brand}: you are unsubscribed and will receive no more messages. "
+        "Reply START to resubscribe."
+    )
+    start: str = "{brand}: you are subscribed again. Reply HELP for help, STOP to opt out."
+    help: str = _HELP
+
+
 class ContactPolicyConfig(_Config):
     """The ``contact:`` section of ``rules/policy.yaml``."""
 
@@ -72,6 +91,17 @@ class ContactPolicyConfig(_Config):
     no_marketing_after_service_failure: Duration
     channels: ChannelOrder
     notice_dedup: Duration
+    # the email list marketing mail belongs to: with SendGrid, the unsubscribe group id
+    marketing_list: str = Field(default=MARKETING_LIST, min_length=1, max_length=64)
+    keywords: KeywordReplies = KeywordReplies()
+
+
+class Controls(Protocol):
+    """Engine-wide switches set at run time (a template paused after carrier filtering)."""
+
+    def control(self, kind: str, name: str) -> str | None:
+        """Why ``name`` of ``kind`` is switched off, or ``None``."""
+        ...
 
 
 @dataclass
@@ -131,9 +161,19 @@ class ContactPolicy:
         return _zone(profile.timezone or self.config.default_timezone)
 
     def decide(
-        self, msg: OutboundMessage, profile: Profile, contact: ContactState, now: datetime
+        self,
+        msg: OutboundMessage,
+        profile: Profile,
+        contact: ContactState,
+        now: datetime,
+        controls: Controls | None = None,
+        resend: bool = False,
     ) -> MessageDecision:
-        """Judge ``msg`` at ``now``; changes nothing."""
+        """Judge ``msg`` at ``now``; changes nothing.
+
+        ``resend``: the message went out once already and must go again (a carrier retry,
+        another channel after an unusable number): dedup, priority and caps judged it then;
+        consent, suppression, kill switches and quiet hours are judged again now."""
         checks: list[dict[str, str]] = []
         order = getattr(self.config.channels, msg.purpose)
         now_ts = now.timestamp()
@@ -144,13 +184,20 @@ class ContactPolicy:
 
         seen = contact.notices.get(msg.notice)
         window = self.config.notice_dedup.total_seconds()
-        if seen is not None and seen[1] != msg.message_id and now_ts - seen[0] < window:
+        if (
+            not resend
+            and seen is not None
+            and seen[1] != msg.message_id
+            and now_ts - seen[0] < window
+        ):
             return refuse("suppressed", "dedup", f"duplicate notice: already sent as {seen[1]}")
-        if msg.purpose == "marketing":
+        if msg.purpose == "marketing" and not resend:
             blackout = self._after_service_failure(contact, now_ts)
             if blackout:
                 return refuse("suppressed", "priority", blackout)
-        channel, to, rendered, why_not = self._choose(msg, profile, contact, order, checks)
+        channel, to, rendered, why_not = self._choose(
+            msg, profile, contact, order, checks, controls
+        )
         if channel is None:
             return refuse("suppressed", "channel", "no channel may carry it: " + "; ".join(why_not))
         tz = self.timezone(profile)
@@ -161,7 +208,7 @@ class ContactPolicy:
             )
             checks.append({"check": "quiet_hours", "result": "defer", "detail": detail})
             return MessageDecision("deferred", channel, to, detail, resume, rendered, checks)
-        if msg.purpose == "marketing":
+        if msg.purpose == "marketing" and not resend:
             capped = self._capped(contact, now, tz)
             if capped:
                 checks.append({"check": "frequency_cap", "result": "fail", "detail": capped})
@@ -185,10 +232,14 @@ class ContactPolicy:
         contact: ContactState,
         order: list[str],
         checks: list[dict[str, str]],
+        controls: Controls | None = None,
     ) -> tuple[str | None, str | None, Rendered | None, list[str]]:
         why_not: list[str] = []
         for channel in order:
             problem = self._channel_problem(channel, msg.purpose, profile, contact, msg.template)
+            if problem is None and controls is not None:
+                paused = controls.control("template", f"{channel}:{msg.template}")
+                problem = f"template paused on {channel} ({paused})" if paused else None
             rendered = None
             if problem is None:
                 rendered, problem = self._render(msg, channel, profile)
@@ -219,6 +270,9 @@ class ContactPolicy:
                 return "no email address"
             if purpose == "marketing" and not profile.email_marketing:
                 return "no email marketing consent"
+            if purpose == "marketing" and self.config.marketing_list in contact.lists:
+                left = contact.lists[self.config.marketing_list]
+                return f"left the {self.config.marketing_list} list ({left})"
         if not self.templates.has(template, channel):
             return f"template {template} has no {channel} variant"
         return None
@@ -233,6 +287,8 @@ class ContactPolicy:
             "brand": self.brand,
             "customer": {"timezone": tz, "locale": locale, "tier": profile.tier},
         }
+        if channel == "email":  # the channel puts the signed link in its place
+            context["unsubscribe_url"] = UNSUBSCRIBE_MARKER
         try:
             rendered = self.templates.render(msg.template, channel, locale, context)
         except TemplateRenderError as exc:

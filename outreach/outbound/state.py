@@ -28,6 +28,29 @@ class DeferredMessage(msgspec.Struct, kw_only=True):
     fallback: dict[str, Any] | None = None  # the message to send if this one cannot go
 
 
+class SentMessage(msgspec.Struct, kw_only=True):
+    """A message handed to a channel, kept while its delivery outcome may still change what
+    we do (a carrier retry, email instead of an unusable number): what to send again, and the
+    delivery state machine ``queued -> sent -> delivered | undelivered | failed | bounced``."""
+
+    message_id: str
+    signal_id: str
+    rule_id: str
+    entity: str
+    template: str
+    purpose: str
+    context: dict[str, Any]
+    notice: str
+    category: str
+    channel: str
+    to: str
+    attempt: int = 1
+    status: str = "queued"
+    sent_at: float = 0.0
+    carrier_retries: int = 0  # sends again after Twilio 30003/30008
+    timer_id: str = ""  # a send again waiting (backoff, quiet hours)
+
+
 class ContactState(msgspec.Struct, kw_only=True):
     """What the contact policy remembers about one customer."""
 
@@ -36,6 +59,10 @@ class ContactState(msgspec.Struct, kw_only=True):
     service_failure_at: float | None = None  # when the last service-failure message was sent
     notices: dict[str, tuple[float, str]] = msgspec.field(default_factory=dict)
     deferred: dict[str, DeferredMessage] = msgspec.field(default_factory=dict)
+    lists: dict[str, str] = msgspec.field(default_factory=dict)  # email list -> why left
+    sent: dict[str, SentMessage] = msgspec.field(default_factory=dict)  # awaiting outcome
+    # the last SMS exchanged, oldest first: (epoch seconds, "in" | "out", text)
+    conversation: list[tuple[float, str, str]] = msgspec.field(default_factory=list)
 
     def prune(self, now: float, keep: float) -> None:
         """Forget sends and notices older than ``keep`` seconds."""

@@ -18,6 +18,8 @@ from sqlalchemy.engine import Connection
 
 from outreach.store.schema import (
     applied_offsets,
+    contacts,
+    controls,
     customer_state,
     ledger,
     outbox,
@@ -43,6 +45,25 @@ class StoreLedger:
         self._batch = batch
         self._totals: dict[str, float] = {}
         self._dirty: set[str] = set()
+        self._controls: dict[tuple[str, str], str] | None = None  # read once per batch
+        self._new_controls: dict[tuple[str, str], str] = {}
+
+    def _read_controls(self) -> dict[tuple[str, str], str]:
+        if self._controls is None:
+            query = sa.select(controls.c.kind, controls.c.name, controls.c.reason)
+            self._controls = {
+                (str(k), str(n)): str(r) for k, n, r in self._batch.conn.execute(query)
+            }
+        return self._controls
+
+    def control(self, kind: str, name: str) -> str | None:
+        """Why ``name`` of ``kind`` is switched off, or ``None`` (as of this batch)."""
+        return self._read_controls().get((kind, name))
+
+    def set_control(self, kind: str, name: str, reason: str) -> None:
+        """Switch ``name`` of ``kind`` off (written by ``flush``)."""
+        self._read_controls()[(kind, name)] = reason
+        self._new_controls[(kind, name)] = reason
 
     def total(self, key: str) -> float:
         """Spent so far under ``key`` (locks the row until the transaction ends)."""
@@ -70,6 +91,13 @@ class StoreLedger:
         if rows:
             self._batch.upsert(ledger, rows, ["key"], ["total"])
         self._dirty.clear()
+        switched = [
+            {"kind": k, "name": n, "reason": r, "at": self._batch.now}
+            for (k, n), r in sorted(self._new_controls.items())
+        ]
+        if switched:
+            self._batch.upsert(controls, switched, ["kind", "name"], ["reason", "at"])
+        self._new_controls.clear()
 
 
 class Batch:
@@ -219,6 +247,21 @@ class Batch:
             self.conn.execute(
                 sa.delete(timers).where(timers.c.timer_id.in_(ids[start : start + 500]))
             )
+
+    def set_addresses(
+        self, gone: Sequence[dict[str, str]], added: Sequence[dict[str, str]]
+    ) -> None:
+        """Update the address book (``contacts``) for changed profiles."""
+        for row in gone:
+            self.conn.execute(
+                sa.delete(contacts).where(
+                    contacts.c.channel == row["channel"],
+                    contacts.c.address == row["address"],
+                    contacts.c.customer_id == row["customer_id"],
+                )
+            )
+        if added:
+            self._insert_new(contacts, list(added), ["channel", "address", "customer_id"])
 
     def add_records(self, rows: Iterable[tuple[str, bytes | None, bytes]]) -> None:
         """Queue (logical topic, key, value) records for the relay to Kafka, in order."""

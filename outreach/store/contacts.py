@@ -37,7 +37,7 @@ class Contacts:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def _insert(self, table: sa.Table) -> sa.Insert:
+    def _insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
         return postgresql.insert(table) if self.store.postgres else sqlite.insert(table)
 
     # -- suppressions ---------------------------------------------------------------------

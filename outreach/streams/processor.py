@@ -33,6 +33,7 @@ from outreach.decisions import Decisions
 from outreach.events import Event, TimerFired, TimerFiredData
 from outreach.state import CustomerState
 from outreach.store import Batch, Store, TimerRow
+from outreach.store.contacts import address_rows
 from outreach.streams.codec import DeadLetter, Record, dead_letter_value, decode, record_value
 
 log = logging.getLogger(__name__)
@@ -185,16 +186,27 @@ class BatchProcessor:
         customers = dict.fromkeys(e.customer_id for e in events)  # arrival order
         stored = batch.lock_states(customers)
         states: dict[str, CustomerState] = {}
+        before: dict[str, list[tuple[str, str]]] = {}
         clock = _Clock(self.core, batch, out)
         for customer_id in customers:
             raw = stored.get(customer_id)
             state = self.core.new_state(customer_id) if raw is None else self._decode_state(raw)
             states[customer_id] = state
+            before[customer_id] = _addresses(state)
             clock.watch(state)
         events.sort(key=lambda e: e.occurred_at)  # stable: ties keep arrival order
         for event in events:
             clock.evaluate(event, states[event.customer_id])
         batch.save_states({c: self._encode(s) for c, s in states.items()})
+        gone: list[dict[str, str]] = []
+        added: list[dict[str, str]] = []
+        for customer_id, state in states.items():
+            now_has = _addresses(state)
+            if now_has != before[customer_id]:
+                old, new = address_rows(customer_id, before[customer_id], now_has)
+                gone += old
+                added += new
+        batch.set_addresses(gone, added)
         batch.add_outbox(out.outbox)
         batch.schedule_timers(out.timers)
         batch.drop_timers(out.fired)
@@ -203,6 +215,17 @@ class BatchProcessor:
             self.group, {tp: max(o, applied.get(tp, 0)) for tp, o in positions.items()}
         )
         return result
+
+
+def _addresses(state: CustomerState) -> list[tuple[str, str]]:
+    """The customer's addresses per channel (for the address book of inbound webhooks)."""
+    profile = state.profile
+    found = []
+    if profile.phone:
+        found.append(("sms", profile.phone))
+    if profile.email:
+        found.append(("email", profile.email))
+    return found
 
 
 class _Clock:

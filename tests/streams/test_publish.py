@@ -107,6 +107,8 @@ def test_every_event_type_has_its_topic() -> None:
         "renewal.cancelled": "p.renewals",
         "contact.suppressed": "p.customers",
         "contact.unsuppressed": "p.customers",
+        "message.status": "p.customers",
+        "message.received": "p.customers",
         "timer.fired": "p.timers",
     }
     assert topics.topic_for("shipment.created") == "p.shipments"  # the engine dead-letters it

@@ -1,0 +1,384 @@
+"""After a message is sent: delivery outcomes and the customer's replies, inside the core.
+
+Delivery (``message.status``): each sent message is tracked through ``queued -> sent ->
+delivered | undelivered | failed | bounced`` (a report that would move it backwards, or that
+is about an older attempt, is recorded but changes nothing; a late ``bounced`` after
+``delivered`` counts). Failures change the policy, as ``outreach.outbound.feedback`` maps
+them: an opted-out number (21610) is suppressed; an unusable number (21211, 21614, 30005,
+30006) is suppressed as ``unusable`` and the message goes again on the next allowed channel
+(email); carrier filtering (30007) pauses the template on SMS engine-wide, raises an alert and
+sends the message by email; a carrier hiccup (30003, 30008) sends it again after a backoff,
+at most twice; an email bounce, or a drop for a bounced, unsubscribed or spam-reporting
+address, suppresses email. Sending again re-judges the message (consent, suppression, quiet
+hours, kill switches) but not dedup, priority or caps: those judged it when it first went.
+
+Replies (``message.received``): STOP words suppress SMS and send one confirmation (the first
+time; a number already stopped gets nothing more); START/UNSTOP resubscribe and confirm;
+HELP/INFO answer with the help text; anything else goes to a person (``escalate_to_human``
+with the conversation attached). Keyword answers are compliance replies: they go even to a
+suppressed number and in quiet hours, because the customer just wrote to us.
+
+Must not import: faust, aiokafka, twilio, sendgrid, openai, fastapi, sqlalchemy.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from outreach.agents.connectors import Effect
+from outreach.agents.guardrails import Ledger
+from outreach.agents.recording import record_message
+from outreach.decisions import (
+    ActionRecord,
+    Decisions,
+    Delivery,
+    DeliveryRecord,
+    MessageRecord,
+    Timer,
+)
+from outreach.events import MessageReceived, MessageStatus
+from outreach.ids import make_id
+from outreach.outbound.feedback import MAX_CARRIER_RETRIES, dropped_suppression, twilio_reaction
+from outreach.outbound.keywords import classify
+from outreach.outbound.policy import ContactPolicy, MessageDecision, OutboundMessage
+from outreach.outbound.state import SentMessage
+from outreach.state import CustomerState, TimerRef
+
+_RANK = {"queued": 0, "sent": 1, "delivered": 2, "undelivered": 2, "failed": 2, "bounced": 2}
+_FAILED = frozenset({"undelivered", "failed", "bounced"})
+CARRIER_RETRY_BASE = 300.0  # seconds before the first send again after 30003/30008
+SENT_MEMORY = 3 * 86400.0  # a sent message's outcome is awaited this long (late bounces: 72h)
+CONVERSATION_LENGTH = 20
+ESCALATE = "escalate_to_human"
+
+
+def advances(old: str, new: str) -> bool:
+    """Whether a report of ``new`` moves a message in state ``old`` forward."""
+    if old == "delivered" and new == "bounced":
+        return True  # an email can bounce after the receiving server accepted it
+    return _RANK.get(new, -1) > _RANK.get(old, 3)
+
+
+class Aftercare:
+    """Delivery outcomes and replies for one contact policy."""
+
+    def __init__(self, policy: ContactPolicy, killed_tools: frozenset[str]) -> None:
+        self.policy = policy
+        self.killed_tools = killed_tools
+
+    # -- tracking -------------------------------------------------------------------------
+    def track(
+        self,
+        msg: OutboundMessage,
+        decision: MessageDecision,
+        entity: str,
+        cs: CustomerState,
+        now: float,
+    ) -> None:
+        """Remember a message just sent, until its outcome is known."""
+        if decision.to is None:
+            return
+        cs.contact.sent[msg.message_id] = SentMessage(
+            message_id=msg.message_id, signal_id=msg.signal_id, rule_id=msg.rule_id,
+            entity=entity, template=msg.template, purpose=msg.purpose, context=msg.context,
+            notice=msg.notice, category=msg.category, channel=decision.channel,
+            to=decision.to, sent_at=now,
+        )  # fmt: skip
+        if decision.channel == "sms" and decision.rendered is not None:
+            self._converse(cs, now, "out", decision.rendered.body)
+
+    def prune(self, cs: CustomerState, now: float) -> None:
+        """Stop waiting for outcomes of messages sent long ago."""
+        for message_id, sent in list(cs.contact.sent.items()):
+            if now - sent.sent_at > SENT_MEMORY and not sent.timer_id:
+                del cs.contact.sent[message_id]
+
+    # -- delivery outcomes ----------------------------------------------------------------
+    def on_status(
+        self, event: MessageStatus, cs: CustomerState, shared: Ledger, now: datetime, out: Decisions
+    ) -> None:
+        """Move the message's delivery state and react to a failure."""
+        d = event.data
+        sent = cs.contact.sent.get(d.message_id)
+        current = sent is not None and sent.attempt == d.attempt and sent.channel == d.channel
+        applied = sent is not None and current and advances(sent.status, d.status)
+        reactions: list[str] = []
+        alert = False
+        if sent is not None and applied:
+            sent.status = d.status
+        if d.status in _FAILED:
+            if d.channel == "sms":
+                alert = self._sms_failure(event, sent if applied else None, cs, shared, now, out,
+                                          reactions)  # fmt: skip
+            else:
+                self._email_failure(event, cs, reactions)
+        if sent is not None and applied and _RANK[sent.status] == 2 and not sent.timer_id:
+            cs.contact.sent.pop(d.message_id, None)  # final: nothing more to wait for
+        out.receipts.append(
+            DeliveryRecord(
+                message_id=d.message_id,
+                customer_id=cs.customer_id,
+                channel=d.channel,
+                attempt=d.attempt,
+                status=d.status,
+                at=now,
+                provider=d.provider,
+                provider_id=d.provider_id,
+                error_code=d.error_code,
+                provider_event=d.provider_event,
+                detail=d.detail,
+                applied=applied,
+                reaction="; ".join(reactions),
+                alert=alert,
+            )  # fmt: skip
+        )
+
+    def _sms_failure(
+        self,
+        event: MessageStatus,
+        sent: SentMessage | None,
+        cs: CustomerState,
+        shared: Ledger,
+        now: datetime,
+        out: Decisions,
+        reactions: list[str],
+    ) -> bool:
+        """React to an SMS that did not arrive; returns whether to alert an operator."""
+        code = event.data.error_code
+        reaction = twilio_reaction(code)
+        if reaction == "suppress":
+            cs.contact.suppressed["sms"] = "stop"
+            reactions.append(f"SMS suppressed: the number opted out ({code})")
+        elif reaction == "unusable":
+            cs.contact.suppressed["sms"] = "unusable"
+            reactions.append(f"SMS suppressed: number unusable ({code})")
+            if sent is not None:
+                reactions.append(self._send_again(sent, cs, shared, now, out, f"number {code}"))
+        elif reaction == "pause" and sent is not None:
+            reason = f"carrier filtering ({code}) on {sent.message_id}"
+            shared.set_control("template", f"sms:{sent.template}", reason)
+            reactions.append(f"ALERT: template {sent.template} paused on SMS ({reason})")
+            reactions.append(self._send_again(sent, cs, shared, now, out, f"SMS filtered {code}"))
+            return True
+        elif reaction == "retry" and sent is not None:
+            if sent.carrier_retries >= MAX_CARRIER_RETRIES:
+                reactions.append(f"not sent again: {MAX_CARRIER_RETRIES} carrier retries used")
+            else:
+                sent.carrier_retries += 1
+                delay = _backoff(sent.message_id, sent.carrier_retries)
+                due = now + timedelta(seconds=delay)
+                self._schedule(sent, cs, due, out)
+                reactions.append(
+                    f"sending again at {due.astimezone(UTC):%H:%M:%S}Z "
+                    f"(carrier retry {sent.carrier_retries} of {MAX_CARRIER_RETRIES}, {code})"
+                )
+        return False
+
+    def _email_failure(self, event: MessageStatus, cs: CustomerState, reactions: list[str]) -> None:
+        d = event.data
+        reason = None
+        if d.status == "bounced":
+            reason = "bounce"
+        elif d.status == "failed" and d.provider_event == "dropped":
+            reason = dropped_suppression(d.detail)
+        if reason is not None:
+            cs.contact.suppressed["email"] = reason
+            reactions.append(f"email suppressed ({reason})")
+
+    def _schedule(
+        self, sent: SentMessage, cs: CustomerState, due: datetime, out: Decisions
+    ) -> None:
+        timer_id = make_id(
+            "tmr", "resend", sent.message_id, str(sent.attempt), str(due.timestamp())
+        )
+        cs.timers[timer_id] = TimerRef("resend", sent.message_id, due.timestamp())
+        out.timers.append(Timer(timer_id, cs.customer_id, due))
+        sent.timer_id = timer_id
+
+    def fire(
+        self, message_id: str, cs: CustomerState, shared: Ledger, now: datetime, out: Decisions
+    ) -> None:
+        """A send-again timer fell due."""
+        sent = cs.contact.sent.get(message_id)
+        if sent is not None:
+            sent.timer_id = ""
+            self._send_again(sent, cs, shared, now, out, "carrier retry due")
+
+    def _send_again(
+        self,
+        sent: SentMessage,
+        cs: CustomerState,
+        shared: Ledger,
+        now: datetime,
+        out: Decisions,
+        why: str,
+    ) -> str:
+        """Judge the message again and send it as its next attempt; says what happened."""
+        msg = OutboundMessage(
+            message_id=sent.message_id, signal_id=sent.signal_id, rule_id=sent.rule_id,
+            template=sent.template, purpose=sent.purpose, context=sent.context,
+            notice=sent.notice, category=sent.category,
+        )  # fmt: skip
+        decision = self.policy.decide(msg, cs.profile, cs.contact, now, shared, resend=True)
+        decision.checks.insert(0, {"check": "resend", "result": "used", "detail": why})
+        if decision.status == "deferred":
+            self._schedule(sent, cs, decision.send_at, out)
+            record_message(out, msg, decision, cs.customer_id)
+            return f"sending again at {decision.send_at:%Y-%m-%d %H:%M}Z ({decision.reason})"
+        if decision.status != "sent" or decision.to is None:
+            cs.contact.sent.pop(sent.message_id, None)
+            record_message(out, msg, decision, cs.customer_id)
+            return f"not sent again: {decision.reason}"
+        sent.attempt += 1
+        sent.channel, sent.to, sent.status = decision.channel, decision.to, "queued"
+        record_message(
+            out, msg, decision, cs.customer_id, attempt=sent.attempt,
+            marketing_list=self.policy.config.marketing_list,
+        )  # fmt: skip
+        return f"sent again by {decision.channel} (attempt {sent.attempt})"
+
+    # -- replies --------------------------------------------------------------------------
+    def on_reply(
+        self,
+        event: MessageReceived,
+        cs: CustomerState,
+        shared: Ledger,
+        now: datetime,
+        out: Decisions,
+    ) -> None:
+        """Act on an inbound SMS."""
+        d = event.data
+        now_ts = now.timestamp()
+        self._converse(cs, now_ts, "in", d.body)
+        word = classify(d.body)
+        suppressed = cs.contact.suppressed
+        if word == "stop":
+            first = suppressed.get("sms") != "stop"
+            suppressed["sms"] = "stop"
+            if first:
+                self._answer(event, "stop", self.policy.config.keywords.stop, cs, now, out)
+        elif word == "start":
+            if suppressed.get("sms") in ("stop", "unusable"):
+                del suppressed["sms"]
+            self._answer(event, "start", self.policy.config.keywords.start, cs, now, out)
+        elif word == "help":
+            self._answer(event, "help", self.policy.config.keywords.help, cs, now, out)
+        else:
+            self._escalate(event, cs, shared, now, out)
+
+    def _answer(
+        self,
+        event: MessageReceived,
+        word: str,
+        text: str,
+        cs: CustomerState,
+        now: datetime,
+        out: Decisions,
+    ) -> None:
+        brand = self.policy.brand
+        body = text.format(
+            brand=brand.get("name", ""),
+            support_url=brand.get("support_url", ""),
+            support_email=brand.get("support_email", ""),
+        )
+        message_id = make_id("msg", event.event_id, word)
+        to = event.data.from_address
+        out.messages.append(
+            MessageRecord(
+                message_id=message_id,
+                signal_id="",
+                customer_id=cs.customer_id,
+                rule_id="sms_keywords",
+                channel="sms",
+                to=to,
+                purpose="transactional",
+                subject=None,
+                body=body,
+                send_at=now,
+                status="sent",
+                reason=f"answer to {word.upper()} ({event.event_id})",
+                template=f"keyword_{word}",
+                notice=f"keyword|{event.event_id}",
+                checks=[{"check": "keyword", "result": "pass", "detail": f"{word.upper()} reply"}],
+            )  # fmt: skip
+        )
+        out.deliveries.append(
+            Delivery(
+                message_id=message_id,
+                customer_id=cs.customer_id,
+                channel="sms",
+                to=to,
+                purpose="transactional",
+                subject=None,
+                body=body,
+                template=f"keyword_{word}",
+                compliance=True,
+            )  # fmt: skip
+        )
+        self._converse(cs, now.timestamp(), "out", body)
+
+    def _escalate(
+        self,
+        event: MessageReceived,
+        cs: CustomerState,
+        shared: Ledger,
+        now: datetime,
+        out: Decisions,
+    ) -> None:
+        action_id = make_id("act", event.event_id, ESCALATE)
+        key = make_id("eff", event.event_id, ESCALATE)
+        params = {
+            "reason": "the customer replied with something we do not answer automatically",
+            "reply": event.data.body,
+            "conversation": [
+                {"at": _iso(at), "direction": way, "text": text}
+                for at, way, text in cs.contact.conversation
+            ],
+        }
+        stopped = ESCALATE in self.killed_tools or shared.control("tool", ESCALATE)
+        status = "blocked" if stopped else "executed"
+        reason = "kill switch" if stopped else "customer reply needs a person"
+        check = {"check": "kill_switch", "result": "fail" if stopped else "pass", "detail": reason}
+        out.actions.append(
+            ActionRecord(
+                action_id=action_id,
+                signal_id="",
+                customer_id=cs.customer_id,
+                rule_id="sms_replies",
+                type=ESCALATE,
+                params=params,
+                status=status,
+                at=now,
+                reason=reason,
+                target=event.data.from_address,
+                idempotency_key=key,
+                checks=[check],
+            )  # fmt: skip
+        )
+        if not stopped:
+            out.effects.append(
+                Effect(
+                    idempotency_key=key,
+                    action_id=action_id,
+                    customer_id=cs.customer_id,
+                    tool=ESCALATE,
+                    params=params,
+                )
+            )
+
+    def _converse(self, cs: CustomerState, at: float, way: str, text: str) -> None:
+        talk = cs.contact.conversation
+        talk.append((at, way, text))
+        if len(talk) > CONVERSATION_LENGTH:
+            del talk[: len(talk) - CONVERSATION_LENGTH]
+
+
+def _backoff(message_id: str, retry: int) -> float:
+    """Exponential backoff with jitter that is deterministic (replay decides the same)."""
+    base: float = CARRIER_RETRY_BASE * 2 ** (retry - 1)
+    jitter = int(make_id("j", message_id, str(retry))[-6:], 16) / 0xFFFFFF  # 0..1
+    return base * (0.5 + jitter / 2)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
