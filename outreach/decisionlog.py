@@ -16,7 +16,7 @@ import orjson
 
 from outreach.decisions import Decisions
 
-FILES = ("signals", "actions", "messages", "dlq", "errors")
+FILES = ("signals", "actions", "messages", "receipts", "dlq", "errors")
 _OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
 
@@ -139,6 +139,10 @@ class DecisionLog:
         if decisions.messages:
             self._files["messages"].writelines(
                 dumps(m.model_dump(mode="json")) for m in decisions.messages
+            )
+        if decisions.receipts:
+            self._files["receipts"].writelines(
+                dumps(r.model_dump(mode="json")) for r in decisions.receipts
             )
 
     def dead_letter(self, line: int, raw: bytes, error: str) -> None:

@@ -19,7 +19,7 @@ import fcntl
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -223,10 +223,13 @@ class Store:
         error: str | None,
         *,
         claim: int | None = None,
+        records: Sequence[tuple[str, bytes | None, bytes]] = (),
     ) -> bool:
         """Mark a claimed row ``done`` or ``failed`` for good. With ``claim`` (the row's
         ``attempts`` when it was claimed) only if it is still that claim: a dispatcher whose
-        lease ran out must not overwrite what the next claimant did. Returns whether it did."""
+        lease ran out must not overwrite what the next claimant did. ``records`` (topic, key,
+        value) go to the relay in the same transaction (feedback events about the row).
+        Returns whether it did."""
         with self.batch() as batch:
             result_ = batch.conn.execute(
                 sa.update(outbox).where(*self._fence(row_id, claim)).values(
@@ -234,6 +237,8 @@ class Store:
                     lease_until=None,
                 )
             )  # fmt: skip
+            if result_.rowcount > 0 and records:
+                batch.add_records(records)
         return result_.rowcount > 0
 
     def retry_later(self, row_id: int, at: float, error: str, *, claim: int | None = None) -> bool:

@@ -5,6 +5,14 @@ performs them, and marks them ``done``; a transient failure puts the row back wi
 backoff and full jitter (or the provider's ``retry_after``) until ``max_attempts``; a permanent
 failure marks it ``failed`` and is never retried.
 
+Before a delivery goes, the address is checked against the store's suppressions (written by
+the webhooks the moment a STOP, bounce or unsubscribe arrives), so a message decided before
+the customer's state caught up still never reaches an address that opted out; only the
+compliance replies themselves (the STOP confirmation, HELP) pass. A delivery that is refused
+(suppressed, a permanent provider error, too many attempts) is reported back to the core as a
+``message.status`` event, in the same transaction as the row's final state, so its policy
+reaction (suppression, email instead of SMS) happens on the customer's partition.
+
 Crash between "performed" and "marked": the row's lease runs out and it is performed again
 with the same idempotency key. Connectors pass the key on (Stripe, HTTP ``Idempotency-Key``)
 and the file channel/connector keep each key once, so the second call changes nothing the
@@ -21,6 +29,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 
 from pydantic import ValidationError
@@ -33,8 +42,10 @@ from outreach.errors import (
     TransientConnectorError,
     TransientDeliveryError,
 )
+from outreach.events import MessageStatus, MessageStatusData
 from outreach.outbound.channels import Channel
 from outreach.store import OutboxRow, Store
+from outreach.store.contacts import Contacts
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +70,7 @@ class DispatchStats:
     replayed: int = 0  # performed before (a crash between performing and marking)
     retried: int = 0
     failed: int = 0
+    suppressed: int = 0  # deliveries refused because the address had opted out meanwhile
     by_kind: dict[str, int] = field(default_factory=dict)
 
 
@@ -78,6 +90,7 @@ class Dispatcher:
         self.channel = channel
         self.options = options or DispatcherOptions()
         self.stats = DispatchStats()
+        self.contacts = Contacts(store)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
 
     def backoff(self, attempts: int, retry_after: float | None) -> float:
@@ -118,32 +131,62 @@ class Dispatcher:
         except ValidationError as exc:  # cannot succeed however often it is tried
             await self._finish(row, "failed", None, f"permanent: unreadable payload: {exc}")
             return
+        if isinstance(request, Delivery) and await self._refused(row, request, now):
+            return
         try:
             if isinstance(request, Effect):
                 effect = await self.connector.perform(request)
                 replayed, result = effect.replayed, effect.model_dump_json().encode()
             else:
-                sent = await self.channel.send(request, row.idempotency_key)
+                retry = row.attempts > 1  # an earlier try may have reached the provider
+                sent = await self.channel.send(request, row.idempotency_key, retry=retry)
                 replayed, result = sent.replayed, sent.model_dump_json().encode()
         except (PermanentConnectorError, PermanentDeliveryError) as exc:
-            await self._finish(row, "failed", None, f"permanent: {exc}")
+            code = exc.code if isinstance(exc, PermanentDeliveryError) else None
+            report = _report(row, request, code, str(exc), now)
+            await self._finish(row, "failed", None, f"permanent: {exc}", report)
             return
         except (TransientConnectorError, TransientDeliveryError) as exc:
-            await self._retry(row, now, str(exc), exc.retry_after)
+            await self._retry(row, now, str(exc), exc.retry_after, request)
             return
         except Exception as exc:  # an unexpected error is treated as transient, and logged
             log.exception("dispatcher: %s %s raised", row.kind, row.idempotency_key)
-            await self._retry(row, now, f"{type(exc).__name__}: {exc}", None)
+            await self._retry(row, now, f"{type(exc).__name__}: {exc}", None, request)
             return
         self.stats.replayed += replayed
         await self._finish(row, "done", result, None)
 
-    async def _finish(
-        self, row: OutboxRow, status: str, result: bytes | None, error: str | None
-    ) -> None:
-        kept = await asyncio.to_thread(
-            partial(self.store.finish, row.id, status, result, error, claim=row.attempts)
+    async def _refused(self, row: OutboxRow, delivery: Delivery, now: float) -> bool:
+        """Whether the address opted out since the message was decided (then it is failed
+        and reported, never sent); compliance replies always go."""
+        if delivery.compliance:
+            return False
+        list_id = delivery.list_id if delivery.purpose == "marketing" else None
+        why = await asyncio.to_thread(
+            self.contacts.suppressed, delivery.channel, delivery.to, list_id
         )
+        if why is None:
+            return False
+        self.stats.suppressed += 1
+        report = _report(row, delivery, "suppressed", f"address suppressed ({why})", now)
+        await self._finish(row, "failed", None, f"suppressed: {why}", report)
+        return True
+
+    async def _finish(
+        self,
+        row: OutboxRow,
+        status: str,
+        result: bytes | None,
+        error: str | None,
+        report: tuple[str, bytes | None, bytes] | None = None,
+    ) -> None:
+        records = [report] if report is not None else []
+        kept = await asyncio.to_thread(
+            partial(
+                self.store.finish, row.id, status, result, error, claim=row.attempts,
+                records=records,
+            )
+        )  # fmt: skip
         if not kept:  # our lease ran out and another dispatcher has the row now
             log.warning(
                 "dispatcher: %s %s was re-claimed; leaving it", row.kind, row.idempotency_key
@@ -157,15 +200,51 @@ class Dispatcher:
             log.warning("dispatcher: %s %s failed: %s", row.kind, row.idempotency_key, error)
 
     async def _retry(
-        self, row: OutboxRow, now: float, error: str, retry_after: float | None
+        self,
+        row: OutboxRow,
+        now: float,
+        error: str,
+        retry_after: float | None,
+        request: Effect | Delivery,
     ) -> None:
         if row.attempts >= self.options.max_attempts:
-            await self._finish(
-                row, "failed", None, f"gave up after {row.attempts} attempts: {error}"
+            why = f"gave up after {row.attempts} attempts: {error}"
+            report = (
+                _report(row, request, "gave_up", why, now)
+                if isinstance(request, Delivery)
+                else None
             )
+            await self._finish(row, "failed", None, why, report)
             return
         self.stats.retried += 1
         at = now + self.backoff(row.attempts, retry_after)
         await asyncio.to_thread(
             partial(self.store.retry_later, row.id, at, error, claim=row.attempts)
         )
+
+
+def _report(
+    row: OutboxRow, request: Effect | Delivery, code: str | None, detail: str, now: float
+) -> tuple[str, bytes | None, bytes] | None:
+    """The ``message.status`` event telling the core a delivery failed for good (a record for
+    the relay: logical topic, key, value); nothing for an effect."""
+    if not isinstance(request, Delivery):
+        return None
+    delivery = request
+    event = MessageStatus(
+        event_id=f"dispatch:{row.idempotency_key}",
+        type="message.status",
+        customer_id=delivery.customer_id,
+        occurred_at=datetime.fromtimestamp(now, UTC),
+        source="dispatcher",
+        data=MessageStatusData(
+            message_id=delivery.message_id,
+            channel="sms" if delivery.channel == "sms" else "email",
+            status="failed",
+            attempt=delivery.attempt,
+            provider="dispatcher",
+            error_code=code,
+            detail=detail[:1024],
+        ),
+    )
+    return "customers", delivery.customer_id.encode(), event.model_dump_json().encode()

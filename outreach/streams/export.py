@@ -22,7 +22,7 @@ class DecisionExporter:
         self.folder = folder
         self.names = {
             topics.signals: "signals", topics.actions: "actions",
-            topics.messages: "messages", topics.dlq: "dlq",
+            topics.messages: "messages", topics.receipts: "receipts", topics.dlq: "dlq",
         }  # fmt: skip
         self.counts: Counter[str] = Counter()
 

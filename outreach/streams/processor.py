@@ -90,6 +90,10 @@ class _Collected:
         for message in decisions.messages:
             records.append(("messages", message.customer_id.encode(), record_value(message)))
             result.messages[message.status] += 1
+        for receipt in decisions.receipts:
+            records.append(("receipts", receipt.customer_id.encode(), record_value(receipt)))
+            if receipt.alert:
+                log.warning("ALERT for %s: %s", receipt.customer_id, receipt.reaction)
         for effect in decisions.effects:
             self.outbox.append((
                 effect.idempotency_key, "effect", effect.customer_id, effect.action_id,

@@ -63,7 +63,8 @@ class Relay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._names = {
             "signals": topics.signals, "actions": topics.actions,
-            "messages": topics.messages, "dlq": topics.dlq,
+            "messages": topics.messages, "receipts": topics.receipts, "dlq": topics.dlq,
+            "customers": topics.customers,  # feedback events from the dispatcher
         }  # fmt: skip
 
     async def start(self) -> None:

@@ -119,6 +119,11 @@ class Topics:
         return f"{self.prefix}messages"
 
     @property
+    def receipts(self) -> str:
+        """Output: delivery receipts (what providers reported, what the engine did about it)."""
+        return f"{self.prefix}receipts"
+
+    @property
     def dlq(self) -> str:
         """Output: dead letters (raw bytes, error, source topic/partition/offset)."""
         return f"{self.prefix}dlq"
@@ -131,7 +136,7 @@ class Topics:
     @property
     def outputs(self) -> tuple[str, ...]:
         """The output topics, the dead-letter topic included."""
-        return (self.signals, self.actions, self.messages, self.dlq)
+        return (self.signals, self.actions, self.messages, self.receipts, self.dlq)
 
     @property
     def all(self) -> tuple[str, ...]:

@@ -127,7 +127,7 @@ def test_the_topic_layout() -> None:
         "staging.customers",
     )  # fmt: skip
     assert topics.outputs == tuple(
-        f"staging.{n}" for n in ("signals", "actions", "messages", "dlq")
+        f"staging.{n}" for n in ("signals", "actions", "messages", "receipts", "dlq")
     )
     assert topics.all == (*topics.inputs, "staging.timers", *topics.outputs)
     assert Topics().payments == "payments"
