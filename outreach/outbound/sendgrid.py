@@ -1,0 +1,220 @@
+"""The SendGrid email channel: ``SendGridEmailChannel`` sends a ``Delivery`` with v3 mail send.
+
+It uses the official SDK (``SendGridAPIClient``, ``sendgrid.helpers.mail.Mail``; blocking, run
+in a worker thread), pointed at ``OUTREACH_SENDGRID_API_HOST`` when that is set (a local double
+in tests). A message goes out with from, to, subject, a plain-text body and ``custom_args``
+(``message_id``, ``customer_id``, ``attempt``, ``key``), which SendGrid echoes in every event
+webhook entry. Marketing email (``purpose == "marketing"``) also carries its unsubscribe
+group (``asm.group_id``: the delivery's numeric ``list_id``, else
+``OUTREACH_SENDGRID_MARKETING_GROUP_ID``) and a one-click unsubscribe link (RFC 8058):
+``List-Unsubscribe: <URL>``, ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``, and the
+same URL in place of ``UNSUBSCRIBE_MARKER`` in the body. Every API call first waits its turn
+on a limiter (``OUTREACH_SENDGRID_RATE`` calls per second, evenly spaced): delayed, never
+dropped.
+
+Errors::
+
+    HTTP 429, 5xx, timeout, connection refused/reset  -> TransientDeliveryError
+        (retry_after: Retry-After, else X-RateLimit-Reset; code: the HTTP status)
+    any other 4xx (400 bad request, 401 key, 413 too large)
+                                                      -> PermanentDeliveryError(code=status)
+
+The window. SendGrid's mail send has no idempotency key, and nothing is reconciled here: a
+dispatcher that crashes (or times out) after SendGrid accepted a message and before its outbox
+row is marked sends it once more when the row's lease runs out, so a recipient may get one
+duplicate per such crash. Looking the message up first would need the Email Activity API
+(``GET /v3/messages?query=unique_args['key']=...``), a paid add-on; it is left out, and
+``retry=True`` changes nothing.
+
+Must not import: faust, aiokafka, twilio (the SDK), openai, fastapi, sqlalchemy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiolimiter import AsyncLimiter
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from python_http_client.exceptions import HTTPError
+from sendgrid import SendGridAPIClient
+from sendgrid.helpers.mail import (
+    Asm,
+    CustomArg,
+    From,
+    GroupId,
+    Header,
+    Mail,
+    PlainTextContent,
+    Subject,
+    To,
+)
+from sendgrid.helpers.mail.exceptions import SendGridException
+
+from outreach.decisions import Delivery
+from outreach.errors import PermanentDeliveryError, TransientDeliveryError
+from outreach.outbound.channels import SendResult
+from outreach.outbound.config import ChannelConfigError, retry_after_seconds
+from outreach.outbound.unsubscribe import MARKETING_LIST, UnsubscribeLinks
+
+DEFAULT_HOST = "https://api.sendgrid.com"
+ONE_CLICK = "List-Unsubscribe=One-Click"
+
+
+class SendGridSettings(BaseSettings):
+    """The SendGrid key and sender (``OUTREACH_SENDGRID_*`` variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="OUTREACH_SENDGRID_")
+
+    api_key: SecretStr | None = Field(default=None, description="an API key with Mail Send")
+    from_email: str | None = Field(default=None, description="the sender (a verified address)")
+    from_name: str | None = Field(default=None, description="the sender's display name")
+    marketing_group_id: int | None = Field(
+        default=None, description="the unsubscribe group of marketing email (Suppressions > Groups)"
+    )
+    api_host: str | None = Field(
+        default=None, description="another API host than https://api.sendgrid.com (a double)"
+    )
+    rate: float = Field(default=10.0, gt=0, description="API calls per second, at most")
+    timeout: float = Field(default=10.0, gt=0, description="seconds per HTTP request")
+
+
+def sendgrid_problems(settings: SendGridSettings) -> list[str]:
+    """What keeps ``settings`` from sending, each naming the variable to set (empty: none)."""
+    problems = []
+    if not settings.api_key or not settings.api_key.get_secret_value():
+        problems.append("OUTREACH_SENDGRID_API_KEY is not set (an API key with Mail Send access)")
+    if not settings.from_email:
+        problems.append("OUTREACH_SENDGRID_FROM_EMAIL is not set (a verified sender address)")
+    if settings.marketing_group_id is None:
+        problems.append(
+            "OUTREACH_SENDGRID_MARKETING_GROUP_ID is not set (the unsubscribe group of "
+            "marketing email; marketing email must carry one)"
+        )
+    return problems
+
+
+class SendGridEmailChannel:
+    """Sends email through SendGrid's v3 mail send (the ``Channel`` port)."""
+
+    def __init__(self, settings: SendGridSettings, unsubscribe: UnsubscribeLinks | None) -> None:
+        problems = sendgrid_problems(settings)
+        if unsubscribe is None:
+            problems.append(
+                "no unsubscribe links: set OUTREACH_UNSUBSCRIBE_SECRET and OUTREACH_PUBLIC_URL "
+                "(marketing email must carry a one-click unsubscribe link)"
+            )
+        if problems:
+            raise ChannelConfigError("SendGrid email channel: " + "; ".join(problems))
+        self.settings = settings
+        self.unsubscribe = unsubscribe
+        key = settings.api_key.get_secret_value() if settings.api_key else ""
+        self._client = SendGridAPIClient(key, host=(settings.api_host or DEFAULT_HOST).rstrip("/"))
+        # capacity 1 refilled every 1/rate s: calls evenly spaced, no burst at start
+        self._limiter = AsyncLimiter(1, 1 / settings.rate)
+
+    async def send(self, delivery: Delivery, key: str, retry: bool = False) -> SendResult:
+        """Send ``delivery`` as an email (``retry`` changes nothing: see the module docstring)."""
+        body = self.request_body(delivery, key)
+        await self._limiter.acquire()
+        message_id = await asyncio.to_thread(self._post, body, delivery)
+        return SendResult(status="sent", provider_id=message_id)
+
+    def request_body(self, delivery: Delivery, key: str) -> dict[str, Any]:
+        """The v3 mail send JSON for ``delivery`` (``PermanentDeliveryError`` if it cannot be)."""
+        if not delivery.subject:
+            raise PermanentDeliveryError(
+                f"sendgrid: message {delivery.message_id} has no subject", code="subject"
+            )
+        list_id = delivery.list_id or MARKETING_LIST
+        text = delivery.body
+        if self.unsubscribe is not None:
+            text = self.unsubscribe.fill(text, delivery.customer_id, delivery.to, list_id)
+        try:
+            mail = Mail(
+                from_email=From(self.settings.from_email, self.settings.from_name),
+                to_emails=To(delivery.to),
+                subject=Subject(delivery.subject),
+                plain_text_content=PlainTextContent(text),
+            )
+        except SendGridException as exc:  # the body holds something shaped like an API key
+            raise PermanentDeliveryError(
+                f"sendgrid: message {delivery.message_id}: {type(exc).__name__}", code="content"
+            ) from exc
+        for name, value in self._custom_args(delivery, key).items():
+            mail.add_custom_arg(CustomArg(name, value))
+        if delivery.purpose == "marketing" and self.unsubscribe is not None:
+            url = self.unsubscribe.url(delivery.customer_id, delivery.to, list_id)
+            mail.asm = Asm(GroupId(self._group_id(delivery)))
+            mail.add_header(Header("List-Unsubscribe", f"<{url}>"))
+            mail.add_header(Header("List-Unsubscribe-Post", ONE_CLICK))
+        body: dict[str, Any] = mail.get()
+        return body
+
+    def close(self) -> None:
+        """Nothing to release (each request opens its own connection)."""
+
+    def _custom_args(self, delivery: Delivery, key: str) -> dict[str, str]:
+        return {
+            "message_id": delivery.message_id,
+            "customer_id": delivery.customer_id,
+            "attempt": str(delivery.attempt),
+            "key": key,
+        }
+
+    def _group_id(self, delivery: Delivery) -> int:
+        if delivery.list_id is not None and delivery.list_id.isdecimal():
+            return int(delivery.list_id)
+        return int(self.settings.marketing_group_id or 0)  # set: checked at construction
+
+    def _post(self, body: dict[str, Any], delivery: Delivery) -> str | None:
+        """POST /v3/mail/send (worker thread); the ``X-Message-Id`` SendGrid answered."""
+        try:
+            response = self._client.client.mail.send.post(
+                request_body=body, timeout=self.settings.timeout
+            )
+        except HTTPError as exc:
+            raise _delivery_error(exc, delivery) from exc
+        except OSError as exc:  # URLError, socket timeouts, refused or reset connections
+            raise TransientDeliveryError(
+                f"sendgrid: message {delivery.message_id}: {type(exc).__name__}: {exc}"
+            ) from exc
+        message_id = response.headers.get("X-Message-Id")
+        return str(message_id) if message_id else None
+
+
+def _delivery_error(
+    exc: HTTPError, delivery: Delivery
+) -> TransientDeliveryError | PermanentDeliveryError:
+    status = int(exc.status_code)
+    headers: Mapping[str, str] = exc.headers or {}
+    message = f"sendgrid: message {delivery.message_id}: HTTP {status}: {_reason(exc)}"
+    if status == 429 or status >= 500 or status < 400:
+        return TransientDeliveryError(message, retry_after=_retry_after(headers), code=str(status))
+    return PermanentDeliveryError(message, code=str(status))
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """``Retry-After``, else the seconds until ``X-RateLimit-Reset`` (SendGrid's own header)."""
+    seconds = retry_after_seconds(headers.get("Retry-After"))
+    if seconds is not None:
+        return seconds
+    try:
+        reset = float(headers.get("X-RateLimit-Reset") or "nan")
+    except ValueError:
+        return None
+    return max(0.0, reset - time.time()) if math.isfinite(reset) else None
+
+
+def _reason(exc: HTTPError) -> str:
+    """SendGrid's error messages from the answer's JSON body, else the HTTP reason."""
+    try:
+        errors = json.loads(exc.body)["errors"]
+        return "; ".join(str(error.get("message")) for error in errors)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return str(exc.reason)

@@ -1,0 +1,292 @@
+"""The SendGrid email channel, with the real SDK against a local double of v3 mail send."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from outbound.doubles import Answer, SendGridDouble, sendgrid_error, slow, status
+from pydantic import SecretStr
+
+from outreach.decisions import Delivery
+from outreach.errors import PermanentDeliveryError, TransientDeliveryError
+from outreach.outbound.config import ChannelConfigError
+from outreach.outbound.sendgrid import SendGridEmailChannel, SendGridSettings
+from outreach.outbound.unsubscribe import (
+    MARKETING_LIST,
+    UNSUBSCRIBE_MARKER,
+    UnsubscribeLinks,
+    Unsubscription,
+)
+
+KEY = "SG.test-key.secret"
+SENDER = "news@acme.example"
+GROUP = 4242
+LINKS = UnsubscribeLinks("unsubscribe-test-secret", "https://hooks.example.com/")
+
+
+@pytest.fixture(autouse=True)
+def _no_outreach_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings come from the test, not from the shell that runs it."""
+    for name in list(os.environ):
+        if name.startswith("OUTREACH_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def api() -> Iterator[SendGridDouble]:
+    with SendGridDouble(KEY) as double:
+        yield double
+
+
+def settings(api: SendGridDouble, **changes: Any) -> SendGridSettings:
+    values: dict[str, Any] = {
+        "api_key": SecretStr(KEY),
+        "from_email": SENDER,
+        "from_name": "Acme",
+        "marketing_group_id": GROUP,
+        "api_host": api.url,
+        "rate": 1000.0,
+        "timeout": 0.5,
+    }
+    return SendGridSettings(**{**values, **changes})
+
+
+@pytest.fixture
+def channel(api: SendGridDouble) -> SendGridEmailChannel:
+    return SendGridEmailChannel(settings(api), LINKS)
+
+
+def email(**changes: Any) -> Delivery:
+    values: dict[str, Any] = {
+        "message_id": "m-1",
+        "customer_id": "c-9",
+        "channel": "email",
+        "to": "ada@example.com",
+        "purpose": "transactional",
+        "subject": "Your card was declined",
+        "body": "Hello Ada, please update your card.",
+    }
+    return Delivery(**{**values, **changes})
+
+
+def marketing(**changes: Any) -> Delivery:
+    body = f"Spring sale! Leave this list: {UNSUBSCRIBE_MARKER}"
+    return email(purpose="marketing", subject="Spring sale", body=body, **changes)
+
+
+def token_of(header: str) -> str:
+    """The token of ``<https://.../unsubscribe/<token>>``."""
+    assert header.startswith("<https://hooks.example.com/unsubscribe/") and header.endswith(">")
+    return header[1:-1].rsplit("/", 1)[1]
+
+
+# -- the request ----------------------------------------------------------------------------
+
+
+async def test_a_transactional_email_is_from_to_subject_text_and_custom_args(
+    api: SendGridDouble, channel: SendGridEmailChannel
+) -> None:
+    delivery = email(attempt=2)
+    result = await channel.send(delivery, delivery.key)
+
+    [request] = api.sends()
+    assert request.method == "POST"
+    assert request.header("Authorization") == f"Bearer {KEY}"
+    assert request.json == {
+        "from": {"email": SENDER, "name": "Acme"},
+        "subject": "Your card was declined",
+        "personalizations": [{"to": [{"email": "ada@example.com"}]}],
+        "content": [{"type": "text/plain", "value": "Hello Ada, please update your card."}],
+        "custom_args": {
+            "message_id": "m-1",
+            "customer_id": "c-9",
+            "attempt": "2",
+            "key": "msg:m-1#2",
+        },
+    }
+    [(message_id, _)] = api.accepted
+    assert result.status == "sent"
+    assert result.provider_id == message_id
+    assert not result.replayed
+
+
+async def test_marketing_carries_its_group_and_a_one_click_unsubscribe_link(
+    api: SendGridDouble, channel: SendGridEmailChannel
+) -> None:
+    await channel.send(marketing(), "msg:m-1")
+
+    [request] = api.sends()
+    body = request.json
+    assert body["asm"] == {"group_id": GROUP}
+    headers = body["headers"]
+    assert set(headers) == {"List-Unsubscribe", "List-Unsubscribe-Post"}
+    assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    token = token_of(headers["List-Unsubscribe"])
+    assert LINKS.verify(token) == Unsubscription("c-9", "ada@example.com", MARKETING_LIST)
+    text = body["content"][0]["value"]
+    assert UNSUBSCRIBE_MARKER not in text
+    assert text == f"Spring sale! Leave this list: {headers['List-Unsubscribe'][1:-1]}"
+
+
+@pytest.mark.parametrize(
+    ("list_id", "group", "named_list"),
+    [("77", 77, "77"), ("weekly-news", GROUP, "weekly-news")],
+)
+async def test_the_list_of_a_marketing_email_picks_group_and_link(
+    api: SendGridDouble,
+    channel: SendGridEmailChannel,
+    list_id: str,
+    group: int,
+    named_list: str,
+) -> None:
+    await channel.send(marketing(list_id=list_id), "msg:m-1")
+    body = api.sends()[0].json
+    assert body["asm"] == {"group_id": group}
+    unsubscription = LINKS.verify(token_of(body["headers"]["List-Unsubscribe"]))
+    assert unsubscription.list_id == named_list
+
+
+async def test_an_email_without_a_subject_is_refused_before_any_request(
+    api: SendGridDouble, channel: SendGridEmailChannel
+) -> None:
+    with pytest.raises(PermanentDeliveryError) as caught:
+        await channel.send(email(subject=None), "msg:m-1")
+    assert caught.value.code == "subject"
+    assert api.requests == []
+
+
+async def test_retry_sends_again_as_there_is_nothing_to_reconcile_with(
+    api: SendGridDouble, channel: SendGridEmailChannel
+) -> None:
+    first = await channel.send(email(), "msg:m-1")
+    second = await channel.send(email(), "msg:m-1", retry=True)
+    assert len(api.accepted) == 2
+    assert first.provider_id != second.provider_id
+    assert not second.replayed
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "code", "retry_after"),
+    [
+        (status(429, retry_after="5"), TransientDeliveryError, "429", 5.0),
+        (status(500), TransientDeliveryError, "500", None),
+        (status(503, retry_after="1"), TransientDeliveryError, "503", 1.0),
+        (sendgrid_error(400, "Does not contain a valid address."), PermanentDeliveryError,
+         "400", None),
+        (sendgrid_error(401), PermanentDeliveryError, "401", None),
+        (sendgrid_error(413), PermanentDeliveryError, "413", None),
+    ],
+)  # fmt: skip
+async def test_answers_map_to_transient_or_permanent_errors(
+    api: SendGridDouble,
+    channel: SendGridEmailChannel,
+    answer: Answer,
+    kind: type[Exception],
+    code: str,
+    retry_after: float | None,
+) -> None:
+    api.script(answer)
+    with pytest.raises(kind) as caught:
+        await channel.send(email(), "msg:m-1")
+    error = caught.value
+    assert isinstance(error, TransientDeliveryError | PermanentDeliveryError)
+    assert error.code == code
+    assert getattr(error, "retry_after", None) == retry_after
+    assert "m-1" in str(error)
+    assert api.accepted == []
+
+
+async def test_sendgrids_own_error_message_is_kept(
+    api: SendGridDouble, channel: SendGridEmailChannel
+) -> None:
+    api.script(sendgrid_error(400, "Does not contain a valid address."))
+    with pytest.raises(PermanentDeliveryError, match="Does not contain a valid address"):
+        await channel.send(email(), "msg:m-1")
+
+
+async def test_a_rate_limit_reset_header_stands_in_for_retry_after(
+    api: SendGridDouble, channel: SendGridEmailChannel
+) -> None:
+    reset = int(time.time()) + 30
+    api.script(Answer(429, {"errors": []}, {"X-RateLimit-Reset": str(reset)}))
+    with pytest.raises(TransientDeliveryError) as caught:
+        await channel.send(email(), "msg:m-1")
+    assert caught.value.retry_after is not None
+    assert 25 <= caught.value.retry_after <= 30
+
+
+async def test_a_wrong_api_key_is_refused_permanently(api: SendGridDouble) -> None:
+    channel = SendGridEmailChannel(settings(api, api_key=SecretStr("SG.wrong.key")), LINKS)
+    with pytest.raises(PermanentDeliveryError) as caught:
+        await channel.send(email(), "msg:m-1")
+    assert caught.value.code == "401"
+    assert api.accepted == []
+
+
+async def test_a_timeout_is_transient(api: SendGridDouble) -> None:
+    channel = SendGridEmailChannel(settings(api, timeout=0.2), LINKS)
+    api.script(slow(30))
+    with pytest.raises(TransientDeliveryError) as caught:
+        await channel.send(email(), "msg:m-1")
+    assert "timed out" in str(caught.value)
+    assert [r.answered for r in api.requests] == [None]
+
+
+async def test_a_refused_connection_is_transient(api: SendGridDouble) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    channel = SendGridEmailChannel(settings(api, api_host=f"http://127.0.0.1:{port}"), LINKS)
+    with pytest.raises(TransientDeliveryError, match="URLError"):
+        await channel.send(email(), "msg:m-1")
+
+
+# -- backpressure ---------------------------------------------------------------------------
+
+
+async def test_the_rate_limit_spaces_calls_and_drops_none(api: SendGridDouble) -> None:
+    channel = SendGridEmailChannel(settings(api, rate=20.0), LINKS)
+    results = await asyncio.gather(
+        *(channel.send(email(message_id=f"m-{i}"), f"msg:m-{i}") for i in range(10))
+    )
+    assert len({r.provider_id for r in results}) == 10
+    arrivals = sorted(r.received_at for r in api.sends())
+    assert len(arrivals) == 10
+    assert arrivals[-1] - arrivals[0] >= 0.8 * 9 / 20  # 20/s: 9 gaps of 50 ms
+    busiest = max(sum(1 for t in arrivals if start <= t < start + 0.1) for start in arrivals)
+    assert busiest <= 4  # about 2 per 100 ms; unthrottled, all 10 land at once
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"api_key": None}, "OUTREACH_SENDGRID_API_KEY"),
+        ({"api_key": SecretStr("")}, "OUTREACH_SENDGRID_API_KEY"),
+        ({"from_email": None}, "OUTREACH_SENDGRID_FROM_EMAIL"),
+        ({"marketing_group_id": None}, "OUTREACH_SENDGRID_MARKETING_GROUP_ID"),
+    ],
+)
+def test_a_missing_setting_is_named_at_construction(
+    api: SendGridDouble, changes: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ChannelConfigError, match=named):
+        SendGridEmailChannel(settings(api, **changes), LINKS)
+
+
+def test_without_unsubscribe_links_the_channel_does_not_start(api: SendGridDouble) -> None:
+    with pytest.raises(ChannelConfigError) as caught:
+        SendGridEmailChannel(settings(api), None)
+    assert "OUTREACH_UNSUBSCRIBE_SECRET" in str(caught.value)
+    assert "OUTREACH_PUBLIC_URL" in str(caught.value)
