@@ -29,6 +29,9 @@ class MemoryLog:
         self.signals: list[dict[str, Any]] = []
         self.actions: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []
+        self.receipts: list[dict[str, Any]] = []
+        self.deliveries: list[dict[str, Any]] = []  # what went to the outbox, in order
+        self.effects: list[dict[str, Any]] = []
         self.dlq: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
 
@@ -38,6 +41,9 @@ class MemoryLog:
         self.signals += [s.model_dump(mode="json") for s in decisions.signals]
         self.actions += [a.model_dump(mode="json") for a in decisions.actions]
         self.messages += [m.model_dump(mode="json") for m in decisions.messages]
+        self.receipts += [r.model_dump(mode="json") for r in decisions.receipts]
+        self.deliveries += [d.model_dump(mode="json") for d in decisions.deliveries]
+        self.effects += [e.model_dump(mode="json") for e in decisions.effects]
         self.errors += [e.model_dump(mode="json") for e in decisions.errors]
         self.summary.rule_errors += len(decisions.errors)
 
