@@ -116,6 +116,23 @@ def _load_rule(
         return None
 
 
+def _marketing_problems(
+    playbooks: dict[str, RulePlaybook], policy: PolicyFile, templates: TemplateCatalog
+) -> list[Problem]:
+    """Compliance of every template some rule sends as marketing (located in the template)."""
+    marketing = sorted({t for b in playbooks.values() for t in _marketing_templates(b)})
+    brand = policy.brand.model_dump()
+    return [p for t in marketing for p in templates.marketing_problems(t, brand)]
+
+
+def _marketing_templates(bound: RulePlaybook) -> list[str]:
+    """The templates a rule's playbook sends as marketing."""
+    fields: tuple[str, ...] = getattr(bound.playbook, "marketing_templates", ())
+    if getattr(bound.params, "purpose", None) == "marketing":
+        fields = bound.playbook.templates
+    return [str(getattr(bound.params, name)) for name in fields]
+
+
 def _bind_playbook(
     spec: RuleSpec,
     doc: YamlDoc,
@@ -214,6 +231,8 @@ def load_rulebook(folder: Path) -> RuleBook:
         bound = _bind_playbook(spec, doc, policy, templates, problems)
         if bound is not None:
             playbooks[spec.id] = bound
+    if policy is not None and templates is not None:
+        problems.extend(_marketing_problems(playbooks, policy, templates))
     compiled, compile_problems = compile_rules(list(loaded.values()))
     problems.extend(compile_problems)
     if problems or compiled is None or policy is None or templates is None:

@@ -38,6 +38,7 @@ from pydantic import (
 from outreach.errors import TemplateRenderError
 from outreach.outbound.filters import LOCALE_KEY, make_environment, parse_locale
 from outreach.outbound.segments import SegmentInfo, count_segments
+from outreach.outbound.unsubscribe import UNSUBSCRIBE_MARKER
 from outreach.rules.yamlfile import Loc, Problem, RuleFileError, YamlDoc, load_yaml
 
 Channel = Literal["sms", "email"]
@@ -247,6 +248,46 @@ class TemplateCatalog:
                     problems.extend(self._check_variant(found, channel, variant, brand))
         return sorted(problems)
 
+    def marketing_problems(self, template_id: str, brand: Mapping[str, Any]) -> list[Problem]:
+        """What keeps ``template_id`` from being sent as marketing, located in its file.
+
+        Every email variant must carry the one-click unsubscribe link (``{{ unsubscribe_url
+        }}``, CAN-SPAM and RFC 8058) and the postal address (``{{ brand.postal_address }}``);
+        every SMS variant must say how to opt out with the STOP keyword (CTIA: the first
+        marketing SMS must; we ask it of every one, so no customer can miss it). Variants that
+        do not render are left to ``check()``."""
+        found = self._templates.get(template_id)
+        if found is None:
+            return []
+        problems: list[Problem] = []
+        address = str(brand.get("postal_address") or "")
+        for channel, variants in found.channels.items():
+            for variant in variants.values():
+                try:
+                    rendered = self._render(
+                        found,
+                        channel,
+                        variant,
+                        self._sample_context(found, channel, variant, brand),
+                    )
+                except TemplateRenderError:
+                    continue
+                missing = []
+                if channel == "email":
+                    if UNSUBSCRIBE_MARKER not in rendered.body:
+                        missing.append("the unsubscribe link ({{ unsubscribe_url }})")
+                    if not address or address not in rendered.body:
+                        missing.append("the postal address ({{ brand.postal_address }})")
+                elif not re.search(r"\bSTOP\b", rendered.body):
+                    missing.append("how to opt out (e.g. 'Reply STOP to opt out')")
+                if missing:
+                    message = (
+                        f"is sent as marketing, so its {channel} text must contain "
+                        f"{' and '.join(missing)}"
+                    )
+                    problems.append(replace(variant.body.site, message=message))
+        return problems
+
     def _pick(self, variants: Mapping[str, _Variant], locale: str | None) -> _Variant:
         tag = _norm(locale or "")
         while tag:
@@ -269,13 +310,23 @@ class TemplateCatalog:
         kind: Channel = "sms" if channel == "sms" else "email"
         return Rendered(found.id, kind, variant.tag, subject, body, segments)
 
-    def _check_variant(
-        self, found: _Compiled, channel: str, variant: _Variant, brand: Mapping[str, Any]
-    ) -> list[Problem]:
+    @staticmethod
+    def _sample_context(
+        found: _Compiled, channel: str, variant: _Variant, brand: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """What a variant is rendered with at check time (as the contact policy would)."""
         sample_customer = found.sample.get("customer")
         customer = dict(sample_customer) if isinstance(sample_customer, Mapping) else {}
         customer = {"timezone": "UTC", **customer, "locale": variant.tag}
         context = {"brand": brand, **found.sample, "customer": customer}
+        if channel == "email":
+            context["unsubscribe_url"] = UNSUBSCRIBE_MARKER
+        return context
+
+    def _check_variant(
+        self, found: _Compiled, channel: str, variant: _Variant, brand: Mapping[str, Any]
+    ) -> list[Problem]:
+        context = self._sample_context(found, channel, variant, brand)
         try:
             rendered = self._render(found, channel, variant, context)
         except TemplateRenderError as exc:

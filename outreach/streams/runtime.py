@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outreach.agents.connectors import FileConnector
 from outreach.core import DecisionCore
-from outreach.outbound.channels import FileChannel
+from outreach.outbound.channels import Channel, FileChannel
 from outreach.rulebook import load_rulebook
 from outreach.store import Store
 from outreach.streams.codec import DEFAULT_MAX_EVENT_BYTES
@@ -84,9 +84,16 @@ class Parts:
 class LiveEngine:
     """One worker process: ``async with engine.running() as parts`` then ``await stop``."""
 
-    def __init__(self, worker: WorkerSettings, kafka: KafkaSettings) -> None:
+    def __init__(
+        self,
+        worker: WorkerSettings,
+        kafka: KafkaSettings,
+        channel: Channel | None = None,
+    ) -> None:
+        """``channel``: where deliveries go (default: the file channel in ``data_dir``)."""
         self.settings = worker
         self.kafka = kafka
+        self.channel = channel
 
     async def _store(self, embedded: bool, stack: contextlib.ExitStack) -> Store:
         store = Store(self.settings.database_url)
@@ -113,7 +120,7 @@ class LiveEngine:
         return Dispatcher(
             store,
             FileConnector(settings.data_dir / "effects.jsonl"),
-            FileChannel(settings.data_dir / "messages.jsonl"),
+            self.channel or FileChannel(settings.data_dir / "messages.jsonl"),
             DispatcherOptions(lease=settings.dispatch_lease),
         )
 

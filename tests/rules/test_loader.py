@@ -462,3 +462,59 @@ def test_rules_test_runs_the_cases_of_a_rule_file(tmp_path: Path, second: str, c
         assert "1 passed, 1 failed" in result.stdout
     only_first = runner.invoke(app, ["rules", "test", str(folder), "-k", "big"], env=WIDE)
     assert only_first.exit_code == 0 and "1 passed, 0 failed" in only_first.stdout
+
+
+# --- compliance of marketing templates (rules check) -------------------------------------
+
+MARKETING = RULE.replace("purpose: transactional", "purpose: marketing")
+GOOD = """\
+id: note
+sms:
+  max_segments: 2
+  text:
+    en: "Acme: something happened. Reply STOP to opt out."
+email:
+  subject:
+    en: "Something happened"
+  body:
+    en: |
+      Hello, something happened.
+      Acme Inc., 100 Market Street, San Francisco, CA 94105, USA
+      Unsubscribe in one click: {{ unsubscribe_url }}
+"""
+
+
+def test_a_compliant_marketing_template_loads(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path, probe_yaml=MARKETING, templates__note_yaml=GOOD)
+    assert "probe" in load_rulebook(folder).playbooks
+
+
+def test_transactional_templates_need_none_of_it(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path, probe_yaml=RULE)  # the plain note: no STOP, no link
+    assert "probe" in load_rulebook(folder).playbooks
+
+
+@pytest.mark.parametrize(
+    ("cut", "channel", "says"),
+    [
+        ("      Unsubscribe in one click: {{ unsubscribe_url }}\n", "email", "unsubscribe link"),
+        ("      Acme Inc., 100 Market Street, San Francisco, CA 94105, USA\n", "email", "postal"),
+        (" Reply STOP to opt out.", "sms", "how to opt out"),
+    ],
+)
+def test_a_marketing_template_missing_a_required_part_is_refused_where_it_is_written(
+    tmp_path: Path, cut: str, channel: str, says: str
+) -> None:
+    text = GOOD.replace(cut, "")
+    assert text != GOOD
+    folder = make_folder(tmp_path, probe_yaml=MARKETING, templates__note_yaml=text)
+    [problem] = problems(folder)
+    assert problem.path == "rules/templates/note.yaml"
+    field = "email.body.en" if channel == "email" else "sms.text.en"
+    assert problem.field == field and says in problem.message
+    assert problem.line == (10 if channel == "email" else 5)
+
+
+def test_the_shipped_marketing_templates_carry_the_link_address_and_stop() -> None:
+    book = load_rulebook(Path(__file__).resolve().parents[2] / "rules")
+    assert book.templates.marketing_problems("renewal_offer", book.policy.brand.model_dump()) == []

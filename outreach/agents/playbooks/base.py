@@ -61,6 +61,9 @@ class Playbook(Protocol):
     params: ClassVar[type[Params]]
     triggers: ClassVar[frozenset[str]]  # event types whose rules may run it
     templates: ClassVar[tuple[str, ...]]  # params fields naming message templates
+    # the fields among them whose template is sent as marketing (compliance checks at load;
+    # a playbook with a ``purpose`` parameter says it per rule instead)
+    marketing_templates: ClassVar[tuple[str, ...]] = ()
     links: ClassVar[tuple[str, ...]]  # policy.yaml links it fills in (checked at load)
 
     def plan(self, ctx: PlaybookContext) -> Plan:

@@ -52,6 +52,7 @@ class RetentionOffer:
     params: ClassVar[type[Params]] = RetentionOfferParams
     triggers: ClassVar[frozenset[str]] = frozenset(EVENT_TYPES)
     templates: ClassVar[tuple[str, ...]] = ("template",)
+    marketing_templates: ClassVar[tuple[str, ...]] = ("template",)
     links: ClassVar[tuple[str, ...]] = ()
 
     def plan(self, ctx: PlaybookContext) -> Plan:
@@ -76,6 +77,7 @@ class RenewalSave:
     params: ClassVar[type[Params]] = RenewalSaveParams
     triggers: ClassVar[frozenset[str]] = frozenset({"renewal.upcoming"})
     templates: ClassVar[tuple[str, ...]] = ("offer_template", "reminder_template")
+    marketing_templates: ClassVar[tuple[str, ...]] = ("offer_template",)
     links: ClassVar[tuple[str, ...]] = ()
 
     def plan(self, ctx: PlaybookContext) -> Plan:
