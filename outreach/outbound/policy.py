@@ -17,7 +17,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from outreach.errors import TemplateRenderError
 from outreach.events import Locale, Timezone
@@ -79,6 +79,16 @@ class KeywordReplies(_Config):
     )
     start: str = "{brand}: you are subscribed again. Reply HELP for help, STOP to opt out."
     help: str = _HELP
+
+    @field_validator("help")
+    @classmethod
+    def _help_says_what_ctia_asks(cls, text: str) -> str:
+        missing = [
+            what for what in ("{brand}", "Msg & data rates may apply", "STOP") if what not in text
+        ]
+        if missing:
+            raise ValueError(f"the HELP answer must contain {', '.join(map(repr, missing))}")
+        return text
 
 
 class ContactPolicyConfig(_Config):
