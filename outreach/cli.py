@@ -320,6 +320,9 @@ def worker(
 
     from pydantic import ValidationError
 
+    from outreach.outbound.config import OutboundSettings, build_channel
+    from outreach.outbound.sendgrid import SendGridSettings
+    from outreach.outbound.twilio import TwilioSettings
     from outreach.streams.console import run_worker
     from outreach.streams.runtime import WorkerSettings
     from outreach.streams.topics import KafkaSettings
@@ -345,10 +348,23 @@ def worker(
     if publish is not None and not publish.is_file():
         err.print(f"[bold red]cannot read the events file {publish}[/]")
         raise typer.Exit(2)
+    try:  # a channel without its credentials fails here, before anything starts
+        channel = build_channel(
+            OutboundSettings(), TwilioSettings(), SendGridSettings(), settings.data_dir
+        )
+    except ValidationError as exc:
+        err.print(f"[bold red]invalid outbound setting:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except OutreachError as exc:
+        err.print(f"[bold red]the worker cannot start:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     try:
         parts = asyncio.run(
-            run_worker(settings, kafka, out, publish=publish, rate=rate, until_idle=until_idle)
-        )
+            run_worker(
+                settings, kafka, out, publish=publish, rate=rate, until_idle=until_idle,
+                channel=channel,
+            )
+        )  # fmt: skip
     except RuleFileError as exc:
         err.print(f"[bold red]the rules cannot be loaded:[/]\n{exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -368,6 +384,85 @@ def worker(
     if parts.failure is not None:
         err.print(f"[bold red]the worker stopped on an error:[/] {parts.failure}", highlight=False)
         raise typer.Exit(1)
+
+
+@app.command()
+def api(
+    host: Annotated[
+        str | None, typer.Option(help="interface (default: $OUTREACH_HOST or 127.0.0.1)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: $OUTREACH_PORT or 8000)")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="the store (default: $OUTREACH_DATABASE_URL or sqlite:///outreach.db)"),
+    ] = None,
+    kafka_url: Annotated[
+        str | None, typer.Option(help="bootstrap servers (default: $OUTREACH_KAFKA_URL)")
+    ] = None,
+    rules: Annotated[
+        Path | None, typer.Option(help="rules folder, for the brand (default: $OUTREACH_RULES)")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Serve the provider webhooks (Twilio, SendGrid) and the one-click unsubscribe links;
+    every fact they report is published to Kafka for the workers. Ctrl-C stops it."""
+    import logging
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from outreach.api import ApiSettings, KafkaEventSink, KeywordReplies, create_app
+    from outreach.store import Store, StoreSettings
+    from outreach.store.contacts import Contacts
+    from outreach.streams.topics import KafkaSettings, Topics
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    given: dict[str, Any] = {"host": host, "port": port, "rules": rules}
+    try:
+        settings = ApiSettings(**{k: v for k, v in given.items() if v is not None})
+        store_settings = StoreSettings()
+        kafka = KafkaSettings()
+        topics = Topics(kafka.topic_prefix)
+    except (ValidationError, ValueError) as exc:
+        err.print(f"[bold red]invalid setting:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    url = kafka_url or kafka.kafka_url
+    if not url:
+        err.print(
+            "[bold red]no Kafka to publish to:[/] set OUTREACH_KAFKA_URL (or pass --kafka-url) "
+            "to the cluster the workers read; the embedded broker belongs to `outreach worker` "
+            "and lives only as long as it does"
+        )
+        raise typer.Exit(2)
+    book = _load(settings.rules)
+    brand = book.policy.brand
+    replies = KeywordReplies.from_templates(
+        book.policy.contact.keywords,
+        brand=brand.name, support_url=brand.support_url, support_email=brand.support_email,
+    )  # fmt: skip
+    unset = {
+        "OUTREACH_TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
+        "OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY": settings.sendgrid_webhook_public_key,
+        "OUTREACH_UNSUBSCRIBE_SECRET": settings.unsubscribe_secret,
+    }
+    for name in (name for name, value in unset.items() if value is None):
+        err.print(f"[yellow]{name} is not set: its endpoint answers 503[/]")
+    store = Store(database_url or store_settings.database_url)
+    store.migrate()
+    sink = KafkaEventSink(url, topics, kafka.partitions)
+    try:
+        web = create_app(
+            settings, Contacts(store), sink, replies, brand=brand.name, lifespan=sink.lifespan
+        )
+    except ValueError as exc:  # a SendGrid key that is not one
+        err.print(f"[bold red]invalid setting:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        uvicorn.run(web, host=settings.host, port=settings.port, log_level=log_level.lower())
+    finally:
+        store.close()
 
 
 def main() -> None:

@@ -60,10 +60,10 @@ class Playbook(Protocol):
     name: ClassVar[str]
     params: ClassVar[type[Params]]
     triggers: ClassVar[frozenset[str]]  # event types whose rules may run it
-    templates: ClassVar[tuple[str, ...]]  # params fields naming message templates
-    # the fields among them whose template is sent as marketing (compliance checks at load;
-    # a playbook with a ``purpose`` parameter says it per rule instead)
-    marketing_templates: ClassVar[tuple[str, ...]] = ()
+    # params fields naming message templates; a playbook may also declare
+    # ``marketing_templates``, the fields among them sent as marketing (compliance checks at
+    # load), or take a ``purpose`` parameter that says it per rule
+    templates: ClassVar[tuple[str, ...]]
     links: ClassVar[tuple[str, ...]]  # policy.yaml links it fills in (checked at load)
 
     def plan(self, ctx: PlaybookContext) -> Plan:
