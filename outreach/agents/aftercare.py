@@ -150,7 +150,7 @@ class Aftercare:
             cs.contact.suppressed["sms"] = "stop"
             reactions.append(f"SMS suppressed: the number opted out ({code})")
         elif reaction == "unusable":
-            cs.contact.suppressed["sms"] = "unusable"
+            _suppress(cs, "sms", "unusable")
             reactions.append(f"SMS suppressed: number unusable ({code})")
             if sent is not None:
                 reactions.append(self._send_again(sent, cs, shared, now, out, f"number {code}"))
@@ -182,7 +182,7 @@ class Aftercare:
         elif d.status == "failed" and d.provider_event == "dropped":
             reason = dropped_suppression(d.detail)
         if reason is not None:
-            cs.contact.suppressed["email"] = reason
+            _suppress(cs, "email", reason)
             reactions.append(f"email suppressed ({reason})")
 
     def _schedule(
@@ -371,6 +371,17 @@ class Aftercare:
         talk.append((at, way, text))
         if len(talk) > CONVERSATION_LENGTH:
             del talk[: len(talk) - CONVERSATION_LENGTH]
+
+
+_OPT_OUTS = frozenset({"stop", "unsubscribe", "complaint", "manual"})
+
+
+def _suppress(cs: CustomerState, channel: str, reason: str) -> None:
+    """Suppress ``channel``; a person's own opt-out is never replaced by an address problem
+    (a late report about a message sent before a STOP must not turn it into something a new
+    number would lift)."""
+    if reason in _OPT_OUTS or cs.contact.suppressed.get(channel) not in _OPT_OUTS:
+        cs.contact.suppressed[channel] = reason
 
 
 def _backoff(message_id: str, retry: int) -> float:

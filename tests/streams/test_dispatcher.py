@@ -20,8 +20,10 @@ from outreach.errors import (
     TransientConnectorError,
     TransientDeliveryError,
 )
+from outreach.events import MessageStatus, parse_event
 from outreach.outbound.channels import FileChannel, SendResult
 from outreach.store import Store
+from outreach.store.contacts import Contacts
 from outreach.streams.dispatcher import Dispatcher, DispatcherOptions
 
 LEASE = 60.0
@@ -353,3 +355,201 @@ async def test_two_dispatchers_sharing_the_output_files_write_each_key_once(
         "msg:msg_2",
     ]
     assert [line["key"] for line in lines(tmp_path / "effects.jsonl")] == ["eff_1"]
+
+
+# -- suppressed addresses and refused deliveries, reported back to the core -----------------
+
+
+def taken_records(store: Store) -> list[tuple[str, bytes | None, Any]]:
+    """The records queued for the relay, as (topic, key, parsed event); takes them."""
+    records: list[Any] = []
+    store.take_records(100, records.extend)
+    return [(r.topic, r.key, parse_event(r.value)) for r in records]
+
+
+def only_report(store: Store) -> MessageStatus:
+    """The one ``message.status`` event queued for the relay, checked to be about cus_1."""
+    [(topic, key, event)] = taken_records(store)
+    assert (topic, key) == ("customers", b"cus_1")
+    assert isinstance(event, MessageStatus)
+    assert (event.customer_id, event.source, event.data.status) == ("cus_1", "dispatcher", "failed")
+    return event
+
+
+def email(message_id: str, purpose: str, list_id: str | None) -> Delivery:
+    return Delivery(
+        message_id=message_id, customer_id="cus_1", channel="email", to="ann@example.com",
+        purpose=purpose, subject="Hello", body="Hello from Acme", list_id=list_id,
+    )  # fmt: skip
+
+
+async def test_a_delivery_to_a_suppressed_number_is_failed_reported_and_never_sent(
+    store: Store, setup: Setup
+) -> None:
+    Contacts(store).suppress("sms", " +14155550100 ", "stop")  # as the webhook wrote it
+    now = 1_000_000.0
+    key = queue_delivery(store, delivery().model_copy(update={"attempt": 2}), now)
+    assert await setup.dispatcher.run_once(now) == 1
+    row = only_row(store)
+    assert (row["status"], row["last_error"], row["result"]) == ("failed", "suppressed: stop", None)
+    assert setup.messages.read_bytes() == b""
+    stats = setup.dispatcher.stats
+    assert (stats.suppressed, stats.failed, stats.done) == (1, 1, 0)
+    event = only_report(store)
+    assert event.event_id == f"dispatch:{key}"
+    assert event.occurred_at.timestamp() == now
+    assert (event.data.message_id, event.data.channel, event.data.attempt) == ("msg_1", "sms", 2)
+    assert (event.data.error_code, event.data.provider) == ("suppressed", "dispatcher")
+    assert event.data.detail == "address suppressed (stop)"
+    assert await setup.dispatcher.run_once(now + 10 * 86400) == 0  # never tried again
+    assert taken_records(store) == []
+
+
+async def test_a_compliance_reply_goes_to_a_suppressed_number(store: Store, setup: Setup) -> None:
+    Contacts(store).suppress("sms", "+14155550100", "stop")
+    confirmation = delivery("msg_stop").model_copy(
+        update={"compliance": True, "template": "keyword_stop", "body": "Acme: unsubscribed."}
+    )
+    key = queue_delivery(store, confirmation, 0.0)
+    queue_delivery(store, delivery("msg_notice"), 0.0)  # the same number, not a compliance reply
+    assert await setup.dispatcher.run_once(time.time()) == 2
+    [sent] = lines(setup.messages)
+    assert (sent["key"], sent["to"], sent["compliance"]) == (key, "+14155550100", True)
+    rows = {r["idempotency_key"]: r["status"] for r in store.outbox_rows()}
+    assert rows == {key: "done", "msg:msg_notice": "failed"}
+    assert [e.data.message_id for _, _, e in taken_records(store)] == ["msg_notice"]
+    assert setup.dispatcher.stats.suppressed == 1
+
+
+async def test_leaving_an_email_list_refuses_its_marketing_but_not_transactional_mail(
+    store: Store, setup: Setup
+) -> None:
+    Contacts(store).suppress("email", "Ann@Example.com", "unsubscribe", list_id="marketing")
+    queue_delivery(store, email("msg_promo", "marketing", "marketing"), 0.0)
+    queue_delivery(store, email("msg_news", "marketing", "news"), 0.0)  # another list
+    queue_delivery(store, email("msg_receipt", "transactional", None), 0.0)
+    # a list counts only for marketing: a transactional mail that names one still goes
+    queue_delivery(store, email("msg_notice", "transactional", "marketing"), 0.0)
+    assert await setup.dispatcher.run_once(time.time()) == 4
+    assert sorted(line["message_id"] for line in lines(setup.messages)) == [
+        "msg_news",
+        "msg_notice",
+        "msg_receipt",
+    ]
+    rows = {r["ref"]: (r["status"], r["last_error"]) for r in store.outbox_rows()}
+    assert rows["msg_promo"] == ("failed", "suppressed: unsubscribe")
+    event = only_report(store)
+    assert (event.data.message_id, event.data.channel, event.data.error_code) == (
+        "msg_promo", "email", "suppressed",
+    )  # fmt: skip
+    assert setup.dispatcher.stats.suppressed == 1
+
+
+async def test_a_whole_channel_email_suppression_refuses_every_list_and_transactional_mail(
+    store: Store, setup: Setup
+) -> None:
+    Contacts(store).suppress("email", "ann@example.com", "bounce")
+    queue_delivery(store, email("msg_promo", "marketing", "marketing"), 0.0)
+    queue_delivery(store, email("msg_receipt", "transactional", None), 0.0)
+    assert await setup.dispatcher.run_once(time.time()) == 2
+    assert setup.messages.read_bytes() == b""
+    assert sorted(e.data.message_id for _, _, e in taken_records(store)) == [
+        "msg_promo",
+        "msg_receipt",
+    ]
+    assert setup.dispatcher.stats.suppressed == 2
+
+
+async def test_a_lifted_suppression_lets_the_delivery_go(store: Store, setup: Setup) -> None:
+    contacts = Contacts(store)
+    contacts.suppress("sms", "+14155550100", "stop")
+    assert contacts.unsuppress("sms", "+14155550100") == 1  # START
+    queue_delivery(store, delivery(), 0.0)
+    assert await setup.dispatcher.run_once(time.time()) == 1
+    assert only_row(store)["status"] == "done"
+    assert len(lines(setup.messages)) == 1
+    assert taken_records(store) == []
+
+
+@SQLITE_ONLY
+async def test_a_permanent_channel_error_reports_the_providers_code(
+    store: Store, setup: Setup
+) -> None:
+    key = queue_delivery(store, delivery(), 0.0)
+    setup.channel.fail_next(PermanentDeliveryError("the number opted out", code="21610"))
+    assert await setup.dispatcher.run_once(time.time()) == 1
+    assert only_row(store)["status"] == "failed"
+    event = only_report(store)
+    assert event.event_id == f"dispatch:{key}"
+    assert (event.data.message_id, event.data.error_code) == ("msg_1", "21610")
+    assert event.data.detail == "the number opted out"
+    assert setup.dispatcher.stats.suppressed == 0  # refused by the provider, not by us
+
+
+@SQLITE_ONLY
+async def test_a_permanent_connector_error_reports_nothing(store: Store, setup: Setup) -> None:
+    queue_effect(store, effect(), 0.0)
+    setup.connector.fail_next(PermanentConnectorError("card account closed"))
+    assert await setup.dispatcher.run_once(time.time()) == 1
+    assert only_row(store)["status"] == "failed"
+    assert taken_records(store) == []  # an effect is no message: no message.status
+
+
+@SQLITE_ONLY
+async def test_giving_up_on_a_delivery_reports_gave_up_once(store: Store, tmp_path: Path) -> None:
+    setup = Setup(store, tmp_path, max_attempts=2, backoff_base=1.0, backoff_max=1.0)
+    queue_delivery(store, delivery(), 0.0)
+    setup.channel.fail_next(*(TransientDeliveryError(f"timeout #{i}") for i in (1, 2)))
+    now = time.time()
+    assert await setup.dispatcher.run_once(now) == 1
+    assert only_row(store)["status"] == "pending"
+    assert taken_records(store) == []  # a retry is not a failure yet
+    assert await setup.dispatcher.run_once(now + 10) == 1
+    assert only_row(store)["status"] == "failed"
+    event = only_report(store)
+    assert (event.data.message_id, event.data.error_code) == ("msg_1", "gave_up")
+    assert event.data.detail == "gave up after 2 attempts: timeout #2"
+    assert await setup.dispatcher.run_once(now + 10 * 86400) == 0
+    assert setup.messages.read_bytes() == b""
+
+
+class RecordingChannel:
+    """A channel that records each call (key, retry) and raises the scripted errors first."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.calls: list[tuple[str, bool]] = []
+        self._errors = list(errors)
+
+    async def send(self, delivery: Delivery, key: str, retry: bool = False) -> SendResult:
+        self.calls.append((key, retry))
+        if self._errors:
+            raise self._errors.pop(0)
+        return SendResult(status="sent", provider_id=f"rec:{key}")
+
+
+async def test_the_channel_is_told_retry_on_the_second_claim_of_a_row(store: Store) -> None:
+    channel = RecordingChannel(TransientDeliveryError("timeout: it may have gone"))
+    options = DispatcherOptions(lease=LEASE, backoff_base=1.0, backoff_max=1.0)
+    dispatcher = Dispatcher(store, FakeConnector(), channel, options, random.Random(3))
+    first = queue_delivery(store, delivery("msg_1"), 0.0)
+    other = queue_delivery(store, delivery("msg_2"), 5.0)
+    now = time.time()
+    assert await dispatcher.run_once(now) == 2
+    assert channel.calls == [(first, False), (other, False)]
+    assert await dispatcher.run_once(now + 2) == 1
+    assert channel.calls[2:] == [(first, True)]
+    assert {r["status"] for r in store.outbox_rows()} == {"done"}
+
+
+async def test_the_channel_is_told_retry_after_a_crashed_dispatchers_lease_ran_out(
+    store: Store,
+) -> None:
+    channel = RecordingChannel()
+    dispatcher = Dispatcher(store, FakeConnector(), channel, DispatcherOptions(lease=LEASE))
+    key = queue_delivery(store, delivery(), 0.0)
+    now = time.time()
+    [claimed] = store.claim_due(now, 10, LEASE)  # a dispatcher that died mid-send
+    assert claimed.attempts == 1
+    assert await dispatcher.run_once(now + LEASE) == 1
+    assert channel.calls == [(key, True)]
+    assert (only_row(store)["status"], only_row(store)["attempts"]) == ("done", 2)
