@@ -200,7 +200,7 @@ class DecisionCore:
             _forget_older(agents.effects, now - self.effect_memory)
         if state.contact.marketing or state.contact.notices:
             state.contact.prune(now, self.contact_memory)
-        if state.contact.sent:
+        if state.contact.sent or state.contact.conversation:
             self.aftercare.prune(state, now)
         if state.rules.cooldowns:
             _forget_older(state.rules.cooldowns, now - self.cooldown_memory)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from outreach.agents.announcing import from_held
 from outreach.agents.connectors import Effect
 from outreach.agents.guardrails import Ledger
 from outreach.agents.recording import record_message
@@ -49,6 +50,7 @@ _FAILED = frozenset({"undelivered", "failed", "bounced"})
 CARRIER_RETRY_BASE = 300.0  # seconds before the first send again after 30003/30008
 SENT_MEMORY = 3 * 86400.0  # a sent message's outcome is awaited this long (late bounces: 72h)
 CONVERSATION_LENGTH = 20
+CONVERSATION_MEMORY = 30 * 86400.0  # older exchanges say little about today's reply
 ESCALATE = "escalate_to_human"
 
 
@@ -88,10 +90,13 @@ class Aftercare:
             self._converse(cs, now, "out", decision.rendered.body)
 
     def prune(self, cs: CustomerState, now: float) -> None:
-        """Stop waiting for outcomes of messages sent long ago."""
+        """Stop waiting for outcomes of messages sent long ago; forget old conversation."""
         for message_id, sent in list(cs.contact.sent.items()):
             if now - sent.sent_at > SENT_MEMORY and not sent.timer_id:
                 del cs.contact.sent[message_id]
+        talk = cs.contact.conversation
+        if talk and now - talk[0][0] > CONVERSATION_MEMORY:
+            cs.contact.conversation = [t for t in talk if now - t[0] <= CONVERSATION_MEMORY]
 
     # -- delivery outcomes ----------------------------------------------------------------
     def on_status(
@@ -214,11 +219,7 @@ class Aftercare:
         why: str,
     ) -> str:
         """Judge the message again and send it as its next attempt; says what happened."""
-        msg = OutboundMessage(
-            message_id=sent.message_id, signal_id=sent.signal_id, rule_id=sent.rule_id,
-            template=sent.template, purpose=sent.purpose, context=sent.context,
-            notice=sent.notice, category=sent.category,
-        )  # fmt: skip
+        msg = from_held(sent)
         decision = self.policy.decide(msg, cs.profile, cs.contact, now, shared, resend=True)
         decision.checks.insert(0, {"check": "resend", "result": "used", "detail": why})
         if decision.status == "deferred":

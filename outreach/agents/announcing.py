@@ -15,7 +15,7 @@ from outreach.agents.guardrails import Check, Verdict
 from outreach.agents.plan import PlannedMessage
 from outreach.ids import make_id
 from outreach.outbound.policy import MessageDecision, OutboundMessage
-from outreach.outbound.state import DeferredMessage
+from outreach.outbound.state import HeldMessage
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ def outbound(
     )  # fmt: skip
 
 
-def from_deferred(d: DeferredMessage) -> OutboundMessage:
+def from_held(d: HeldMessage) -> OutboundMessage:
+    """The message a deferred or sent message stands for, to be judged again."""
     return OutboundMessage(
         message_id=d.message_id, signal_id=d.signal_id, rule_id=d.rule_id, template=d.template,
         purpose=d.purpose, context=d.context, notice=d.notice, category=d.category,

@@ -23,7 +23,7 @@ from outreach.agents.announcing import (
     announced,
     approved,
     as_dict,
-    from_deferred,
+    from_held,
     outbound,
 )
 from outreach.agents.guardrails import Guardrails, Ledger, Verdict
@@ -355,7 +355,7 @@ class Executor:
         now: datetime,
         out: Decisions,
     ) -> None:
-        msg = from_deferred(deferred)
+        msg = from_held(deferred)
         decision = MessageDecision("suppressed", self._held_channel(deferred), None, reason, now)
         self._commit_message(msg, decision, deferred.entity, cs, now, out)
 
@@ -387,7 +387,7 @@ class Executor:
         out: Decisions,
     ) -> None:
         """Judge a deferred message again; its waiting offers go with it or not at all."""
-        msg = from_deferred(deferred)
+        msg = from_held(deferred)
         blocked = self._recheck_announced(deferred.announces, cs, shared, now)
         if blocked:
             decision = MessageDecision(

@@ -43,21 +43,18 @@ class ChannelConfigError(OutreachError):
     """A channel that cannot start as configured; the message names the variables to set."""
 
 
-class OutboundSettings(BaseSettings):
-    """Which channels the dispatcher sends through (``OUTREACH_*`` variables)."""
+class PublicEndpointSettings(BaseSettings):
+    """Where providers and recipients reach our API, and the secret its unsubscribe links are
+    signed with: the same two variables for the workers (which make the links) and for
+    ``outreach api`` (which checks them and Twilio's signatures)."""
 
     model_config = SettingsConfigDict(env_prefix="OUTREACH_")
 
-    sms_channel: Literal["file", "twilio"] = Field(
-        default="file", description="file: append to messages.jsonl; twilio: send for real"
-    )
-    email_channel: Literal["file", "sendgrid"] = Field(
-        default="file", description="file: append to messages.jsonl; sendgrid: send for real"
-    )
     public_url: str | None = Field(
         default=None,
         description="the base URL of our API (https://hooks.example.com): unsubscribe links "
-        "and the default Twilio status callback are made from it",
+        "and the default Twilio status callback are made from it; behind a proxy, Twilio "
+        "signatures are checked against it, not the URL the app sees",
     )
     unsubscribe_secret: SecretStr | None = Field(
         default=None, description="the secret unsubscribe links are signed with"
@@ -75,6 +72,17 @@ class OutboundSettings(BaseSettings):
                 "recipients reach, with an optional path prefix, e.g. https://hooks.example.com"
             )
         return url
+
+
+class OutboundSettings(PublicEndpointSettings):
+    """Which channels the dispatcher sends through (``OUTREACH_*`` variables)."""
+
+    sms_channel: Literal["file", "twilio"] = Field(
+        default="file", description="file: append to messages.jsonl; twilio: send for real"
+    )
+    email_channel: Literal["file", "sendgrid"] = Field(
+        default="file", description="file: append to messages.jsonl; sendgrid: send for real"
+    )
 
 
 class ChannelRouter:

@@ -7,8 +7,8 @@ from typing import Any
 import msgspec
 
 
-class DeferredMessage(msgspec.Struct, kw_only=True):
-    """A message held back (quiet hours) and re-judged by the policy when it falls due."""
+class HeldMessage(msgspec.Struct, kw_only=True):
+    """What a message is (identity, template, data): what the policy judges again later."""
 
     message_id: str
     signal_id: str
@@ -19,6 +19,11 @@ class DeferredMessage(msgspec.Struct, kw_only=True):
     context: dict[str, Any]
     notice: str
     category: str
+
+
+class DeferredMessage(HeldMessage, kw_only=True):
+    """A message held back (quiet hours) and re-judged by the policy when it falls due."""
+
     created: float
     send_at: float
     timer_id: str
@@ -28,20 +33,11 @@ class DeferredMessage(msgspec.Struct, kw_only=True):
     fallback: dict[str, Any] | None = None  # the message to send if this one cannot go
 
 
-class SentMessage(msgspec.Struct, kw_only=True):
+class SentMessage(HeldMessage, kw_only=True):
     """A message handed to a channel, kept while its delivery outcome may still change what
     we do (a carrier retry, email instead of an unusable number): what to send again, and the
     delivery state machine ``queued -> sent -> delivered | undelivered | failed | bounced``."""
 
-    message_id: str
-    signal_id: str
-    rule_id: str
-    entity: str
-    template: str
-    purpose: str
-    context: dict[str, Any]
-    notice: str
-    category: str
     channel: str
     to: str
     attempt: int = 1

@@ -14,6 +14,7 @@ every request still held by ``slow`` and stops the server.
 
 from __future__ import annotations
 
+import abc
 import base64
 import json
 import threading
@@ -98,7 +99,7 @@ class _Server(ThreadingHTTPServer):
         """A client that gave up (timeout) is expected here; say nothing."""
 
 
-class HttpDouble:
+class HttpDouble(abc.ABC):
     """A threaded HTTP server that records requests and answers by script or by ``handle``."""
 
     def __init__(self) -> None:
@@ -151,17 +152,17 @@ class HttpDouble:
 
     # -- what a subclass decides ----------------------------------------------------------------
 
+    @abc.abstractmethod
     def authorized(self, request: Recorded) -> bool:
         """Whether the request carries the right credentials."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def unauthorized(self) -> Answer:
         """The answer to a request with wrong credentials."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def handle(self, request: Recorded) -> Answer:
         """The usual answer to an authorized request."""
-        raise NotImplementedError
 
     # -- the plumbing ----------------------------------------------------------------------------
 
