@@ -73,6 +73,9 @@ pending_records = sa.Table(
     sa.Column("topic", sa.String(32), nullable=False),  # signals | actions | messages | dlq
     sa.Column("key", sa.LargeBinary, nullable=True),
     sa.Column("value", sa.LargeBinary, nullable=False),
+    # never reuse a number, even once the table is empty: on SQLite two relays may read the
+    # same rows and the slower one deletes by number after the faster one emptied the table
+    sqlite_autoincrement=True,
 )
 
 ledger = sa.Table(

@@ -108,7 +108,7 @@ def test_migrate_again_keeps_the_data_and_one_version_row(store: Store) -> None:
     store.migrate()
     with store.engine.connect() as conn:
         versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-    assert versions == [("0003",)]
+    assert versions == [("0004",)]
     assert [r["idempotency_key"] for r in store.outbox_rows()] == ["k1"]
     assert store.run(lambda b: b.positions("g", [("payments", 0)])) == {("payments", 0): 4}
 
@@ -132,7 +132,7 @@ def test_two_stores_migrating_the_same_empty_database_at_once_both_succeed(
         assert set(sa.inspect(stores[0].engine).get_table_names()) >= TABLES
         with stores[0].engine.connect() as conn:
             versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-        assert versions == [("0003",)]
+        assert versions == [("0004",)]
     finally:
         for made in stores:
             made.close()
@@ -641,6 +641,26 @@ def test_records_stay_in_order_when_publishing_them_raises(store: Store) -> None
     taken: list[PendingRecord] = []
     assert store.take_records(10, taken.extend) == 3
     assert [r.value for r in taken] == [b"\x00", b"\x01", b"\x02"]
+
+
+@ONLY_SQLITE  # PostgreSQL: one relay at a time (the next test)
+def test_a_relay_that_lost_the_race_deletes_only_the_rows_it_published(store: Store) -> None:
+    """SQLite: two relays read the same rows; the faster one publishes and deletes them, a batch
+    then queues new records. The slower one's delete must not take the new records with it
+    (they would never reach Kafka): record numbers are never reused, even once the table has
+    been emptied. Found by the two-workers SIGKILL test, which lost a signal now and then."""
+    store.run(lambda b: b.add_records([("signals", b"k", b"old")]))
+    published: list[bytes] = []
+
+    def slow_publish(rows: list[PendingRecord]) -> None:
+        assert store.take_records(10, lambda other: published.extend(r.value for r in other))
+        store.run(lambda b: b.add_records([("signals", b"k", b"new")]))
+        published.extend(r.value for r in rows)
+
+    assert store.take_records(10, slow_publish) == 1
+    left: list[PendingRecord] = []
+    assert store.take_records(10, left.extend) == 1
+    assert published == [b"old", b"old"] and [r.value for r in left] == [b"new"]
 
 
 @ONLY_POSTGRES
