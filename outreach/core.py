@@ -125,7 +125,7 @@ class DecisionCore:
         elif isinstance(event, MessageStatus):
             self.aftercare.on_status(event, state, shared, now, out)
         elif isinstance(event, MessageReceived):
-            self.aftercare.on_reply(event, state, shared, now, out)
+            self.aftercare.on_reply(event, state, shared, now, out, self.executor)
         if etype in self._ingested:
             ingest(rules, state.rules, event, occurred)
         if etype in rules.cancels:

@@ -125,6 +125,24 @@ def _marketing_problems(
     return [p for t in marketing for p in templates.marketing_problems(t, brand)]
 
 
+def _acceptance_problems(
+    playbooks: dict[str, RulePlaybook], policy: PolicyFile, templates: TemplateCatalog
+) -> list[Problem]:
+    """An offer that waits for the customer's YES must ask for it in every SMS variant."""
+    brand = policy.brand.model_dump()
+    asking = sorted({
+        str(getattr(bound.params, name))
+        for bound in playbooks.values()
+        if getattr(bound.params, "acceptance", None) is not None
+        for name in getattr(bound.playbook, "acceptance_templates", ())
+    })  # fmt: skip
+    why = (
+        "announces an offer applied only on a YES reply (params.acceptance), so its sms text "
+        "must ask for it (e.g. 'Reply YES to accept')"
+    )
+    return [p for t in asking for p in templates.sms_problems(t, brand, r"\bYES\b", why)]
+
+
 def _marketing_templates(bound: RulePlaybook) -> list[str]:
     """The templates a rule's playbook sends as marketing."""
     fields: tuple[str, ...] = getattr(bound.playbook, "marketing_templates", ())
@@ -233,6 +251,7 @@ def load_rulebook(folder: Path) -> RuleBook:
             playbooks[spec.id] = bound
     if policy is not None and templates is not None:
         problems.extend(_marketing_problems(playbooks, policy, templates))
+        problems.extend(_acceptance_problems(playbooks, policy, templates))
     compiled, compile_problems = compile_rules(list(loaded.values()))
     problems.extend(compile_problems)
     if problems or compiled is None or policy is None or templates is None:

@@ -14,9 +14,12 @@ hours, kill switches) but not dedup, priority or caps: those judged it when it f
 
 Replies (``message.received``): STOP words suppress SMS and send one confirmation (the first
 time; a number already stopped gets nothing more); START/UNSTOP resubscribe and confirm;
-HELP/INFO answer with the help text; anything else goes to a person (``escalate_to_human``
-with the conversation attached). Keyword answers are compliance replies: they go even to a
-suppressed number and in quiet hours, because the customer just wrote to us.
+HELP/INFO answer with the help text; YES/NO answer the latest offer awaiting acceptance
+(the executor applies it through the guardrails, or cancels it) and are acknowledged; anything
+else, and a YES or NO when no offer awaits one, goes to a person (``escalate_to_human`` with
+the conversation attached). Keyword answers are compliance replies: they go even to a
+suppressed number and in quiet hours, because the customer just wrote to us; the answer to a
+YES or NO is not, and is not sent to a number that opted out.
 
 Must not import: faust, aiokafka, twilio, sendgrid, openai, fastapi, sqlalchemy.
 """
@@ -24,6 +27,7 @@ Must not import: faust, aiokafka, twilio, sendgrid, openai, fastapi, sqlalchemy.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from outreach.agents.announcing import from_held
 from outreach.agents.connectors import Effect
@@ -59,6 +63,22 @@ def advances(old: str, new: str) -> bool:
     if old == "delivered" and new == "bounced":
         return True  # an email can bounce after the receiving server accepted it
     return _RANK.get(new, -1) > _RANK.get(old, 3)
+
+
+class Offers(Protocol):
+    """Where offers awaiting the customer's YES live (the executor)."""
+
+    def answer_offer(
+        self,
+        cs: CustomerState,
+        shared: Ledger,
+        now: datetime,
+        out: Decisions,
+        accepted: bool,
+        source: str,
+    ) -> str | None:
+        """Apply or decline the latest offer awaiting an answer; ``None`` if none awaits."""
+        ...
 
 
 class Aftercare:
@@ -246,6 +266,7 @@ class Aftercare:
         shared: Ledger,
         now: datetime,
         out: Decisions,
+        offers: Offers | None = None,
     ) -> None:
         """Act on an inbound SMS."""
         d = event.data
@@ -264,8 +285,37 @@ class Aftercare:
             self._answer(event, "start", self.policy.config.keywords.start, cs, now, out)
         elif word == "help":
             self._answer(event, "help", self.policy.config.keywords.help, cs, now, out)
+        elif (
+            word in ("yes", "no")
+            and offers is not None
+            and self._answered(event, word == "yes", offers, cs, shared, now, out)
+        ):
+            return
         else:
             self._escalate(event, cs, shared, now, out)
+
+    def _answered(
+        self,
+        event: MessageReceived,
+        accepted: bool,
+        offers: Offers,
+        cs: CustomerState,
+        shared: Ledger,
+        now: datetime,
+        out: Decisions,
+    ) -> bool:
+        """A YES or NO to an offer awaiting one: applied or declined, and acknowledged."""
+        outcome = offers.answer_offer(cs, shared, now, out, accepted, event.event_id)
+        if outcome is None:
+            return False
+        texts = self.policy.config.keywords
+        text = {"accepted": texts.accepted, "declined": texts.declined}.get(outcome)
+        if text is None:  # the guardrails no longer allow it: a person follows up
+            text = texts.unavailable
+            self._escalate(event, cs, shared, now, out, f"accepted offer not applied ({outcome})")
+        if cs.contact.suppressed.get("sms") not in _OPT_OUTS:
+            self._answer(event, outcome, text, cs, now, out, compliance=False)
+        return True
 
     def _answer(
         self,
@@ -275,6 +325,8 @@ class Aftercare:
         cs: CustomerState,
         now: datetime,
         out: Decisions,
+        *,
+        compliance: bool = True,
     ) -> None:
         brand = self.policy.brand
         body = text.format(
@@ -289,7 +341,7 @@ class Aftercare:
                 message_id=message_id,
                 signal_id="",
                 customer_id=cs.customer_id,
-                rule_id="sms_keywords",
+                rule_id="sms_keywords" if compliance else "sms_replies",
                 channel="sms",
                 to=to,
                 purpose="transactional",
@@ -297,7 +349,11 @@ class Aftercare:
                 body=body,
                 send_at=now,
                 status="sent",
-                reason=f"answer to {word.upper()} ({event.event_id})",
+                reason=(
+                    f"answer to {word.upper()} ({event.event_id})"
+                    if compliance
+                    else f"offer {word}: the customer's answer acknowledged ({event.event_id})"
+                ),
                 template=f"keyword_{word}",
                 notice=f"keyword|{event.event_id}",
                 checks=[{"check": "keyword", "result": "pass", "detail": f"{word.upper()} reply"}],
@@ -313,7 +369,7 @@ class Aftercare:
                 subject=None,
                 body=body,
                 template=f"keyword_{word}",
-                compliance=True,
+                compliance=compliance,
             )  # fmt: skip
         )
         self._converse(cs, now.timestamp(), "out", body)
@@ -325,11 +381,13 @@ class Aftercare:
         shared: Ledger,
         now: datetime,
         out: Decisions,
+        reason: str = "the customer replied with something we do not answer automatically",
     ) -> None:
-        action_id = make_id("act", event.event_id, ESCALATE)
-        key = make_id("eff", event.event_id, ESCALATE)
+        # the customer in the ids: customers sharing a number get the same inbound event id
+        action_id = make_id("act", cs.customer_id, event.event_id, ESCALATE)
+        key = make_id("eff", cs.customer_id, event.event_id, ESCALATE)
         params = {
-            "reason": "the customer replied with something we do not answer automatically",
+            "reason": reason,
             "reply": event.data.body,
             "conversation": [
                 {"at": _iso(at), "direction": way, "text": text}

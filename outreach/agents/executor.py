@@ -7,7 +7,11 @@ playbook alike:
   scheduled, else its fallback goes instead;
 - an action that must be announced (``announce``, e.g. an offer) happens only when its message
   is sent: if the message is deferred (quiet hours) the action waits for it, and if the message
-  is finally not sent the action is cancelled and the message's fallback goes instead.
+  is finally not sent the action is cancelled and the message's fallback goes instead;
+- an action that must be accepted (``accept_within``, an offer asking for a YES) and whose
+  announcement went by SMS waits for the customer's answer once announced: YES runs it
+  through the guardrails again (budgets may have moved), NO or the end of the window
+  cancels it (``answer_offer``).
 Holdout and shadow are decided here too.
 """
 
@@ -26,13 +30,13 @@ from outreach.agents.announcing import (
     from_held,
     outbound,
 )
-from outreach.agents.guardrails import Guardrails, Ledger, Verdict
+from outreach.agents.guardrails import Check, Guardrails, Ledger, Verdict
 from outreach.agents.plan import Plan, PlannedAction, PlannedMessage
 from outreach.agents.playbooks import Playbook, PlaybookContext
 from outreach.agents.recording import action_record, effect, preview, record_message
 from outreach.agents.state import OpenAction
 from outreach.decisions import Decisions, Timer
-from outreach.events import Event
+from outreach.events import Event, utc_iso
 from outreach.ids import make_id
 from outreach.outbound.policy import ContactPolicy, MessageDecision, OutboundMessage
 from outreach.outbound.state import DeferredMessage
@@ -114,6 +118,8 @@ class Executor:
         verdicts: dict[str, Verdict] = {}
         for action in plan.actions:  # one at a time: each one's spend counts for the next
             verdicts[action.ref] = self._check(signal, action, playbook, cs, shared, now)
+            if action.accept_within and verdicts[action.ref].approved:
+                verdicts[action.ref] = _one_question(verdicts[action.ref], cs)
             if action.announce is None:
                 self._commit(
                     signal,
@@ -136,9 +142,13 @@ class Executor:
             choice = choices.get(action.announce)
             verdict, due = announced(verdicts[action.ref], choice)
             waits_for = choice.msg.message_id if due is not None and choice else None
+            accept = action.accept_within if choice and choice.decision.channel == "sms" else None
+            if accept and verdict.status == "executed":
+                verdict, due = _awaiting_answer(verdict, now, accept)
             action_id = self._commit(
-                signal, action, verdict, playbook, entity_name, cs, shared, now, out, due, waits_for
-            )
+                signal, action, verdict, playbook, entity_name, cs, shared, now, out, due,
+                waits_for, accept,
+            )  # fmt: skip
             if waits_for:
                 waiting.setdefault(action.announce, []).append(action_id)
         ids = {a.ref: make_id("act", signal.signal_id, a.tool, a.target) for a in plan.actions}
@@ -212,8 +222,12 @@ class Executor:
         out: Decisions,
         due: datetime | None = None,
         waits_for: str | None = None,
+        accept_within: float | None = None,
     ) -> str:
-        """Record an action's verdict and do what it implies; returns the action id."""
+        """Record an action's verdict and do what it implies; returns the action id.
+
+        With ``accept_within`` the action waits for the customer's YES: from ``due`` (its
+        announcement, deferred) or, announced now, until ``due`` (the end of the window)."""
         action_id = make_id("act", signal.signal_id, action.tool, action.target)
         if verdict.status == "duplicate":
             return action_id
@@ -225,6 +239,7 @@ class Executor:
             target=action.target, status=verdict.status,
             idempotency_key=make_id("eff", signal.signal_id, action.tool, action.target),
             created=now.timestamp(), due=when.timestamp() if when else None, waits_for=waits_for,
+            accept_within=accept_within, awaiting_reply=bool(accept_within) and not waits_for,
         )  # fmt: skip
         self._record(cs, oa, verdict.status, verdict.reason, now, out, verdict)
         if not verdict.approved:
@@ -404,7 +419,11 @@ class Executor:
         self._commit_message(msg, decision, deferred.entity, cs, now, out)
         if decision.status == "sent":
             for action_id in deferred.announces:
-                self._fire_action(action_id, cs, shared, now, out)
+                oa = cs.agents.open.get(action_id)
+                if oa is not None and oa.accept_within and decision.channel == "sms":
+                    self._ask(oa, cs, now, out)
+                else:
+                    self._fire_action(action_id, cs, shared, now, out)
             return
         for action_id in deferred.announces:
             reason = f"offer not made: its announcement was not sent ({decision.reason})"
@@ -433,11 +452,68 @@ class Executor:
                 return f"the offer it announces is no longer allowed ({verdict.reason})"
         return ""
 
+    def _ask(self, oa: OpenAction, cs: CustomerState, now: datetime, out: Decisions) -> None:
+        """Its announcement just went by SMS: wait for the customer's YES until the window ends."""
+        assert oa.accept_within is not None
+        until = datetime.fromtimestamp(now.timestamp() + oa.accept_within, now.tzinfo)
+        oa.waits_for, oa.awaiting_reply, oa.due = None, True, until.timestamp()
+        oa.timer_id = self._timer(cs, "action", oa.action_id, until, out)
+        reason = f"offer made: applied if the customer replies YES by {utc_iso(until)}"
+        self._record(cs, oa, "scheduled", reason, now, out)
+
+    def answer_offer(
+        self,
+        cs: CustomerState,
+        shared: Ledger,
+        now: datetime,
+        out: Decisions,
+        accepted: bool,
+        source: str,
+    ) -> str | None:
+        """The customer answered YES (``accepted``) or NO to the latest offer awaiting an
+        answer; returns what became of it (``accepted``, ``declined``, or the guardrails'
+        status when they no longer allow it: ``blocked``, ``pending_approval``), or ``None``
+        when no offer awaits an answer."""
+        waiting = [oa for oa in cs.agents.open.values() if oa.awaiting_reply]
+        if not waiting:
+            return None
+        oa = max(waiting, key=lambda a: (a.due or 0.0, a.action_id))
+        del cs.agents.open[oa.action_id]
+        if oa.timer_id:
+            cs.timers.pop(oa.timer_id, None)
+        oa.timer_id, oa.awaiting_reply = None, False
+        if not accepted:
+            self._record(
+                cs, oa, "cancelled", f"declined: the customer replied NO ({source})", now, out
+            )
+            return "declined"
+        verdict = self.guardrails.check(
+            oa.tool, oa.params, oa.playbook, oa.idempotency_key, cs.agents, shared,
+            now.timestamp(), recheck=True,
+        )  # fmt: skip
+        said = f"the customer replied YES ({source})"
+        if verdict.status == "executed":
+            self._record(
+                cs, oa, "executed", f"accepted: {said}; guardrails passed", now, out, verdict
+            )
+            self.guardrails.commit_spend(oa.tool, verdict, cs.agents, shared, now.timestamp())
+            out.effects.append(effect(oa, cs.customer_id))
+            return "accepted"
+        if verdict.status == "pending_approval":
+            oa.status, oa.due = "pending_approval", None
+            cs.agents.open[oa.action_id] = oa
+        self._record(cs, oa, verdict.status, f"{said}, but: {verdict.reason}", now, out, verdict)
+        return verdict.status
+
     def _fire_action(
         self, action_id: str, cs: CustomerState, shared: Ledger, now: datetime, out: Decisions
     ) -> None:
         oa = cs.agents.open.pop(action_id, None)
         if oa is None or oa.status != "scheduled":
+            return
+        if oa.awaiting_reply:  # the window closed with no answer: no discount
+            until = utc_iso(datetime.fromtimestamp(oa.due or now.timestamp(), now.tzinfo))
+            self._record(cs, oa, "cancelled", f"offer expired: no YES by {until}", now, out)
             return
         verdict = self.guardrails.check(
             oa.tool, oa.params, oa.playbook, oa.idempotency_key, cs.agents, shared,
@@ -451,6 +527,25 @@ class Executor:
         if verdict.status == "executed":
             self.guardrails.commit_spend(oa.tool, verdict, cs.agents, shared, now.timestamp())
             out.effects.append(effect(oa, cs.customer_id))
+
+
+def _one_question(verdict: Verdict, cs: CustomerState) -> Verdict:
+    """One offer waits for a YES at a time: with two, the customer's YES would be ambiguous."""
+    asking = sorted(oa.action_id for oa in cs.agents.open.values() if oa.accept_within)
+    if not asking:
+        return verdict
+    why = f"offer not made: offer {asking[0]} still awaits the customer's YES or NO"
+    return Verdict("blocked", why, [*verdict.checks, Check("acceptance", "fail", why)])
+
+
+def _awaiting_answer(
+    verdict: Verdict, now: datetime, accept_within: float
+) -> tuple[Verdict, datetime]:
+    """An offer announced by SMS now that asks for a YES: (scheduled verdict, end of window)."""
+    until = datetime.fromtimestamp(now.timestamp() + accept_within, now.tzinfo)
+    why = f"offer made: applied if the customer replies YES by {utc_iso(until)}"
+    checks = [*verdict.checks, Check("acceptance", "wait", why)]
+    return Verdict("scheduled", why, checks, verdict.params, verdict.value, verdict.currency), until
 
 
 __all__ = ["Executor", "MessageChoice", "RulePlaybook"]

@@ -24,6 +24,9 @@ class PlannedAction:
     at: datetime | None = None  # None: now; else scheduled for that time
     announce: str | None = None  # ref of the message that must be deliverable for this to run
     note: str = ""
+    # seconds the customer has to accept by replying YES when the announcement goes by SMS
+    # (None: the action runs once announced, without asking)
+    accept_within: float | None = None
 
 
 @dataclass

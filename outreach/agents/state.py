@@ -37,6 +37,8 @@ class OpenAction(msgspec.Struct, kw_only=True):
     due: float | None = None
     timer_id: str | None = None
     waits_for: str | None = None  # a deferred message that must be sent first (an offer)
+    accept_within: float | None = None  # once announced by SMS, wait this long for a YES
+    awaiting_reply: bool = False  # announced: runs on YES, cancelled on NO or at ``due``
 
 
 class AgentState(msgspec.Struct, kw_only=True):

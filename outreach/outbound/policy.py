@@ -71,7 +71,8 @@ _HELP = (
 
 
 class KeywordReplies(_Config):
-    """The SMS answers to STOP, START and HELP ({brand}, {support_url}, {support_email})."""
+    """The SMS answers to STOP, START, HELP, and YES/NO to an offer ({brand}, {support_url},
+    {support_email})."""
 
     stop: str = (
         "{brand}: you are unsubscribed and will receive no more messages. "
@@ -79,6 +80,15 @@ class KeywordReplies(_Config):
     )
     start: str = "{brand}: you are subscribed again. Reply HELP for help, STOP to opt out."
     help: str = _HELP
+    # answers to YES / NO to an offer awaiting acceptance (not compliance: no reply to an
+    # opted-out number); ``unavailable``: a YES the guardrails no longer allow (a person
+    # follows up)
+    accepted: str = "{brand}: done, your offer is applied. Reply STOP to opt out."
+    declined: str = "{brand}: understood, no change to your plan. Reply STOP to opt out."
+    unavailable: str = (
+        "{brand}: thanks! We could not apply this offer automatically; a colleague will be in "
+        "touch shortly. Reply STOP to opt out."
+    )
 
     @field_validator("help")
     @classmethod

@@ -288,6 +288,25 @@ class TemplateCatalog:
                     problems.append(replace(variant.body.site, message=message))
         return problems
 
+    def sms_problems(
+        self, template_id: str, brand: Mapping[str, Any], pattern: str, why: str
+    ) -> list[Problem]:
+        """Every SMS variant of ``template_id`` must match ``pattern`` (a regular expression);
+        each one that does not is a problem saying ``why``, located in the template."""
+        found = self._templates.get(template_id)
+        if found is None:
+            return []
+        problems: list[Problem] = []
+        for variant in found.channels.get("sms", {}).values():
+            try:
+                context = self._sample_context(found, "sms", variant, brand)
+                rendered = self._render(found, "sms", variant, context)
+            except TemplateRenderError:
+                continue  # check() reports it
+            if not re.search(pattern, rendered.body):
+                problems.append(replace(variant.body.site, message=why))
+        return problems
+
     def _pick(self, variants: Mapping[str, _Variant], locale: str | None) -> _Variant:
         tag = _norm(locale or "")
         while tag:

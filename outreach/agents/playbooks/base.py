@@ -62,7 +62,8 @@ class Playbook(Protocol):
     triggers: ClassVar[frozenset[str]]  # event types whose rules may run it
     # params fields naming message templates; a playbook may also declare
     # ``marketing_templates``, the fields among them sent as marketing (compliance checks at
-    # load), or take a ``purpose`` parameter that says it per rule
+    # load), or take a ``purpose`` parameter that says it per rule; and
+    # ``acceptance_templates``, those that must ask for a YES when ``params.acceptance`` is set
     templates: ClassVar[tuple[str, ...]]
     links: ClassVar[tuple[str, ...]]  # policy.yaml links it fills in (checked at load)
 

@@ -1,14 +1,21 @@
-"""retention_offer and renewal_save: discounts that are only made if they can be announced."""
+"""retention_offer and renewal_save: discounts that are only made if they can be announced.
+
+With ``acceptance`` set, an offer announced by SMS is applied only when the customer replies
+YES within ``reply_within`` (NO or silence: no discount); the SMS text must ask for the YES
+(``outreach rules check`` refuses one that does not). An email cannot be answered with a
+keyword, so an offer announced by email is applied as without ``acceptance``."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from outreach.agents.plan import Plan, PlannedAction, PlannedMessage
 from outreach.agents.playbooks.base import Params, PlaybookContext
 from outreach.events import EVENT_TYPES, RenewalUpcomingData, UsageReportedData, utc_iso
+from outreach.rules.durations import Duration
 
 
 class Offer(Params):
@@ -18,12 +25,26 @@ class Offer(Params):
     months: int = Field(ge=1, le=24)
 
 
+class Acceptance(Params):
+    """Ask the customer first: the offer is applied on a YES reply to its SMS."""
+
+    reply_within: Duration = Field(description="how long a YES is waited for (1h to 30d)")
+
+    @field_validator("reply_within")
+    @classmethod
+    def _sensible(cls, value: timedelta) -> timedelta:
+        if not timedelta(hours=1) <= value <= timedelta(days=30):
+            raise ValueError("reply_within must be between 1h and 30d")
+        return value
+
+
 class RetentionOfferParams(Params):
     """Parameters of ``retention_offer``."""
 
     offer: Offer
     template: str
     reason: str
+    acceptance: Acceptance | None = None
 
 
 class RenewalSaveParams(Params):
@@ -33,16 +54,30 @@ class RenewalSaveParams(Params):
     offer_template: str = Field(description="marketing: the reminder with the offer")
     reminder_template: str = Field(description="transactional: the reminder alone")
     reason: str
+    acceptance: Acceptance | None = None
 
 
-def _offer_action(p_offer: Offer, reason: str, target: str, announce: str) -> PlannedAction:
+def _offer_action(
+    p_offer: Offer, reason: str, target: str, announce: str, acceptance: Acceptance | None
+) -> PlannedAction:
     return PlannedAction(
         ref="offer",
         tool="offer_discount",
         params={"percent": p_offer.percent, "months": p_offer.months, "reason": reason},
         target=target,
         announce=announce,
+        accept_within=acceptance.reply_within.total_seconds() if acceptance else None,
     )
+
+
+def _offer_context(
+    p_offer: Offer, acceptance: Acceptance | None, now: datetime
+) -> dict[str, object]:
+    """What the offer's templates may show: ``reply_by`` only when a YES is asked for."""
+    context: dict[str, object] = {"percent": p_offer.percent, "months": p_offer.months}
+    if acceptance is not None:
+        context["reply_by"] = utc_iso(now + acceptance.reply_within)
+    return context
 
 
 class RetentionOffer:
@@ -53,16 +88,18 @@ class RetentionOffer:
     triggers: ClassVar[frozenset[str]] = frozenset(EVENT_TYPES)
     templates: ClassVar[tuple[str, ...]] = ("template",)
     marketing_templates: ClassVar[tuple[str, ...]] = ("template",)
+    acceptance_templates: ClassVar[tuple[str, ...]] = ("template",)  # ask for the YES
     links: ClassVar[tuple[str, ...]] = ()
 
     def plan(self, ctx: PlaybookContext) -> Plan:
         """Offer and its announcement."""
         p: RetentionOfferParams = ctx.params
         data = ctx.event.data
-        context: dict[str, object] = {"percent": p.offer.percent, "months": p.offer.months}
+        context = _offer_context(p.offer, p.acceptance, ctx.now)
         if isinstance(data, UsageReportedData):
             context["metric"] = data.metric
-        action = _offer_action(p.offer, p.reason, f"offer:{ctx.signal.signal_id}", "offer_msg")
+        target = f"offer:{ctx.signal.signal_id}"
+        action = _offer_action(p.offer, p.reason, target, "offer_msg", p.acceptance)
         message = PlannedMessage(
             "offer_msg", p.template, "marketing", context,
             f"retention-offer:{ctx.signal.signal_id}", requires=("offer",),
@@ -78,6 +115,7 @@ class RenewalSave:
     triggers: ClassVar[frozenset[str]] = frozenset({"renewal.upcoming"})
     templates: ClassVar[tuple[str, ...]] = ("offer_template", "reminder_template")
     marketing_templates: ClassVar[tuple[str, ...]] = ("offer_template",)
+    acceptance_templates: ClassVar[tuple[str, ...]] = ("offer_template",)  # ask for the YES
     links: ClassVar[tuple[str, ...]] = ()
 
     def plan(self, ctx: PlaybookContext) -> Plan:
@@ -92,13 +130,11 @@ class RenewalSave:
             "amount": data.amount,
             "currency": data.currency,
             "auto_renew": data.auto_renew,
-            "percent": p.offer.percent,
-            "months": p.offer.months,
+            **_offer_context(p.offer, p.acceptance, ctx.now),
         }
         notice = f"renewal:{data.subscription_id}:{int(data.renews_at.timestamp())}"
-        offer = _offer_action(
-            p.offer, p.reason, f"renewal-offer:{data.subscription_id}", "offer_msg"
-        )
+        target = f"renewal-offer:{data.subscription_id}"
+        offer = _offer_action(p.offer, p.reason, target, "offer_msg", p.acceptance)
         offer.params["subscription_id"] = data.subscription_id
         reminder = PlannedMessage("reminder", p.reminder_template, "transactional", context, notice)
         message = PlannedMessage(
