@@ -132,7 +132,10 @@ class Aftercare:
         if sent is not None and applied:
             sent.status = d.status
         if d.status in _FAILED:
-            if d.channel == "sms":
+            if d.provider == "dispatcher" and d.error_code in ("suppressed", "gave_up"):
+                alert = self._not_dispatched(event, sent if applied else None, cs, shared, now,
+                                             out, reactions)  # fmt: skip
+            elif d.channel == "sms":
                 alert = self._sms_failure(event, sent if applied else None, cs, shared, now, out,
                                           reactions)  # fmt: skip
             else:
@@ -199,6 +202,39 @@ class Aftercare:
                 )
         return False
 
+    def _not_dispatched(
+        self,
+        event: MessageStatus,
+        sent: SentMessage | None,
+        cs: CustomerState,
+        shared: Ledger,
+        now: datetime,
+        out: Decisions,
+        reactions: list[str],
+    ) -> bool:
+        """The dispatcher did not send it: the address opted out after the message was decided
+        (the opt-out event may still be on its way to us), or the provider failed every
+        attempt. Either way the message goes by another channel if one may carry it; a
+        provider that gave up also alerts an operator. Returns whether to alert."""
+        d = event.data
+        if d.error_code == "suppressed":
+            reason = d.provider_event or "manual"
+            if sent is not None and sent.purpose == "marketing" and d.channel == "email":
+                cs.contact.lists[self.policy.config.marketing_list] = reason  # the narrowest
+            else:
+                _suppress(cs, d.channel, reason)
+            reactions.append(f"{d.channel} suppressed: the address opted out ({reason})")
+            if sent is not None:
+                why = f"{d.channel} suppressed ({reason})"
+                reactions.append(self._send_again(sent, cs, shared, now, out, why))
+            return False
+        reactions.append(f"ALERT: the {d.channel} provider failed every attempt ({d.detail})")
+        if sent is not None:
+            avoid: dict[str, str] = {d.channel: "its provider failed every attempt"}
+            why = f"{d.channel} provider gave up"
+            reactions.append(self._send_again(sent, cs, shared, now, out, why, avoid))
+        return True
+
     def _email_failure(self, event: MessageStatus, cs: CustomerState, reactions: list[str]) -> None:
         d = event.data
         reason = None
@@ -237,10 +273,13 @@ class Aftercare:
         now: datetime,
         out: Decisions,
         why: str,
+        avoid: dict[str, str] | None = None,
     ) -> str:
         """Judge the message again and send it as its next attempt; says what happened."""
         msg = from_held(sent)
-        decision = self.policy.decide(msg, cs.profile, cs.contact, now, shared, resend=True)
+        decision = self.policy.decide(
+            msg, cs.profile, cs.contact, now, shared, resend=True, avoid=avoid
+        )
         decision.checks.insert(0, {"check": "resend", "result": "used", "detail": why})
         if decision.status == "deferred":
             self._schedule(sent, cs, decision.send_at, out)

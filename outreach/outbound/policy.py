@@ -12,6 +12,7 @@ Must not import: faust, aiokafka, twilio, sendgrid, openai, fastapi, sqlalchemy.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any, Literal, Protocol
@@ -188,12 +189,14 @@ class ContactPolicy:
         now: datetime,
         controls: Controls | None = None,
         resend: bool = False,
+        avoid: Mapping[str, str] | None = None,
     ) -> MessageDecision:
         """Judge ``msg`` at ``now``; changes nothing.
 
         ``resend``: the message went out once already and must go again (a carrier retry,
         another channel after an unusable number): dedup, priority and caps judged it then;
-        consent, suppression, kill switches and quiet hours are judged again now."""
+        consent, suppression, kill switches and quiet hours are judged again now.
+        ``avoid``: channels not to use this time, each with why (a provider that failed it)."""
         checks: list[dict[str, str]] = []
         order = getattr(self.config.channels, msg.purpose)
         now_ts = now.timestamp()
@@ -216,7 +219,7 @@ class ContactPolicy:
             if blackout:
                 return refuse("suppressed", "priority", blackout)
         channel, to, rendered, why_not = self._choose(
-            msg, profile, contact, order, checks, controls
+            msg, profile, contact, order, checks, controls, avoid or {}
         )
         if channel is None:
             return refuse("suppressed", "channel", "no channel may carry it: " + "; ".join(why_not))
@@ -253,10 +256,13 @@ class ContactPolicy:
         order: list[str],
         checks: list[dict[str, str]],
         controls: Controls | None = None,
+        avoid: Mapping[str, str] | None = None,
     ) -> tuple[str | None, str | None, Rendered | None, list[str]]:
         why_not: list[str] = []
         for channel in order:
-            problem = self._channel_problem(channel, msg.purpose, profile, contact, msg.template)
+            problem = (avoid or {}).get(channel) or self._channel_problem(
+                channel, msg.purpose, profile, contact, msg.template
+            )
             if problem is None and controls is not None:
                 paused = controls.control("template", f"{channel}:{msg.template}")
                 problem = f"template paused on {channel} ({paused})" if paused else None

@@ -168,7 +168,7 @@ class Dispatcher:
         if why is None:
             return False
         self.stats.suppressed += 1
-        report = _report(row, delivery, "suppressed", f"address suppressed ({why})", now)
+        report = _report(row, delivery, "suppressed", f"address suppressed ({why})", now, why)
         await self._finish(row, "failed", None, f"suppressed: {why}", report)
         return True
 
@@ -224,10 +224,17 @@ class Dispatcher:
 
 
 def _report(
-    row: OutboxRow, request: Effect | Delivery, code: str | None, detail: str, now: float
+    row: OutboxRow,
+    request: Effect | Delivery,
+    code: str | None,
+    detail: str,
+    now: float,
+    reason: str | None = None,
 ) -> tuple[str, bytes | None, bytes] | None:
     """The ``message.status`` event telling the core a delivery failed for good (a record for
-    the relay: logical topic, key, value); nothing for an effect."""
+    the relay: logical topic, key, value); nothing for an effect. ``code``: the provider's
+    error code, or ``suppressed`` (``reason``: the suppression's, as ``provider_event``) or
+    ``gave_up`` (transient failures until the last attempt)."""
     if not isinstance(request, Delivery):
         return None
     delivery = request
@@ -244,6 +251,7 @@ def _report(
             attempt=delivery.attempt,
             provider="dispatcher",
             error_code=code,
+            provider_event=reason,
             detail=detail[:1024],
         ),
     )

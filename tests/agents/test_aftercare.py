@@ -38,10 +38,11 @@ def status(
     provider_event: str | None = None,
     detail: str | None = None,
     customer: str = "cus_1",
+    provider: str | None = None,
 ) -> dict[str, Any]:
     data: dict[str, Any] = {
         "message_id": message_id, "channel": channel, "status": state, "attempt": attempt,
-        "provider": "twilio" if channel == "sms" else "sendgrid", "error_code": code,
+        "provider": provider or ("twilio" if channel == "sms" else "sendgrid"), "error_code": code,
         "provider_event": provider_event, "detail": detail,
     }  # fmt: skip
     return make_event("message.status", at, customer, **data)
@@ -167,6 +168,79 @@ def test_carrier_filtering_pauses_the_template_on_sms_alerts_and_uses_email(
     other = [m for m in result.messages if m["customer_id"] == "cus_2"]
     assert [m["channel"] for m in other] == ["email"]
     assert any("template paused on sms" in c["detail"] for c in other[0]["checks"])
+
+
+# -- what the dispatcher did not send ----------------------------------------------------------
+
+
+def test_an_sms_refused_because_the_number_opted_out_meanwhile_goes_by_email(
+    book: RuleBook,
+) -> None:
+    """The STOP reached the store (the webhook) before the core: the dispatcher refused the
+    SMS and says so; the core learns the opt-out from it and tells the customer by email."""
+    result, mid = sent_sms(book)
+    refused = status(
+        mid, "failed", later(AT, seconds=3), code="suppressed", provider="dispatcher",
+        provider_event="stop", detail="address suppressed (stop)",
+    )  # fmt: skip
+    feed(result, refused)
+    assert state(result).contact.suppressed == {"sms": "stop"}
+    receipt = result.log.receipts[-1]
+    assert receipt["reaction"] == (
+        "sms suppressed: the address opted out (stop); sent again by email (attempt 2)"
+    )
+    assert receipt["alert"] is False
+    again = result.log.deliveries[-1]
+    assert (again["message_id"], again["channel"], again["attempt"]) == (mid, "email", 2)
+
+
+def test_an_sms_the_provider_never_took_alerts_and_goes_by_email(book: RuleBook) -> None:
+    result, mid = sent_sms(book)
+    gave_up = status(
+        mid, "failed", later(AT, minutes=30), code="gave_up", provider="dispatcher",
+        detail="gave up after 8 attempts: HTTP 503",
+    )  # fmt: skip
+    feed(result, gave_up)
+    assert state(result).contact.suppressed == {}  # the provider's trouble, not the number's
+    receipt = result.log.receipts[-1]
+    assert receipt["alert"] is True
+    assert receipt["reaction"].startswith("ALERT: the sms provider failed every attempt")
+    assert receipt["reaction"].endswith("sent again by email (attempt 2)")
+    assert result.log.deliveries[-1]["channel"] == "email"
+
+
+def test_a_message_the_provider_never_took_and_no_other_channel_may_carry_is_not_retried(
+    book: RuleBook,
+) -> None:
+    result = run_events(
+        book, [profile("2026-03-01T12:00:00Z", email=None), late_parcel()], drain=False
+    )
+    (message,) = [m for m in result.messages if m["rule_id"] == "shipment-delay"]
+    feed(result, status(message["message_id"], "failed", later(AT, minutes=30), code="gave_up",
+                        provider="dispatcher", detail="gave up"))  # fmt: skip
+    reaction = result.log.receipts[-1]["reaction"]
+    assert "not sent again: no channel may carry it" in reaction
+    assert "sms: its provider failed every attempt" in reaction
+    assert len(result.log.deliveries) == 1
+
+
+def test_a_marketing_email_refused_for_the_list_leaves_the_list_only(book: RuleBook) -> None:
+    from outreach.outbound.state import SentMessage
+
+    result, _ = sent_sms(book)
+    cs = state(result)
+    cs.contact.sent["msg_m"] = SentMessage(
+        message_id="msg_m", signal_id="sig", rule_id="usage-decline", entity="e",
+        template="usage_decline_offer", purpose="marketing", context={"percent": 20, "months": 1},
+        notice="n", category="retention", channel="email", to="ann@example.com", sent_at=0.0,
+    )  # fmt: skip
+    refused = status(
+        "msg_m", "failed", later(AT, seconds=3), channel="email", code="suppressed",
+        provider="dispatcher", provider_event="unsubscribe",
+    )  # fmt: skip
+    feed(result, refused)
+    assert cs.contact.lists == {"marketing": "unsubscribe"}
+    assert "email" not in cs.contact.suppressed
 
 
 # -- email failures ----------------------------------------------------------------------------

@@ -400,7 +400,7 @@ async def test_a_delivery_to_a_suppressed_number_is_failed_reported_and_never_se
     assert event.occurred_at.timestamp() == now
     assert (event.data.message_id, event.data.channel, event.data.attempt) == ("msg_1", "sms", 2)
     assert (event.data.error_code, event.data.provider) == ("suppressed", "dispatcher")
-    assert event.data.detail == "address suppressed (stop)"
+    assert (event.data.detail, event.data.provider_event) == ("address suppressed (stop)", "stop")
     assert await setup.dispatcher.run_once(now + 10 * 86400) == 0  # never tried again
     assert taken_records(store) == []
 
