@@ -122,6 +122,9 @@ class ChannelRouter:
                     await result
 
 
+ACCOUNT_RETRY_AFTER = 300.0  # seconds between tries while a provider refuses our credentials
+
+
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     """The seconds a ``Retry-After`` header asks for (a number or an HTTP date), or ``None``."""
     if value is None or not value.strip():

@@ -16,8 +16,10 @@ Errors::
 
     HTTP 429, 5xx, timeout, connection refused/reset  -> TransientDeliveryError
         (retry_after: Retry-After, else X-RateLimit-Reset; code: the HTTP status)
-    any other 4xx (400 bad request, 401 key, 413 too large)
-                                                      -> PermanentDeliveryError(code=status)
+    HTTP 401, 403 (key refused or lacking mail send, sender not verified: the account's
+    problem, not the message's)                       -> TransientDeliveryError
+        (retry_after: ACCOUNT_RETRY_AFTER: the messages wait for an operator to fix it)
+    any other 4xx (400 bad request, 413 too large)    -> PermanentDeliveryError(code=status)
 
 The window. SendGrid's mail send has no idempotency key, and nothing is reconciled here: a
 dispatcher that crashes (or times out) after SendGrid accepted a message and before its outbox
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -59,8 +62,10 @@ from sendgrid.helpers.mail.exceptions import SendGridException
 from outreach.decisions import Delivery
 from outreach.errors import PermanentDeliveryError, TransientDeliveryError
 from outreach.outbound.channels import SendResult
-from outreach.outbound.config import ChannelConfigError, retry_after_seconds
+from outreach.outbound.config import ACCOUNT_RETRY_AFTER, ChannelConfigError, retry_after_seconds
 from outreach.outbound.unsubscribe import MARKETING_LIST, UnsubscribeLinks
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "https://api.sendgrid.com"
 ONE_CLICK = "List-Unsubscribe=One-Click"
@@ -196,6 +201,9 @@ def _delivery_error(
     message = f"sendgrid: message {delivery.message_id}: HTTP {status}: {_reason(exc)}"
     if status == 429 or status >= 500 or status < 400:
         return TransientDeliveryError(message, retry_after=_retry_after(headers), code=str(status))
+    if status in (401, 403):
+        log.error("%s: check OUTREACH_SENDGRID_API_KEY and the account", message)
+        return TransientDeliveryError(message, retry_after=ACCOUNT_RETRY_AFTER, code=str(status))
     return PermanentDeliveryError(message, code=str(status))
 
 

@@ -12,6 +12,10 @@ Errors::
 
     HTTP 429, 5xx, timeout, connection refused/reset  -> TransientDeliveryError
         (retry_after: the Retry-After header; code: Twilio's error code)
+    HTTP 401, 403 (credentials refused, account suspended: nothing wrong with the message)
+                                                      -> TransientDeliveryError
+        (retry_after: ACCOUNT_RETRY_AFTER, so the messages wait for an operator to fix the
+        account; the dispatcher gives up on each at its last attempt and the core alerts)
     21610 (STOP), 21211 (invalid To), 21614 (not a mobile), any other 4xx
                                                       -> PermanentDeliveryError(code=...)
 
@@ -62,7 +66,7 @@ from twilio.rest import Client
 from outreach.decisions import Delivery
 from outreach.errors import PermanentDeliveryError, TransientDeliveryError
 from outreach.outbound.channels import SendResult
-from outreach.outbound.config import ChannelConfigError, retry_after_seconds
+from outreach.outbound.config import ACCOUNT_RETRY_AFTER, ChannelConfigError, retry_after_seconds
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -228,6 +232,9 @@ class TwilioSmsChannel:
         if status == 429 or status >= 500:
             retry_after = retry_after_seconds(self._http.error_headers().get("Retry-After"))
             return TransientDeliveryError(message, retry_after=retry_after, code=code)
+        if status in (401, 403):
+            log.error("%s: check OUTREACH_TWILIO_ACCOUNT_SID/AUTH_TOKEN and the account", message)
+            return TransientDeliveryError(message, retry_after=ACCOUNT_RETRY_AFTER, code=code)
         return PermanentDeliveryError(message, code=code)
 
     def _sender(self) -> dict[str, str]:

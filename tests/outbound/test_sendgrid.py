@@ -182,7 +182,8 @@ async def test_retry_sends_again_as_there_is_nothing_to_reconcile_with(
         (status(503, retry_after="1"), TransientDeliveryError, "503", 1.0),
         (sendgrid_error(400, "Does not contain a valid address."), PermanentDeliveryError,
          "400", None),
-        (sendgrid_error(401), PermanentDeliveryError, "401", None),
+        (sendgrid_error(401), TransientDeliveryError, "401", 300.0),
+        (sendgrid_error(403, "access forbidden"), TransientDeliveryError, "403", 300.0),
         (sendgrid_error(413), PermanentDeliveryError, "413", None),
     ],
 )  # fmt: skip
@@ -224,12 +225,18 @@ async def test_a_rate_limit_reset_header_stands_in_for_retry_after(
     assert 25 <= caught.value.retry_after <= 30
 
 
-async def test_a_wrong_api_key_is_refused_permanently(api: SendGridDouble) -> None:
+async def test_a_wrong_api_key_keeps_the_message_for_later(
+    api: SendGridDouble, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The account's problem, not the message's: it waits (and the dispatcher alerts when it
+    gives up) rather than being failed for good while someone fixes the key."""
     channel = SendGridEmailChannel(settings(api, api_key=SecretStr("SG.wrong.key")), LINKS)
-    with pytest.raises(PermanentDeliveryError) as caught:
+    with pytest.raises(TransientDeliveryError) as caught:
         await channel.send(email(), "msg:m-1")
-    assert caught.value.code == "401"
+    assert (caught.value.code, caught.value.retry_after) == ("401", 300.0)
     assert api.accepted == []
+    assert "check OUTREACH_SENDGRID_API_KEY" in caplog.text
+    assert "SG.wrong.key" not in caplog.text
 
 
 async def test_a_timeout_is_transient(api: SendGridDouble) -> None:

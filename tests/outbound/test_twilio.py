@@ -182,15 +182,21 @@ async def test_answers_map_to_transient_or_permanent_errors(
     assert api.messages == []
 
 
-async def test_a_wrong_auth_token_is_refused_permanently(api: TwilioDouble) -> None:
+async def test_a_wrong_auth_token_keeps_the_message_for_later(
+    api: TwilioDouble, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The account's problem, not the message's: it waits (and the dispatcher alerts when it
+    gives up) rather than being failed for good while someone fixes the token."""
     channel = TwilioSmsChannel(settings(api, auth_token=SecretStr("not-the-token")))
     try:
-        with pytest.raises(PermanentDeliveryError) as caught:
+        with pytest.raises(TransientDeliveryError) as caught:
             await channel.send(sms(), "msg:m-1")
     finally:
         channel.close()
-    assert caught.value.code == "20003"
+    assert (caught.value.code, caught.value.retry_after) == ("20003", 300.0)
     assert api.messages == []
+    assert "check OUTREACH_TWILIO_ACCOUNT_SID/AUTH_TOKEN" in caplog.text
+    assert "not-the-token" not in caplog.text
 
 
 async def test_a_timeout_is_transient(api: TwilioDouble) -> None:
