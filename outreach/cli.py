@@ -412,6 +412,7 @@ def api(
     from pydantic import ValidationError
 
     from outreach.api import ApiSettings, KafkaEventSink, KeywordReplies, create_app
+    from outreach.api.logs import uvicorn_log_config
     from outreach.store import Store, StoreSettings
     from outreach.store.contacts import Contacts
     from outreach.streams.topics import KafkaSettings, Topics
@@ -460,7 +461,10 @@ def api(
         err.print(f"[bold red]invalid setting:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
     try:
-        uvicorn.run(web, host=settings.host, port=settings.port, log_level=log_level.lower())
+        uvicorn.run(
+            web, host=settings.host, port=settings.port, log_level=log_level.lower(),
+            log_config=uvicorn_log_config(),
+        )  # fmt: skip
     finally:
         store.close()
 

@@ -177,6 +177,13 @@ async def test_a_stop_posted_to_the_webhook_stops_the_next_sms(
         assert (email["channel"], email["to"]) == ("email", EMAIL)
         assert applied(url, group_id, topics.inputs) == 4  # profile, 2 parcels, the STOP
         assert len(texts_to(twilio, PHONE)) == 2
+        # the access log: the path of a one-click unsubscribe link shows no token
+        page = await asyncio.to_thread(httpx.get, f"{api.url}/unsubscribe/SeCrEtToKeN.abc")
+        assert page.status_code in (400, 403, 404, 503)
+        await asyncio.to_thread(
+            wait_for, lambda: "/unsubscribe/<token>" in api.log.read_text(), 30, "the access log"
+        )  # fmt: skip
+        assert "SeCrEtToKeN" not in api.log.read_text()
     finally:
         api.stop()
         assert worker.stop() == 0, worker.log()
