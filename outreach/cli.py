@@ -349,9 +349,8 @@ def worker(
         err.print(f"[bold red]cannot read the events file {publish}[/]")
         raise typer.Exit(2)
     try:  # a channel without its credentials fails here, before anything starts
-        channel = build_channel(
-            OutboundSettings(), TwilioSettings(), SendGridSettings(), settings.data_dir
-        )
+        outbound = OutboundSettings()
+        channel = build_channel(outbound, TwilioSettings(), SendGridSettings(), settings.data_dir)
     except ValidationError as exc:
         err.print(f"[bold red]invalid outbound setting:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -371,10 +370,12 @@ def worker(
     except OutreachError as exc:  # a busy store, a broker that does not start
         err.print(f"[bold red]the worker cannot start:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    where = {"file": str(settings.data_dir / "messages.jsonl"), "twilio": "Twilio",
+             "sendgrid": "SendGrid"}  # fmt: skip
     err.print(
         f"store: {settings.database_url} (state, outbox, positions); "
         f"effects performed: {settings.data_dir / 'effects.jsonl'}; "
-        f"messages sent: {settings.data_dir / 'messages.jsonl'}",
+        f"SMS sent to {where[outbound.sms_channel]}; email sent to {where[outbound.email_channel]}",
         highlight=False,
     )
     if parts.exporter is not None:

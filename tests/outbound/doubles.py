@@ -10,6 +10,11 @@ retry_after="7")``, ``status(503)``, ``slow(seconds)`` (longer than the client's
 
 Use as a context manager (``with TwilioDouble(sid, token) as api: ...``); leaving it releases
 every request still held by ``slow`` and stops the server.
+
+Run as a script, it serves both doubles until Ctrl-C and prints the variables that point
+``outreach worker`` (and ``make demo``) at them, then one line per request::
+
+    .venv/bin/python tests/outbound/doubles.py [--twilio-port 8025] [--sendgrid-port 8026]
 """
 
 from __future__ import annotations
@@ -102,7 +107,7 @@ class _Server(ThreadingHTTPServer):
 class HttpDouble(abc.ABC):
     """A threaded HTTP server that records requests and answers by script or by ``handle``."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.requests: list[Recorded] = []
         self._script: list[Answer] = []
         self._lock = threading.Lock()
@@ -119,7 +124,7 @@ class HttpDouble(abc.ABC):
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", port), Handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
@@ -227,8 +232,8 @@ class TwilioDouble(HttpDouble):
 
     POOL_NUMBER = "+15005550006"  # the sender a Messaging Service picks
 
-    def __init__(self, account_sid: str, auth_token: str) -> None:
-        super().__init__()
+    def __init__(self, account_sid: str, auth_token: str, port: int = 0) -> None:
+        super().__init__(port)
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.messages: list[dict[str, Any]] = []  # newest last
@@ -351,8 +356,8 @@ def _sent_after(date_sent: str | None, after: str) -> bool:
 class SendGridDouble(HttpDouble):
     """SendGrid v3 mail send for one API key."""
 
-    def __init__(self, api_key: str) -> None:
-        super().__init__()
+    def __init__(self, api_key: str, port: int = 0) -> None:
+        super().__init__(port)
         self.api_key = api_key
         self.accepted: list[tuple[str, Any]] = []  # (X-Message-Id, the JSON body)
 
@@ -394,3 +399,50 @@ def _mail_problem(body: Mapping[str, Any]) -> str | None:
     if not body.get("content"):
         return "The content value must be a string at least one character in length."
     return None
+
+
+def main() -> None:
+    """Serve a Twilio and a SendGrid double until Ctrl-C, printing each request."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Local doubles of Twilio and SendGrid.")
+    parser.add_argument("--twilio-port", type=int, default=8025)
+    parser.add_argument("--sendgrid-port", type=int, default=8026)
+    args = parser.parse_args()
+    sid, token, key = "AC" + "0" * 32, "local-double-token", "SG.local-double-key"
+    with (
+        TwilioDouble(sid, token, args.twilio_port) as sms,
+        SendGridDouble(key, args.sendgrid_port) as mail,
+    ):
+        print(
+            "export OUTREACH_SMS_CHANNEL=twilio OUTREACH_EMAIL_CHANNEL=sendgrid",
+            f"OUTREACH_TWILIO_ACCOUNT_SID={sid} OUTREACH_TWILIO_AUTH_TOKEN={token}",
+            f"OUTREACH_TWILIO_FROM_NUMBER=+15005550006 OUTREACH_TWILIO_API_BASE={sms.url}",
+            f"OUTREACH_SENDGRID_API_KEY={key} OUTREACH_SENDGRID_API_HOST={mail.url}",
+            "OUTREACH_SENDGRID_FROM_EMAIL=news@acme.example OUTREACH_SENDGRID_MARKETING_GROUP_ID=1",
+            "OUTREACH_PUBLIC_URL=http://127.0.0.1:8000 OUTREACH_UNSUBSCRIBE_SECRET=local-secret",
+            flush=True,
+        )
+        seen = {id(sms): 0, id(mail): 0}
+        try:
+            while True:
+                time.sleep(0.5)
+                for double in (sms, mail):
+                    fresh = double.requests[seen[id(double)] :]
+                    seen[id(double)] += len(fresh)
+                    for request in fresh:
+                        to = request.form.get("To") or _first_to(request.json)
+                        print(f"{request.method} {request.path} to={to} -> {request.answered}")
+        except KeyboardInterrupt:
+            print(f"{len(sms.messages)} SMS, {len(mail.accepted)} emails accepted")
+
+
+def _first_to(body: Any) -> str | None:
+    try:
+        return str(body["personalizations"][0]["to"][0]["email"])
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+if __name__ == "__main__":
+    main()
