@@ -481,7 +481,7 @@ class Executor:
         del cs.agents.open[oa.action_id]
         if oa.timer_id:
             cs.timers.pop(oa.timer_id, None)
-        oa.timer_id, oa.awaiting_reply = None, False
+        oa.timer_id, oa.awaiting_reply, oa.accept_within = None, False, None  # answered
         if not accepted:
             self._record(
                 cs, oa, "cancelled", f"declined: the customer replied NO ({source})", now, out
