@@ -239,7 +239,7 @@ class Executor:
             target=action.target, status=verdict.status,
             idempotency_key=make_id("eff", signal.signal_id, action.tool, action.target),
             created=now.timestamp(), due=when.timestamp() if when else None, waits_for=waits_for,
-            accept_within=accept_within, awaiting_reply=bool(accept_within) and not waits_for,
+            accept_within=accept_within,
         )  # fmt: skip
         self._record(cs, oa, verdict.status, verdict.reason, now, out, verdict)
         if not verdict.approved:
@@ -455,10 +455,9 @@ class Executor:
     def _ask(self, oa: OpenAction, cs: CustomerState, now: datetime, out: Decisions) -> None:
         """Its announcement just went by SMS: wait for the customer's YES until the window ends."""
         assert oa.accept_within is not None
-        until = datetime.fromtimestamp(now.timestamp() + oa.accept_within, now.tzinfo)
-        oa.waits_for, oa.awaiting_reply, oa.due = None, True, until.timestamp()
+        until, reason = _yes_by(now, oa.accept_within)
+        oa.waits_for, oa.due = None, until.timestamp()
         oa.timer_id = self._timer(cs, "action", oa.action_id, until, out)
-        reason = f"offer made: applied if the customer replies YES by {utc_iso(until)}"
         self._record(cs, oa, "scheduled", reason, now, out)
 
     def answer_offer(
@@ -481,7 +480,7 @@ class Executor:
         del cs.agents.open[oa.action_id]
         if oa.timer_id:
             cs.timers.pop(oa.timer_id, None)
-        oa.timer_id, oa.awaiting_reply, oa.accept_within = None, False, None  # answered
+        oa.timer_id, oa.accept_within = None, None  # answered: no longer awaiting
         if not accepted:
             self._record(
                 cs, oa, "cancelled", f"declined: the customer replied NO ({source})", now, out
@@ -538,12 +537,17 @@ def _one_question(verdict: Verdict, cs: CustomerState) -> Verdict:
     return Verdict("blocked", why, [*verdict.checks, Check("acceptance", "fail", why)])
 
 
+def _yes_by(now: datetime, accept_within: float) -> tuple[datetime, str]:
+    """The end of an offer's window for a YES, and the reason recorded while it waits."""
+    until = datetime.fromtimestamp(now.timestamp() + accept_within, now.tzinfo)
+    return until, f"offer made: applied if the customer replies YES by {utc_iso(until)}"
+
+
 def _awaiting_answer(
     verdict: Verdict, now: datetime, accept_within: float
 ) -> tuple[Verdict, datetime]:
     """An offer announced by SMS now that asks for a YES: (scheduled verdict, end of window)."""
-    until = datetime.fromtimestamp(now.timestamp() + accept_within, now.tzinfo)
-    why = f"offer made: applied if the customer replies YES by {utc_iso(until)}"
+    until, why = _yes_by(now, accept_within)
     checks = [*verdict.checks, Check("acceptance", "wait", why)]
     return Verdict("scheduled", why, checks, verdict.params, verdict.value, verdict.currency), until
 

@@ -38,7 +38,13 @@ class OpenAction(msgspec.Struct, kw_only=True):
     timer_id: str | None = None
     waits_for: str | None = None  # a deferred message that must be sent first (an offer)
     accept_within: float | None = None  # once announced by SMS, wait this long for a YES
-    awaiting_reply: bool = False  # announced: runs on YES, cancelled on NO or at ``due``
+
+    @property
+    def awaiting_reply(self) -> bool:
+        """Announced, waiting for the customer's YES: runs on YES, cancelled on NO or at
+        ``due``. (Before its announcement it ``waits_for`` the message; once answered,
+        ``accept_within`` is cleared.)"""
+        return self.accept_within is not None and self.waits_for is None
 
 
 class AgentState(msgspec.Struct, kw_only=True):

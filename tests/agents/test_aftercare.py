@@ -12,6 +12,7 @@ import pytest
 from support import Run, later, make_event, profile, run_events
 
 from outreach.events import event_from_obj
+from outreach.outbound.state import SentMessage
 from outreach.rulebook import RuleBook
 
 AT = "2026-03-09T15:00:00Z"  # Mon 11:00 EDT
@@ -225,8 +226,6 @@ def test_a_message_the_provider_never_took_and_no_other_channel_may_carry_is_not
 
 
 def test_a_marketing_email_refused_for_the_list_leaves_the_list_only(book: RuleBook) -> None:
-    from outreach.outbound.state import SentMessage
-
     result, _ = sent_sms(book)
     cs = state(result)
     cs.contact.sent["msg_m"] = SentMessage(

@@ -21,19 +21,18 @@ depends_on = None
 
 def upgrade() -> None:
     """Rebuild ``pending_records`` with AUTOINCREMENT on SQLite (rows kept, in order)."""
-    if op.get_bind().dialect.name != "sqlite":
-        return
-    with op.batch_alter_table(
-        "pending_records", recreate="always", table_kwargs={"sqlite_autoincrement": True}
-    ):
-        pass
+    _rebuild(autoincrement=True)
 
 
 def downgrade() -> None:
     """Rebuild ``pending_records`` without AUTOINCREMENT on SQLite."""
+    _rebuild(autoincrement=False)
+
+
+def _rebuild(*, autoincrement: bool) -> None:
     if op.get_bind().dialect.name != "sqlite":
         return
     with op.batch_alter_table(
-        "pending_records", recreate="always", table_kwargs={"sqlite_autoincrement": False}
+        "pending_records", recreate="always", table_kwargs={"sqlite_autoincrement": autoincrement}
     ):
         pass
