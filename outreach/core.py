@@ -21,6 +21,7 @@ from outreach.agents.executor import Executor
 from outreach.agents.guardrails import Guardrails, Ledger
 from outreach.decisions import Decisions
 from outreach.events import (
+    ApprovalDecided,
     ContactSuppressed,
     ContactUnsuppressed,
     CustomerUpdated,
@@ -126,6 +127,12 @@ class DecisionCore:
             self.aftercare.on_status(event, state, shared, now, out)
         elif isinstance(event, MessageReceived):
             self.aftercare.on_reply(event, state, shared, now, out, self.executor)
+        elif isinstance(event, ApprovalDecided):
+            d = event.data
+            approve = d.decision == "approve"
+            self.executor.decide_approval(
+                state, shared, now, out, d.action_id, approve, d.by, d.note
+            )
         if etype in self._ingested:
             ingest(rules, state.rules, event, occurred)
         if etype in rules.cancels:

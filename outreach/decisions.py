@@ -16,7 +16,14 @@ from outreach.agents.connectors import Effect
 from outreach.rules.evaluate import RuleRuntimeError, Signal
 
 ActionStatus = Literal[
-    "executed", "scheduled", "pending_approval", "blocked", "skipped_holdout", "cancelled", "failed"
+    "executed",
+    "scheduled",
+    "pending_approval",
+    "blocked",
+    "skipped_holdout",
+    "cancelled",
+    "expired",
+    "failed",
 ]
 MessageStatus = Literal["sent", "suppressed", "capped", "deferred"]
 
@@ -39,6 +46,7 @@ class ActionRecord(BaseModel):
     idempotency_key: str
     scheduled_for: datetime | None = None
     checks: list[dict[str, str]] = []
+    decided_by: str | None = None  # who approved or rejected it (an approval's answer)
 
 
 class MessageRecord(BaseModel):

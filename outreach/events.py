@@ -269,6 +269,15 @@ class TimerFiredData(Model):
     due_at: Timestamp
 
 
+class ApprovalDecidedData(Model):
+    """A person's answer to an action waiting for approval (``outreach approvals``, the API)."""
+
+    action_id: Id
+    decision: Literal["approve", "reject"]
+    by: Text = Field(description="who decided (the operator's name or API key name)")
+    note: Annotated[str, StringConstraints(max_length=1024)] | None = None
+
+
 class Envelope(Model):
     """Fields every event carries."""
 
@@ -370,6 +379,13 @@ class TimerFired(Envelope):
     data: TimerFiredData
 
 
+class ApprovalDecided(Envelope):
+    """``approval.decided`` (engine type, from ``outreach approvals`` and the operator API)"""
+
+    type: Literal["approval.decided"]
+    data: ApprovalDecidedData
+
+
 PUBLIC_TYPES: tuple[type[Envelope], ...] = (
     CustomerUpdated,
     ShipmentUpdated,
@@ -386,6 +402,7 @@ ENGINE_TYPES: tuple[type[Envelope], ...] = (
     MessageStatus,
     MessageReceived,
     TimerFired,
+    ApprovalDecided,
 )
 
 Event: TypeAlias = (
@@ -402,6 +419,7 @@ Event: TypeAlias = (
     | MessageStatus
     | MessageReceived
     | TimerFired
+    | ApprovalDecided
 )
 
 MODELS: dict[str, type[Envelope]] = {

@@ -120,6 +120,14 @@ class Run:
         """Final state of each message, in order of first appearance."""
         return final_states(self.log.messages, "message_id")
 
+    def history(self, action_type: str) -> list[list[str]]:
+        """Every status each action of ``action_type`` went through, in order."""
+        seen: dict[str, list[str]] = {}
+        for record in self.log.actions:
+            if record["type"] == action_type:
+                seen.setdefault(record["action_id"], []).append(record["status"])
+        return list(seen.values())
+
     def of(self, rule_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(actions, messages) of one rule, final states."""
         return (

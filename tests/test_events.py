@@ -134,6 +134,9 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         {"channel": "sms", "from_address": "+14155550100", "body": "STOP", "provider": "twilio"},
     ),
     "timer.fired": envelope("timer.fired", {"timer_id": "tmr_1", "due_at": AT}),
+    "approval.decided": envelope(
+        "approval.decided", {"action_id": "act_1", "decision": "approve", "by": "alice"}
+    ),
 }
 PUBLIC = [m.model_fields["type"].annotation.__args__[0] for m in PUBLIC_TYPES]  # type: ignore[union-attr]
 
@@ -163,7 +166,7 @@ def altered(type_: str, **changes: Any) -> dict[str, Any]:
 
 def test_the_examples_cover_every_type() -> None:
     assert set(EXAMPLES) == set(EVENT_TYPES) == set(MODELS)
-    assert len(PUBLIC) == 8 and len(ENGINE_TYPES) == 5
+    assert len(PUBLIC) == 8 and len(ENGINE_TYPES) == 6
 
 
 @pytest.mark.parametrize("type_", EVENT_TYPES)

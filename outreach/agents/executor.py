@@ -241,6 +241,8 @@ class Executor:
             created=now.timestamp(), due=when.timestamp() if when else None, waits_for=waits_for,
             accept_within=accept_within,
         )  # fmt: skip
+        if verdict.status == "pending_approval":  # the record says until when it waits
+            oa.due = now.timestamp() + self.guardrails.config.approval_expiry.total_seconds()
         self._record(cs, oa, verdict.status, verdict.reason, now, out, verdict)
         if not verdict.approved:
             return action_id
@@ -249,10 +251,26 @@ class Executor:
             self.guardrails.commit_spend(action.tool, verdict, cs.agents, shared, now.timestamp())
             out.effects.append(effect(oa, cs.customer_id))
             return action_id
+        if verdict.status == "pending_approval":
+            self._await_approval(oa, cs, now, out)
+            return action_id
         if when is not None and waits_for is None:
             oa.timer_id = self._timer(cs, "action", action_id, when, out)
         cs.agents.open[action_id] = oa
         return action_id
+
+    def _await_approval(
+        self, oa: OpenAction, cs: CustomerState, now: datetime, out: Decisions
+    ) -> None:
+        """Queue ``oa`` for a person's approval until it expires (``approval_expiry``)."""
+        if oa.timer_id:
+            cs.timers.pop(oa.timer_id, None)
+        expires = datetime.fromtimestamp(
+            now.timestamp() + self.guardrails.config.approval_expiry.total_seconds(), now.tzinfo
+        )
+        oa.status, oa.due, oa.waits_for = "pending_approval", expires.timestamp(), None
+        oa.timer_id = self._timer(cs, "action", oa.action_id, expires, out)
+        cs.agents.open[oa.action_id] = oa
 
     def _record(
         self,
@@ -263,9 +281,12 @@ class Executor:
         now: datetime,
         out: Decisions,
         verdict: Verdict | None = None,
+        decided_by: str | None = None,
     ) -> None:
         """Append an action's new status and remember it on its subject (for its playbook)."""
-        out.actions.append(action_record(oa, cs.customer_id, status, reason, now, verdict))
+        out.actions.append(
+            action_record(oa, cs.customer_id, status, reason, now, verdict, decided_by)
+        )
         entity = cs.agents.entities.get(oa.entity)
         if entity is not None:
             entity.outcomes[oa.action_id] = (oa.tool, oa.target, status)
@@ -499,16 +520,61 @@ class Executor:
             out.effects.append(effect(oa, cs.customer_id))
             return "accepted"
         if verdict.status == "pending_approval":
-            oa.status, oa.due = "pending_approval", None
-            cs.agents.open[oa.action_id] = oa
+            self._await_approval(oa, cs, now, out)
         self._record(cs, oa, verdict.status, f"{said}, but: {verdict.reason}", now, out, verdict)
+        return verdict.status
+
+    def decide_approval(
+        self,
+        cs: CustomerState,
+        shared: Ledger,
+        now: datetime,
+        out: Decisions,
+        action_id: str,
+        approve: bool,
+        by: str,
+        note: str | None = None,
+    ) -> str | None:
+        """A person approved or rejected an action waiting for approval. Approved, it is judged
+        again now (kill switches and budgets may have moved since it was queued) with the
+        value threshold passed by the approval. Returns the action's new status, or ``None``
+        when it no longer waits (approved, rejected, expired or cancelled before)."""
+        oa = cs.agents.open.get(action_id)
+        if oa is None or oa.status != "pending_approval":
+            return None
+        del cs.agents.open[action_id]
+        if oa.timer_id:
+            cs.timers.pop(oa.timer_id, None)
+        oa.timer_id, oa.due = None, None
+        said = f"{'approved' if approve else 'rejected'} by {by}" + (f": {note}" if note else "")
+        if not approve:
+            self._record(cs, oa, "cancelled", said, now, out, decided_by=by)
+            return "cancelled"
+        verdict = self.guardrails.check(
+            oa.tool, oa.params, oa.playbook, oa.idempotency_key, cs.agents, shared,
+            now.timestamp(), recheck=True, approved_by=by,
+        )  # fmt: skip
+        if verdict.status == "executed":
+            reason = f"{said}; guardrails passed"
+            self._record(cs, oa, "executed", reason, now, out, verdict, decided_by=by)
+            self.guardrails.commit_spend(oa.tool, verdict, cs.agents, shared, now.timestamp())
+            out.effects.append(effect(oa, cs.customer_id))
+            return "executed"
+        reason = f"{said}, but: {verdict.reason}"
+        self._record(cs, oa, verdict.status, reason, now, out, verdict, decided_by=by)
         return verdict.status
 
     def _fire_action(
         self, action_id: str, cs: CustomerState, shared: Ledger, now: datetime, out: Decisions
     ) -> None:
         oa = cs.agents.open.pop(action_id, None)
-        if oa is None or oa.status != "scheduled":
+        if oa is None:
+            return
+        if oa.status == "pending_approval":  # nobody approved it in time
+            until = utc_iso(datetime.fromtimestamp(oa.due or now.timestamp(), now.tzinfo))
+            self._record(cs, oa, "expired", f"no approval by {until}: not performed", now, out)
+            return
+        if oa.status != "scheduled":
             return
         if oa.awaiting_reply:  # the window closed with no answer: no discount
             until = utc_iso(datetime.fromtimestamp(oa.due or now.timestamp(), now.tzinfo))
@@ -519,8 +585,8 @@ class Executor:
             now.timestamp(), recheck=True,
         )  # fmt: skip
         if verdict.status == "pending_approval":
-            oa.status, oa.timer_id, oa.due = "pending_approval", None, None
-            cs.agents.open[action_id] = oa
+            oa.timer_id = None  # the timer that fired
+            self._await_approval(oa, cs, now, out)
         reason = "due; guardrails passed" if verdict.status == "executed" else verdict.reason
         self._record(cs, oa, verdict.status, reason, now, out, verdict)
         if verdict.status == "executed":

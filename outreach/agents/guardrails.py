@@ -11,7 +11,7 @@ business defaults of its own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -84,6 +84,10 @@ class GuardrailsConfig(_Config):
     tools: dict[ToolName, ToolGuard] = Field(default_factory=dict)
     kill_switches: KillSwitches = Field(default_factory=KillSwitches)
     effect_memory: Duration = Field(description="how long effect keys are remembered")
+    approval_expiry: Duration = Field(
+        default=timedelta(hours=48),
+        description="how long an action waits for a person's approval before it expires",
+    )
 
 
 class Ledger(Protocol):
@@ -196,11 +200,14 @@ class Guardrails:
         now: float,
         at: float | None = None,
         recheck: bool = False,
+        approved_by: str | None = None,
     ) -> Verdict:
         """Judge one proposed action; ``at`` is its scheduled time (None: now).
 
         ``recheck``: the action was approved earlier under this key and is now due; judge it
         again (kill switches, budgets) without treating its own key as a duplicate.
+        ``approved_by``: a person approved it; a value that needs approval passes (one above
+        the approval limit is still denied, and every other check still applies).
         """
         checks: list[Check] = []
 
@@ -217,6 +224,9 @@ class Guardrails:
         checks.append(Check("allow_list", "pass", f"{tool_name} allowed for {playbook}"))
         if tool_name in self.config.kill_switches.tools:
             return block("kill_switch", f"kill switch: {tool_name} is switched off")
+        switched = shared.control("tool", tool_name)
+        if switched is not None:
+            return block("kill_switch", f"kill switch: {tool_name} is switched off ({switched})")
         try:
             params = tool.params.model_validate(raw_params)
         except ValidationError as exc:
@@ -232,6 +242,9 @@ class Guardrails:
         level = self._judge(
             tool_name, guard, params, value, currency, state, shared, now, at, checks
         )
+        if level == "approval" and approved_by is not None:
+            checks.append(Check("approval", "pass", f"approved by {approved_by}"))
+            level = "auto"
         if level in ("deny", "blocked"):
             verdict.status, verdict.reason = "blocked", checks[-1].detail
         elif level == "approval":

@@ -19,20 +19,25 @@ def action_record(
     reason: str,
     now: datetime,
     verdict: Verdict | None = None,
+    decided_by: str | None = None,
 ) -> ActionRecord:
-    """A status change of an action known by its open-action record."""
+    """A status change of an action known by its open-action record (``decided_by``: the
+    person who approved or rejected it)."""
     return ActionRecord(
         action_id=oa.action_id, signal_id=oa.signal_id, customer_id=customer_id,
         rule_id=oa.rule_id, type=oa.tool, params=oa.params, status=status,
         at=now, reason=reason, target=oa.target, idempotency_key=oa.idempotency_key,
         scheduled_for=_due(oa) if status != "executed" else None,
         checks=[c.as_dict() for c in verdict.checks] if verdict else [_check(status, reason)],
+        decided_by=decided_by,
     )  # fmt: skip
 
 
 def _check(status: str, reason: str) -> dict[str, str]:
     """The one check behind a status no guardrail decided (cancelled, skipped_holdout)."""
-    name = {"cancelled": "cancel", "skipped_holdout": "holdout"}.get(status, status)
+    name = {"cancelled": "cancel", "skipped_holdout": "holdout", "expired": "approval"}.get(
+        status, status
+    )
     return {"check": name, "result": status, "detail": reason}
 
 

@@ -264,8 +264,12 @@ class ContactPolicy:
                 channel, msg.purpose, profile, contact, msg.template
             )
             if problem is None and controls is not None:
+                switched = controls.control("channel", channel)
                 paused = controls.control("template", f"{channel}:{msg.template}")
-                problem = f"template paused on {channel} ({paused})" if paused else None
+                if switched is not None:
+                    problem = f"kill switch ({switched})"
+                elif paused is not None:
+                    problem = f"template paused on {channel} ({paused})"
             rendered = None
             if problem is None:
                 rendered, problem = self._render(msg, channel, profile)

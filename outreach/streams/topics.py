@@ -41,6 +41,7 @@ _FAMILIES = {
     "usage": "usage",
     "renewal": "renewals",
     "timer": "timers",
+    "approval": "customers",  # a person's decision on one of the customer's actions
 }
 _LEGAL = re.compile(r"^[A-Za-z0-9._-]*$")
 _MAX_TOPIC_NAME = 249

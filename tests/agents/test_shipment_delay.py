@@ -226,15 +226,18 @@ def test_the_credit_is_500_or_1000_for_premium(run: Runner, tier: str, amount: i
 
 
 @pytest.mark.parametrize(
-    ("value", "status"),
-    [(50000, "executed"), (50001, "pending_approval"), (None, "pending_approval")],
+    ("value", "statuses"),
+    [
+        (50000, ["executed"]),
+        (50001, ["pending_approval", "expired"]),  # nobody approves it: expires after 48h
+        (None, ["pending_approval", "expired"]),
+    ],
 )
 def test_rebook_runs_alone_up_to_50000_minor_units_else_waits_for_approval(
-    run: Runner, value: int | None, status: str
+    run: Runner, value: int | None, statuses: list[str]
 ) -> None:
     result = run([profile("2026-03-01T12:00:00Z"), shipment(AT, late(days=4), value=value)])
-    rebooks = of_type(result.of(RULE)[0], "rebook_shipment")
-    assert [r["status"] for r in rebooks] == [status]
+    assert result.history("rebook_shipment") == [statuses]
 
 
 def test_remediation_happens_once_per_shipment(run: Runner) -> None:
@@ -320,7 +323,11 @@ def test_delivered_cancels_only_its_own_shipment(run: Runner) -> None:
     rebooks = of_type(result.of(RULE)[0], "rebook_shipment")
     assert [(r["target"], r["status"]) for r in rebooks] == [
         ("shp_1", "cancelled"),
-        ("shp_2", "pending_approval"),
+        ("shp_2", "expired"),  # still waiting for a person until it expired, 48h later
+    ]
+    assert result.history("rebook_shipment") == [
+        ["pending_approval", "cancelled"],
+        ["pending_approval", "expired"],
     ]
 
 
@@ -336,5 +343,5 @@ def test_shipment_delay_has_no_holdout(run: Runner) -> None:
         [profile("2026-03-01T12:00:00Z", customer), shipment(AT, late(days=4), customer=customer)]
     )
     actions, messages = result.of(RULE)
-    assert {a["status"] for a in actions} == {"pending_approval", "executed"}
+    assert {a["status"] for a in actions} == {"expired", "executed"}  # no person approved
     assert [m["status"] for m in messages] == ["sent"]
