@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from outreach.cli_operator import approvals_app, explain, keys_app
 from outreach.errors import OutreachError
 from outreach.events import json_schemas
 from outreach.rulebook import RuleBook, describe, load_rulebook
@@ -31,6 +33,9 @@ schema_app = typer.Typer(help="The event contract for backend teams.", no_args_i
 rules_app = typer.Typer(help="Check and test rule folders.", no_args_is_help=True)
 app.add_typer(schema_app, name="schema")
 app.add_typer(rules_app, name="rules")
+app.add_typer(approvals_app, name="approvals")
+app.add_typer(keys_app, name="keys")
+app.command()(explain)
 
 out = Console()
 err = Console(stderr=True)
@@ -405,8 +410,10 @@ def api(
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
-    """Serve the provider webhooks (Twilio, SendGrid) and the one-click unsubscribe links;
-    every fact they report is published to Kafka for the workers. Ctrl-C stops it."""
+    """Serve the operator API (/v1: events, approvals, timelines, rules, kill switches; API
+    keys from `outreach keys`), /healthz, /readyz, /metrics, the provider webhooks (Twilio,
+    SendGrid) and the one-click unsubscribe links; every fact and decision is published to
+    Kafka for the workers. OpenAPI at /openapi.json, docs at /docs. Ctrl-C stops it."""
     import logging
 
     import uvicorn
@@ -414,8 +421,11 @@ def api(
 
     from outreach.api import ApiSettings, KafkaEventSink, KeywordReplies, create_app
     from outreach.api.logs import uvicorn_log_config
+    from outreach.api.metrics import kafka_lag
+    from outreach.api.operator import LoadedRules
     from outreach.store import Store, StoreSettings
     from outreach.store.contacts import Contacts
+    from outreach.store.operator import Operator
     from outreach.streams.topics import KafkaSettings, Topics
 
     logging.basicConfig(
@@ -454,10 +464,12 @@ def api(
     store = Store(database_url or store_settings.database_url)
     store.migrate()
     sink = KafkaEventSink(url, topics, kafka.partitions)
+    operator = Operator(store)
     try:
         web = create_app(
-            settings, Contacts(store), sink, replies, brand=brand.name, lifespan=sink.lifespan
-        )
+            settings, Contacts(store), sink, replies, brand=brand.name, lifespan=sink.lifespan,
+            rules=LoadedRules(book), lag=partial(kafka_lag, url, operator, kafka.group_id),
+        )  # fmt: skip
     except ValueError as exc:  # a SendGrid key that is not one
         err.print(f"[bold red]invalid setting:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None

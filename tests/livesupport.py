@@ -24,7 +24,8 @@ from outreach.streams.topics import Topics
 
 TOPIC_OF = {
     "customer": "customers", "contact": "customers", "shipment": "shipments",
-    "payment": "payments", "usage": "usage", "renewal": "renewals",
+    "payment": "payments", "usage": "usage", "renewal": "renewals", "approval": "customers",
+    "message": "customers",
 }  # fmt: skip
 
 

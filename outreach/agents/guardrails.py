@@ -247,8 +247,9 @@ class Guardrails:
             level = "auto"
         if level in ("deny", "blocked"):
             verdict.status, verdict.reason = "blocked", checks[-1].detail
-        elif level == "approval":
-            verdict.status, verdict.reason = "pending_approval", checks[-1].detail
+        elif level == "approval":  # why: the threshold, not the budget checks after it
+            why = next(c.detail for c in reversed(checks) if c.check == "threshold")
+            verdict.status, verdict.reason = "pending_approval", why
         elif at is not None and at > now:
             verdict.status, verdict.reason = "scheduled", "scheduled; rechecked when due"
         else:

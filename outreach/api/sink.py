@@ -30,12 +30,21 @@ class EventSink(Protocol):
         """Publish ``event``, keyed by its customer; returns once it is durable."""
         ...
 
+    async def dead_letter(self, key: bytes | None, value: bytes) -> None:
+        """Publish a dead letter (an invalid item posted to ``/v1/events``) to the DLQ."""
+        ...
+
+    def ready(self) -> bool:
+        """Whether it can publish now."""
+        ...
+
 
 class FakeEventSink:
     """Records the events it is given, in order; raises ``failure`` instead if it is set."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.dead_letters: list[tuple[bytes | None, bytes]] = []
         self.failure: Exception | None = None
 
     async def publish(self, event: Event) -> None:
@@ -43,6 +52,16 @@ class FakeEventSink:
         if self.failure is not None:
             raise self.failure
         self.events.append(event)
+
+    async def dead_letter(self, key: bytes | None, value: bytes) -> None:
+        """Record a dead letter (or raise ``failure``)."""
+        if self.failure is not None:
+            raise self.failure
+        self.dead_letters.append((key, value))
+
+    def ready(self) -> bool:
+        """Ready unless told to fail."""
+        return self.failure is None
 
 
 class KafkaEventSink:
@@ -86,3 +105,14 @@ class KafkaEventSink:
             raise OutreachError("the Kafka event sink is not started")
         acked = await self._publisher.publish(event)
         await acked
+
+    async def dead_letter(self, key: bytes | None, value: bytes) -> None:
+        """Publish a dead letter to the DLQ topic and wait for the acknowledgement."""
+        if self._publisher is None:
+            raise OutreachError("the Kafka event sink is not started")
+        acked = await self._publisher.publish_raw(self.topics.dlq, key, value)
+        await acked
+
+    def ready(self) -> bool:
+        """Started (connected to the brokers)."""
+        return self._publisher is not None

@@ -14,10 +14,12 @@ Must not import: faust, aiokafka, twilio, sendgrid, openai, fastapi; nor the dec
 
 from __future__ import annotations
 
-from outreach.store.batch import Batch, StoreLedger, TimerRow
+from outreach.store.batch import ApprovalRow, AuditRow, Batch, StoreLedger, TimerRow
 from outreach.store.store import OutboxRow, PendingRecord, Store, StoreBusyError, StoreSettings
 
 __all__ = [
+    "ApprovalRow",
+    "AuditRow",
     "Batch",
     "OutboxRow",
     "PendingRecord",

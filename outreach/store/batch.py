@@ -18,14 +18,44 @@ from sqlalchemy.engine import Connection
 
 from outreach.store.schema import (
     applied_offsets,
+    approvals,
+    audit,
     contacts,
     controls,
     customer_state,
     ledger,
     outbox,
     pending_records,
+    tallies,
     timers,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One line of a customer's audit trail (see ``schema.audit``)."""
+
+    customer_id: str
+    at: float
+    kind: str
+    ref: str
+    status: str | None
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRow:
+    """An action record of an action that waits, or waited, for a person."""
+
+    action_id: str
+    customer_id: str
+    rule_id: str
+    tool: str
+    status: str
+    at: float
+    expires_at: float | None
+    decided_by: str | None
+    record: bytes
 
 
 @dataclass(frozen=True)
@@ -268,3 +298,80 @@ class Batch:
         values = [{"topic": t, "key": k, "value": v} for t, k, v in rows]
         if values:
             self.conn.execute(sa.insert(pending_records), values)
+
+    def add_audit(self, rows: Sequence[AuditRow]) -> None:
+        """Append to the customers' audit trails, in order."""
+        if rows:
+            self.conn.execute(
+                sa.insert(audit),
+                [
+                    {
+                        "customer_id": r.customer_id,
+                        "at": r.at,
+                        "kind": r.kind,
+                        "ref": r.ref,
+                        "status": r.status,
+                        "body": r.body,
+                    }
+                    for r in rows
+                ],  # fmt: skip
+            )
+
+    def track_approvals(self, rows: Sequence[ApprovalRow]) -> None:
+        """Keep the approvals queue: ``rows`` are this batch's action records in order; a
+        ``pending_approval`` one (re)queues its action, a later one of a queued action
+        records its outcome. Records of actions that never waited are ignored."""
+        if not rows:
+            return
+        asked = {r.action_id for r in rows if r.status == "pending_approval"}
+        others = sorted({r.action_id for r in rows} - asked)
+        known: set[str] = set()
+        for start in range(0, len(others), 500):
+            chunk = others[start : start + 500]
+            query = sa.select(approvals.c.action_id).where(approvals.c.action_id.in_(chunk))
+            known.update(str(a) for (a,) in self.conn.execute(query))
+        latest: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            if r.action_id not in asked and r.action_id not in known:
+                continue
+            row = latest.setdefault(r.action_id, {"action_id": r.action_id})
+            row.update(customer_id=r.customer_id, rule_id=r.rule_id, tool=r.tool,
+                       status=r.status, updated_at=r.at, record=r.record,
+                       decided_by=r.decided_by)  # fmt: skip
+            if r.status == "pending_approval":
+                row.update(requested_at=r.at, expires_at=r.expires_at, request=r.record)
+        new = [row for row in latest.values() if "request" in row]
+        if new:
+            self.upsert(approvals, new, ["action_id"], [c for c in new[0] if c != "action_id"])
+        for row in latest.values():
+            if "request" not in row:
+                update = {k: v for k, v in row.items() if k != "action_id"}
+                self.conn.execute(
+                    sa.update(approvals)
+                    .where(approvals.c.action_id == row["action_id"])
+                    .values(**update)
+                )
+
+    def add_tallies(self, counts: dict[tuple[str, str], int]) -> None:
+        """Add to the running totals (``(name, label) -> n``)."""
+        rows = [
+            {"name": n, "label": label, "value": v} for (n, label), v in sorted(counts.items()) if v
+        ]
+        if not rows:
+            return
+        insert = postgresql.insert(tallies) if self.postgres else sqlite.insert(tallies)
+        self.conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=["name", "label"],
+                set_={"value": tallies.c.value + insert.excluded.value},
+            ),
+            rows,
+        )
+
+    def rules_reload(self) -> tuple[float, str] | None:
+        """The latest rules reload an operator asked for: (when, fingerprint it validated)."""
+        query = sa.select(controls.c.at, controls.c.reason).where(
+            controls.c.kind == "rules", controls.c.name == "reload"
+        )
+        row = self.conn.execute(query).first()
+        return (float(row[0]), str(row[1])) if row is not None else None

@@ -131,3 +131,63 @@ controls = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("at", sa.Double, nullable=False),
 )
+
+# The audit trail an operator explains a customer from (``outreach explain``, the timeline
+# endpoint): every applied event (its raw JSON) and every decision record (signals, action and
+# message statuses, delivery outcomes), written in the batch transaction that applied them.
+# ``at`` is the record's own time (event time), ``seq`` the order it was written in.
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("customer_id", sa.String(128), nullable=False),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # event | signal | action | message | receipt
+    sa.Column("ref", sa.String(255), nullable=False),  # event, signal, action or message id
+    sa.Column("status", sa.String(32), nullable=True),  # of an action, message or delivery
+    sa.Column("body", sa.LargeBinary, nullable=False),  # JSON
+)
+sa.Index("audit_customer", audit.c.customer_id, audit.c.at, audit.c.seq)
+
+# The approvals queue, kept from the action records (the core decides; this is its index):
+# one row per action that ever waited for a person, with its latest status.
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("action_id", sa.String(128), primary_key=True),
+    sa.Column("customer_id", sa.String(128), nullable=False),
+    sa.Column("rule_id", sa.String(128), nullable=False),
+    sa.Column("tool", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),  # pending_approval, then the outcome
+    sa.Column("requested_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=True),
+    sa.Column("decided_by", sa.String(256), nullable=True),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("record", sa.LargeBinary, nullable=False),  # the latest action record (JSON)
+    sa.Column("request", sa.LargeBinary, nullable=False),  # the pending_approval record (JSON)
+)
+sa.Index("approvals_status", approvals.c.status, approvals.c.requested_at)
+
+# Operator API keys: only a SHA-256 of the secret is kept (keys are 256-bit random, so a fast
+# hash is enough); ``key_id`` is the public part shown in lists and logs.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("scope", sa.String(16), nullable=False),  # ingest | operator | admin
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("revoked_at", sa.Double, nullable=True),
+)
+
+# Running totals of what the workers applied (events, dead letters, signals per rule, actions
+# and messages per status), added to in each batch's transaction: the operator API exports them
+# as Prometheus counters, whichever worker did the work.
+tallies = sa.Table(
+    "tallies",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("label", sa.String(128), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)

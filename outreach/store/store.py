@@ -241,15 +241,24 @@ class Store:
                 batch.add_records(records)
         return result_.rowcount > 0
 
-    def retry_later(self, row_id: int, at: float, error: str, *, claim: int | None = None) -> bool:
+    def retry_later(
+        self, row_id: int, at: float, error: str, *, claim: int | None = None, hold: bool = False
+    ) -> bool:
         """Put a claimed row back, due again at ``at`` (a transient failure); with ``claim``,
-        only if it is still that claim. Returns whether it did."""
+        only if it is still that claim. ``hold``: it was not tried at all (a kill switch), so
+        the claim does not count as an attempt. Returns whether it did."""
+        values: dict[str, Any] = {
+            "status": "pending",
+            "next_at": at,
+            "last_error": error,
+            "lease_until": None,
+        }
+        if hold:
+            values["attempts"] = outbox.c.attempts - 1
         with self.batch() as batch:
             result = batch.conn.execute(
-                sa.update(outbox).where(*self._fence(row_id, claim)).values(
-                    status="pending", next_at=at, last_error=error, lease_until=None
-                )
-            )  # fmt: skip
+                sa.update(outbox).where(*self._fence(row_id, claim)).values(**values)
+            )
         return result.rowcount > 0
 
     @staticmethod

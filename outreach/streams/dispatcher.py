@@ -13,6 +13,10 @@ compliance replies themselves (the STOP confirmation, HELP) pass. A delivery tha
 ``message.status`` event, in the same transaction as the row's final state, so its policy
 reaction (suppression, email instead of SMS) happens on the customer's partition.
 
+A kill switch thrown by an operator (``POST /v1/killswitch``) holds the rows of its tool or
+channel already in the outbox: they are put back untried (not counted as attempts) and go
+once the switch is lifted; the core stops deciding new ones at its next batch.
+
 Crash between "performed" and "marked": the row's lease runs out and it is performed again
 with the same idempotency key. Connectors pass the key on (Stripe, HTTP ``Idempotency-Key``)
 and the file channel/connector keep each key once, so the second call changes nothing the
@@ -60,6 +64,7 @@ class DispatcherOptions:
     backoff_base: float = 1.0
     backoff_max: float = 600.0
     poll: float = 0.2
+    hold: float = 30.0  # a row held by a kill switch is looked at again after this
 
 
 @dataclass
@@ -71,6 +76,7 @@ class DispatchStats:
     retried: int = 0
     failed: int = 0
     suppressed: int = 0  # deliveries refused because the address had opted out meanwhile
+    held: int = 0  # rows put back untried because a kill switch covers their tool or channel
     by_kind: dict[str, int] = field(default_factory=dict)
 
 
@@ -91,6 +97,7 @@ class Dispatcher:
         self.options = options or DispatcherOptions()
         self.stats = DispatchStats()
         self.contacts = Contacts(store)
+        self._switches: dict[tuple[str, str], str] = {}
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
 
     def backoff(self, attempts: int, retry_after: float | None) -> float:
@@ -107,9 +114,30 @@ class Dispatcher:
         rows = await asyncio.to_thread(
             self.store.claim_due, at, self.options.batch, self.options.lease
         )
+        if rows:  # switched off since the rows were decided: hold them, do not perform
+            self._switches = await asyncio.to_thread(self.contacts.controls)
         for row in rows:
             await self._perform(row, at)
         return len(rows)
+
+    async def _held(self, row: OutboxRow, request: Effect | Delivery, now: float) -> bool:
+        """Whether a kill switch holds ``row`` (its tool or channel is switched off); it is
+        put back untried, due again after ``hold``, and goes once the switch is lifted."""
+        key = (
+            ("tool", request.tool) if isinstance(request, Effect) else ("channel", request.channel)
+        )
+        why = self._switches.get(key)
+        if why is None:
+            return False
+        self.stats.held += 1
+        error = f"held: kill switch on {key[0]} {key[1]} ({why})"
+        await asyncio.to_thread(
+            partial(
+                self.store.retry_later, row.id, now + self.options.hold, error,
+                claim=row.attempts, hold=True,
+            )
+        )  # fmt: skip
+        return True
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until ``stop`` is set."""
@@ -130,6 +158,8 @@ class Dispatcher:
             )
         except ValidationError as exc:  # cannot succeed however often it is tried
             await self._finish(row, "failed", None, f"permanent: unreadable payload: {exc}")
+            return
+        if await self._held(row, request, now):
             return
         if isinstance(request, Delivery) and await self._refused(row, request, now):
             return

@@ -31,8 +31,10 @@ import msgspec
 from outreach.core import DecisionCore
 from outreach.decisions import Decisions
 from outreach.events import Event, TimerFired, TimerFiredData
+from outreach.rulebook import load_rulebook
+from outreach.rules.yamlfile import RuleFileError
 from outreach.state import CustomerState
-from outreach.store import Batch, Store, TimerRow
+from outreach.store import ApprovalRow, AuditRow, Batch, Store, TimerRow
 from outreach.store.contacts import address_rows
 from outreach.streams.codec import DeadLetter, Record, dead_letter_value, decode, record_value
 
@@ -78,20 +80,58 @@ class _Collected:
         self.outbox: list[tuple[str, str, str, str, bytes, float]] = []
         self.timers: list[TimerRow] = []
         self.fired: list[str] = []
+        self.audit: list[AuditRow] = []
+        self.approvals: list[ApprovalRow] = []
+        self.tallies: Counter[tuple[str, str]] = Counter()
         self.result = BatchResult()
 
-    def take(self, decisions: Decisions) -> None:
-        result, records = self.result, self.records
+    def take(self, decisions: Decisions, at: float) -> None:
+        """Collect what one evaluation at (event) time ``at`` decided."""
+        result, records, audit, tallies = self.result, self.records, self.audit, self.tallies
         for signal in decisions.signals:
-            records.append(("signals", signal.customer_id.encode(), record_value(signal)))
+            value = record_value(signal)
+            records.append(("signals", signal.customer_id.encode(), value))
+            audit.append(AuditRow(signal.customer_id, at, "signal", signal.signal_id, None, value))
+            tallies["signals", signal.rule_id] += 1
         for action in decisions.actions:
-            records.append(("actions", action.customer_id.encode(), record_value(action)))
+            value = record_value(action)
+            records.append(("actions", action.customer_id.encode(), value))
+            audit.append(
+                AuditRow(action.customer_id, at, "action", action.action_id, action.status, value)
+            )
             result.actions[action.status] += 1
+            tallies["actions", f"{action.type}:{action.status}"] += 1
+            self.approvals.append(
+                ApprovalRow(
+                    action.action_id,
+                    action.customer_id,
+                    action.rule_id,
+                    action.type,
+                    action.status,
+                    at,
+                    action.scheduled_for.timestamp() if action.scheduled_for else None,
+                    action.decided_by,
+                    value,
+                )  # fmt: skip
+            )
         for message in decisions.messages:
-            records.append(("messages", message.customer_id.encode(), record_value(message)))
+            value = record_value(message)
+            records.append(("messages", message.customer_id.encode(), value))
+            audit.append(
+                AuditRow(
+                    message.customer_id, at, "message", message.message_id, message.status, value
+                )
+            )
             result.messages[message.status] += 1
+            tallies["messages", f"{message.channel}:{message.status}"] += 1
         for receipt in decisions.receipts:
-            records.append(("receipts", receipt.customer_id.encode(), record_value(receipt)))
+            value = record_value(receipt)
+            records.append(("receipts", receipt.customer_id.encode(), value))
+            audit.append(
+                AuditRow(
+                    receipt.customer_id, at, "receipt", receipt.message_id, receipt.status, value
+                )
+            )
             if receipt.alert:
                 log.warning("ALERT for %s: %s", receipt.customer_id, receipt.reaction)
         for effect in decisions.effects:
@@ -151,6 +191,30 @@ class BatchProcessor:
         self.max_event_bytes = max_event_bytes
         self._decode_state = msgspec.json.Decoder(CustomerState).decode
         self._encode = msgspec.json.Encoder().encode
+        self.loaded_at = time.time()  # when the running rules were loaded
+
+    def _reload_rules(self, batch: Batch) -> None:
+        """Re-read the rules folder if an operator asked for a reload since it was loaded
+        (``POST /v1/rules/reload``); a folder that does not load leaves the running rules."""
+        asked = batch.rules_reload()
+        if asked is None or asked[0] <= self.loaded_at:
+            return
+        at, validated = asked
+        self.loaded_at = at
+        folder = self.core.book.folder
+        try:
+            book = load_rulebook(folder)
+        except RuleFileError as exc:
+            log.error("rules reload refused, the running rules stay: %s", exc)
+            return
+        if book.fingerprint != validated:
+            log.warning(
+                "rules reload: %s holds rule set %s, not %s as validated by the API (the "
+                "folder differs on this host or changed since); running %s",
+                folder, book.fingerprint, validated, book.fingerprint,
+            )  # fmt: skip
+        log.info("rules reloaded: %s -> %s", self.core.book.fingerprint, book.fingerprint)
+        self.core = DecisionCore(book)
 
     def decode(self, record: Record) -> Decoded:
         """The record with its event or dead letter."""
@@ -169,12 +233,13 @@ class BatchProcessor:
         return self.store.run(lambda batch: self._apply(batch, items))
 
     def _apply(self, batch: Batch, items: Sequence[Decoded]) -> BatchResult:
+        self._reload_rules(batch)
         out = _Collected()
         result = out.result
         result.records = len(items)
         applied = batch.positions(self.group, {(r.topic, r.partition) for r, _ in items})
         positions: dict[tuple[str, int], int] = {}
-        events: list[Event] = []
+        events: list[tuple[Event, bytes]] = []
         for record, event in items:
             tp = (record.topic, record.partition)
             positions[tp] = max(positions.get(tp, 0), record.offset + 1)
@@ -186,8 +251,8 @@ class BatchProcessor:
                 out.records.append(("dlq", record.key, dead_letter_value(record, str(event))))
                 result.dead_letters += 1
             else:
-                events.append(event)
-        customers = dict.fromkeys(e.customer_id for e in events)  # arrival order
+                events.append((event, record.value))
+        customers = dict.fromkeys(e.customer_id for e, _ in events)  # arrival order
         stored = batch.lock_states(customers)
         states: dict[str, CustomerState] = {}
         before: dict[str, list[tuple[str, str]]] = {}
@@ -198,9 +263,9 @@ class BatchProcessor:
             states[customer_id] = state
             before[customer_id] = _addresses(state)
             clock.watch(state)
-        events.sort(key=lambda e: e.occurred_at)  # stable: ties keep arrival order
-        for event in events:
-            clock.evaluate(event, states[event.customer_id])
+        events.sort(key=lambda item: item[0].occurred_at)  # stable: ties keep arrival order
+        for event, raw in events:
+            clock.evaluate(event, states[event.customer_id], raw)
         batch.save_states({c: self._encode(s) for c, s in states.items()})
         gone: list[dict[str, str]] = []
         added: list[dict[str, str]] = []
@@ -215,6 +280,14 @@ class BatchProcessor:
         batch.schedule_timers(out.timers)
         batch.drop_timers(out.fired)
         batch.add_records(out.records)
+        batch.add_audit(out.audit)
+        batch.track_approvals(out.approvals)
+        tallies = out.tallies
+        tallies["events", "applied"] += result.events
+        tallies["events", "duplicate"] += result.duplicates
+        tallies["events", "dead_letter"] += result.dead_letters
+        tallies["timers", "fired"] += result.timers_fired
+        batch.add_tallies(tallies)
         batch.set_positions(
             self.group, {tp: max(o, applied.get(tp, 0)) for tp, o in positions.items()}
         )
@@ -254,14 +327,14 @@ class _Clock:
         self._seq += 1
         heapq.heappush(self.heap, (due, self._seq, timer_id, customer_id))
 
-    def _take(self, decisions: Decisions) -> None:
+    def _take(self, decisions: Decisions, at: float) -> None:
         for timer in decisions.timers:
             if timer.customer_id in self.states:
                 self._push(timer.due_at.timestamp(), timer.timer_id, timer.customer_id)
-        self.out.take(decisions)
+        self.out.take(decisions, at)
 
-    def evaluate(self, event: Event, state: CustomerState) -> None:
-        """Fire what is due, then evaluate ``event`` at its own time."""
+    def evaluate(self, event: Event, state: CustomerState, raw: bytes) -> None:
+        """Fire what is due, then evaluate ``event`` (``raw``: its JSON) at its own time."""
         stamp = event.occurred_at.timestamp()
         heap, out = self.heap, self.out
         while heap and heap[0][0] <= stamp:
@@ -275,12 +348,15 @@ class _Clock:
             out.fired.append(timer_id)
             out.result.timers_fired += 1
             if decisions:
-                self._take(decisions)
-        decisions = self.core.evaluate(event, state, self.batch.ledger, event.occurred_at, stamp)
-        out.result.events += 1
+                self._take(decisions, due)
         if isinstance(event, TimerFired):
             out.fired.append(event.data.timer_id)
+        else:  # the event first in the trail, then what it caused
+            out.audit.append(AuditRow(event.customer_id, stamp, "event", event.event_id, None, raw))
+        decisions = self.core.evaluate(event, state, self.batch.ledger, event.occurred_at, stamp)
+        out.result.events += 1
         if decisions.duplicate:
             out.result.duplicates += 1
+            out.audit.pop()  # a redelivered copy: already in the trail
         elif decisions:
-            self._take(decisions)
+            self._take(decisions, stamp)

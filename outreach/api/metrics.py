@@ -1,0 +1,175 @@
+"""``GET /metrics``: Prometheus metrics of the API and of the engine as the store records it.
+
+The API's own: requests by route and status, request latency, events ingested. The engine's,
+read from the store at scrape time (so they are right however many workers there are and
+survive restarts): events applied / duplicate / dead-lettered, signals per rule, actions per
+type and status, messages per channel and status (running totals the workers add to in each
+batch's transaction), the outbox by kind and status, actions waiting for approval, and the
+consumer lag per partition (Kafka's end offset minus the store's applied position). The
+workers' own process metrics (event -> decision latency) are not exported yet.
+
+Must not import: faust, the decision core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from outreach.store.operator import Operator
+
+log = logging.getLogger(__name__)
+Lag = dict[tuple[str, int], int]
+LagProbe = Callable[[], Awaitable[Lag]]
+
+
+class EngineCollector(Collector):
+    """Metrics read from the store when scraped."""
+
+    def __init__(self, operator: Operator) -> None:
+        self.operator = operator
+        self.lag: Lag | None = None  # set by the scrape before collecting (async probe)
+
+    def collect(self) -> Iterator[Any]:
+        """The engine's counters and gauges (nothing if the store does not answer)."""
+        try:
+            tallies = self.operator.tallies()
+            outbox = self.operator.store.outbox_counts()
+            pending = self.operator.pending_approvals()
+        except Exception:  # the scrape must not fail: /readyz reports the database
+            log.exception("metrics: the store did not answer")
+            return
+        events = CounterMetricFamily(
+            "outreach_events", "Events applied by the workers", labels=["result"]
+        )
+        signals = CounterMetricFamily("outreach_signals", "Signals raised", labels=["rule"])
+        actions = CounterMetricFamily(
+            "outreach_actions", "Action status records", labels=["type", "status"]
+        )
+        messages = CounterMetricFamily(
+            "outreach_messages", "Message status records", labels=["channel", "status"]
+        )
+        timers = CounterMetricFamily("outreach_timers_fired", "Scheduled work that fell due")
+        for (name, label), value in sorted(tallies.items()):
+            if name == "events":
+                events.add_metric([label], value)
+            elif name == "signals":
+                signals.add_metric([label], value)
+            elif name == "actions":
+                actions.add_metric(label.split(":", 1), value)
+            elif name == "messages":
+                messages.add_metric(label.split(":", 1), value)
+            elif name == "timers":
+                timers.add_metric([], value)
+        yield from (events, signals, actions, messages, timers)
+        rows = GaugeMetricFamily(
+            "outreach_outbox_rows", "Outbox rows (effects, deliveries)", labels=["kind", "status"]
+        )
+        for (kind, status), count in sorted(outbox.items()):
+            rows.add_metric([kind, status], count)
+        yield rows
+        yield GaugeMetricFamily(
+            "outreach_approvals_pending", "Actions waiting for a person", value=pending
+        )
+        if self.lag is not None:
+            lag = GaugeMetricFamily(
+                "outreach_consumer_lag",
+                "Records not yet applied (Kafka end offset - applied position)",
+                labels=["topic", "partition"],
+            )
+            for (topic, partition), behind in sorted(self.lag.items()):
+                lag.add_metric([topic, str(partition)], behind)
+            yield lag
+
+
+class Metrics:
+    """The registry of one app, its request middleware and the ``/metrics`` handler."""
+
+    def __init__(self, operator: Operator | None, lag: LagProbe | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "outreach_api_requests", "HTTP requests", ["method", "route", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "outreach_api_request_seconds", "HTTP request latency", ["route"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.ingested = Counter(
+            "outreach_api_events", "Events posted to /v1/events", ["result"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.engine = EngineCollector(operator) if operator is not None else None
+        if self.engine is not None:
+            self.registry.register(self.engine)
+        self.lag = lag
+
+    async def scrape(self, _request: Request) -> Response:
+        """The metrics in Prometheus' text format."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        if self.engine is not None and self.lag is not None:
+            try:
+                self.engine.lag = await asyncio.wait_for(self.lag(), timeout=5)
+            except Exception as exc:  # Kafka away: no lag figures rather than no metrics
+                log.warning("metrics: consumer lag not available: %s", exc)
+                self.engine.lag = None
+        body = await asyncio.to_thread(generate_latest, self.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """Counts and times every HTTP request by its route template (not its path, which
+        would carry customer ids and tokens)."""
+
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = 500
+
+            async def sending(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, sending)
+            finally:
+                route = scope.get("route")
+                template = getattr(route, "path", None) or "unmatched"
+                self.requests.labels(scope["method"], template, str(status)).inc()
+                self.latency.labels(template).observe(time.perf_counter() - started)
+
+        return wrapped
+
+
+async def kafka_lag(bootstrap: str, operator: Operator, group: str) -> Lag:
+    """End offsets of the partitions the store has positions for, minus those positions."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped,unused-ignore]
+
+    positions = await asyncio.to_thread(operator.positions, group)
+    if not positions:
+        return {}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(t, p) for t, p in positions]
+        ends = await consumer.end_offsets(parts)
+    finally:
+        await consumer.stop()
+    return {
+        (tp.topic, tp.partition): max(0, end - positions[(tp.topic, tp.partition)])
+        for tp, end in ends.items()
+    }

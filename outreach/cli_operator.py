@@ -1,0 +1,301 @@
+"""``outreach explain | approvals | keys``: the operator's commands over the store.
+
+They read the store the workers write (``OUTREACH_DATABASE_URL``); approving or rejecting
+publishes an ``approval.decided`` event to Kafka (``OUTREACH_KAFKA_URL``) for the worker that
+owns the customer, which runs it through the guardrails again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from outreach.store.operator import SCOPES, Approval, Operator, iso
+
+approvals_app = typer.Typer(help="The approvals queue: list, show, approve, reject.",
+                            no_args_is_help=True)  # fmt: skip
+keys_app = typer.Typer(help="API keys of the operator API: create, list, revoke.",
+                       no_args_is_help=True)  # fmt: skip
+
+out = Console()
+err = Console(stderr=True)
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(help="the store (default: $OUTREACH_DATABASE_URL or sqlite:///outreach.db)"),
+]
+
+
+def _operator(database_url: str | None) -> Operator:
+    from outreach.store import Store, StoreSettings
+
+    store = Store(database_url or StoreSettings().database_url)
+    store.migrate()
+    return Operator(store)
+
+
+# -- explain -------------------------------------------------------------------------------
+
+
+def explain(
+    customer_id: Annotated[str, typer.Argument(help="the customer to explain")],
+    database_url: DatabaseOption = None,
+    limit: Annotated[int, typer.Option(help="the most recent N entries")] = 1000,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON lines instead of text")] = False,
+) -> None:
+    """Why did we message this customer? Everything recorded about them, in time order:
+    events, signals with their evidence and rule version, actions with every guardrail
+    verdict, messages with every contact-policy verdict, deliveries, replies, approvals."""
+    operator = _operator(database_url)
+    try:
+        entries = operator.timeline(customer_id, limit)
+    finally:
+        operator.store.close()
+    if json_out:
+        for entry in entries:
+            out.out(orjson.dumps(entry).decode(), highlight=False)
+        return
+    if not entries:
+        err.print(f"nothing recorded for customer {customer_id!r} in this store")
+        raise typer.Exit(1)
+    out.print(f"[bold]{escape(customer_id)}[/]: {len(entries)} entries", highlight=False)
+    for entry in entries:
+        for line in describe_entry(entry):
+            out.print(line, highlight=False)
+
+
+def describe_entry(entry: dict[str, Any]) -> list[str]:
+    """An entry of the timeline as a few readable lines (rich markup, escaped)."""
+    at, kind, r = entry["at"], entry["kind"], entry["record"]
+    head = f"[dim]{at}[/] "
+    lines: list[str] = []
+    if kind == "event":
+        data = r.get("data", {})
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in list(data.items())[:6])
+        lines.append(head + f"[cyan]event[/] {escape(r.get('type', '?'))} "
+                     f"{escape(r.get('event_id', ''))}: {escape(shown)}")  # fmt: skip
+    elif kind == "signal":
+        evidence = ", ".join(f"{k}={_short(v)}" for k, v in r.get("evidence", {}).items())
+        lines.append(head + f"[magenta]signal[/] {escape(r['rule_id'])} "
+                     f"v{r.get('rule_version', '?')} {escape(r['signal_id'])}")  # fmt: skip
+        lines.append(f"    evidence: {escape(evidence)}")
+        if r.get("note"):
+            lines.append(f"    {escape(r['note'])}")
+    elif kind == "action":
+        who = f" by {r['decided_by']}" if r.get("decided_by") else ""
+        lines.append(head + f"[yellow]action[/] {escape(r['type'])} [bold]{r['status']}[/]"
+                     f"{escape(who)} {escape(r['action_id'])}: {escape(r['reason'])}")  # fmt: skip
+        lines += [_check(c) for c in r.get("checks", [])]
+    elif kind == "message":
+        to = f" to {r['to']}" if r.get("to") else ""
+        lines.append(head + f"[green]message[/] {r['channel']} {r['purpose']} "
+                     f"[bold]{r['status']}[/]{escape(to)} {escape(r['message_id'])}: "
+                     f"{escape(r['reason'])}")  # fmt: skip
+        if r.get("body"):
+            lines.append(f"    \u201c{escape(r['body'])}\u201d")
+        lines += [_check(c) for c in r.get("checks", [])]
+    elif kind == "receipt":
+        code = f" ({r['error_code']})" if r.get("error_code") else ""
+        reaction = f": {r['reaction']}" if r.get("reaction") else ""
+        lines.append(head + f"[blue]delivery[/] {r['channel']} {r['status']}{escape(code)} "
+                     f"{escape(r['message_id'])}{escape(reaction)}")  # fmt: skip
+    return lines
+
+
+def _check(check: dict[str, Any]) -> str:
+    return f"    - {escape(str(check.get('check')))}: {escape(str(check.get('result')))}" + (
+        f" ({escape(str(check['detail']))})" if check.get("detail") else ""
+    )
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- approvals ------------------------------------------------------------------------------
+
+
+@approvals_app.command("list")
+def approvals_list(
+    database_url: DatabaseOption = None,
+    status: Annotated[str, typer.Option(help="pending_approval, a final status, or all")] = (
+        "pending_approval"
+    ),
+    limit: Annotated[int, typer.Option()] = 200,
+) -> None:
+    """Actions waiting for a person, oldest first (or past entries with --status)."""
+    operator = _operator(database_url)
+    try:
+        found = operator.approvals(None if status == "all" else status, limit)
+    finally:
+        operator.store.close()
+    table = Table(title=f"approvals ({status})")
+    for header in ("action", "customer", "tool", "params", "status", "requested", "expires"):
+        table.add_column(header, overflow="fold")
+    for a in found:
+        params = ", ".join(f"{k}={_short(v)}" for k, v in a.record.get("params", {}).items())
+        expires = iso(a.expires_at) if a.expires_at else ""
+        table.add_row(a.action_id, a.customer_id, a.tool, params, a.status,
+                      iso(a.requested_at), expires)  # fmt: skip
+    out.print(table)
+    if not found:
+        out.print("nothing waiting" if status == "pending_approval" else "no entries")
+
+
+@approvals_app.command("show")
+def approvals_show(
+    action_id: Annotated[str, typer.Argument()], database_url: DatabaseOption = None
+) -> None:
+    """One action of the queue: what it would do, why it needs a person, its checks."""
+    approval = _find(action_id, database_url)
+    data = approval.as_dict()
+    for key in ("action_id", "customer_id", "rule_id", "tool", "status", "requested_at",
+                "expires_at", "decided_by", "request_reason", "reason"):  # fmt: skip
+        out.print(f"{key:>15}: {escape(str(data[key]))}", highlight=False)
+    out.print(f"{'params':>15}: {escape(orjson.dumps(data['params']).decode())}", highlight=False)
+    for check in data["checks"]:
+        out.print(_check(check), highlight=False)
+
+
+def _find(action_id: str, database_url: str | None) -> Approval:
+    operator = _operator(database_url)
+    try:
+        approval = operator.approval(action_id)
+    finally:
+        operator.store.close()
+    if approval is None:
+        err.print(f"[bold red]no action {escape(action_id)} has waited for approval[/]")
+        raise typer.Exit(1)
+    return approval
+
+
+def _decide(
+    action_id: str, decision: str, by: str | None, note: str | None, database_url: str | None,
+    kafka_url: str | None, wait: float,
+) -> None:  # fmt: skip
+    from outreach.events import ApprovalDecided, ApprovalDecidedData
+    from outreach.streams.publish import EventPublisher
+    from outreach.streams.topics import KafkaSettings, Topics
+
+    approval = _find(action_id, database_url)
+    if approval.status != "pending_approval":
+        who = f" by {approval.decided_by}" if approval.decided_by else ""
+        err.print(f"[bold red]{action_id} no longer waits for approval:[/] {approval.status}{who}")
+        raise typer.Exit(1)
+    kafka = KafkaSettings()
+    url = kafka_url or kafka.kafka_url
+    if not url:
+        err.print("[bold red]no Kafka to publish to:[/] set OUTREACH_KAFKA_URL (or --kafka-url)")
+        raise typer.Exit(2)
+    who = by or getpass.getuser()
+    event = ApprovalDecided(
+        event_id=f"apr_{uuid.uuid4().hex}", type="approval.decided",
+        customer_id=approval.customer_id, occurred_at=datetime.now(UTC), source="cli",
+        data=ApprovalDecidedData(action_id=action_id, decision=decision, by=who, note=note),
+    )  # fmt: skip
+
+    async def send() -> None:
+        async with EventPublisher(url, Topics(kafka.topic_prefix), client_id="outreach-cli") as p:
+            await (await p.publish(event))
+
+    asyncio.run(send())
+    out.print(f"{decision} of {action_id} by {who} submitted ({event.event_id})")
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        approval = _find(action_id, database_url)
+        if approval.status != "pending_approval":
+            out.print(f"outcome: [bold]{approval.status}[/]: {escape(approval.record['reason'])}")
+            return
+        time.sleep(0.5)
+    if wait:
+        out.print("no outcome yet: is a worker running? `outreach approvals show` tells later")
+
+
+ByOption = Annotated[str | None, typer.Option(help="who decides (default: your login name)")]
+NoteOption = Annotated[str | None, typer.Option(help="why, for the record")]
+KafkaOption = Annotated[str | None, typer.Option(help="bootstrap servers ($OUTREACH_KAFKA_URL)")]
+WaitOption = Annotated[float, typer.Option(help="seconds to wait for the outcome (0: do not)")]
+
+
+@approvals_app.command("approve")
+def approvals_approve(
+    action_id: Annotated[str, typer.Argument()], by: ByOption = None, note: NoteOption = None,
+    database_url: DatabaseOption = None, kafka_url: KafkaOption = None, wait: WaitOption = 30.0,
+) -> None:  # fmt: skip
+    """Approve a pending action. The worker judges it again (budgets and kill switches may
+    have moved) and performs it, or records why not."""
+    _decide(action_id, "approve", by, note, database_url, kafka_url, wait)
+
+
+@approvals_app.command("reject")
+def approvals_reject(
+    action_id: Annotated[str, typer.Argument()], by: ByOption = None, note: NoteOption = None,
+    database_url: DatabaseOption = None, kafka_url: KafkaOption = None, wait: WaitOption = 30.0,
+) -> None:  # fmt: skip
+    """Reject a pending action: it is cancelled and never performed."""
+    _decide(action_id, "reject", by, note, database_url, kafka_url, wait)
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="who or what uses it (shown in records)")],
+    scope: Annotated[str, typer.Option(help="ingest, operator or admin")],
+    database_url: DatabaseOption = None,
+) -> None:
+    """Create an API key and print it once (only its hash is kept)."""
+    if scope not in SCOPES:
+        err.print(f"[bold red]unknown scope {scope!r}:[/] use one of {', '.join(SCOPES)}")
+        raise typer.Exit(2)
+    operator = _operator(database_url)
+    try:
+        key, token = operator.create_key(name, scope)
+    finally:
+        operator.store.close()
+    err.print(f"key {key.key_id} ({key.scope}) for {escape(name)}; shown once, keep it secret:")
+    out.out(token)
+
+
+@keys_app.command("list")
+def keys_list(database_url: DatabaseOption = None) -> None:
+    """Every key (never the secrets)."""
+    operator = _operator(database_url)
+    try:
+        found = operator.keys()
+    finally:
+        operator.store.close()
+    table = Table(title="API keys")
+    for header in ("key", "name", "scope", "created", "revoked"):
+        table.add_column(header)
+    for k in found:
+        revoked = iso(k.revoked_at) if k.revoked_at else ""
+        table.add_row(k.key_id, k.name, k.scope, iso(k.created_at), revoked)
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument()], database_url: DatabaseOption = None
+) -> None:
+    """Revoke a key at once."""
+    operator = _operator(database_url)
+    try:
+        done = operator.revoke_key(key_id)
+    finally:
+        operator.store.close()
+    if not done:
+        err.print(f"[bold red]no live key {escape(key_id)}[/]")
+        raise typer.Exit(1)
+    out.print(f"revoked {key_id}")
