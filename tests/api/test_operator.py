@@ -264,8 +264,11 @@ def test_a_rejection_cancels_and_an_unanswered_action_expires(
     api.post(f"/v1/approvals/{pending['cus_1']}/reject", headers=key("operator", "bob"))
     engine.apply(sink.events[0].model_dump_json().encode())
     # cus_2's own next event, three days on: its expiry timer fires first on the clock
-    engine.apply(make_event("usage.reported", "2026-03-12T15:00:00Z", "cus_2", metric="m",
-                            value=1, period_start=AT, period_end="2026-03-12T15:00:00Z"))  # fmt: skip
+    later = "2026-03-12T15:00:00Z"
+    engine.apply(
+        make_event("usage.reported", later, "cus_2", metric="m", value=1, period_start=AT,
+                   period_end=later)
+    )  # fmt: skip
     states = {
         a["customer_id"]: (a["status"], a["decided_by"])
         for a in api.get("/v1/approvals?status=all", headers=key("operator")).json()

@@ -553,3 +553,34 @@ async def test_the_channel_is_told_retry_after_a_crashed_dispatchers_lease_ran_o
     assert await dispatcher.run_once(now + LEASE) == 1
     assert channel.calls == [(key, True)]
     assert (only_row(store)["status"], only_row(store)["attempts"]) == ("done", 2)
+
+
+# -- kill switches ---------------------------------------------------------------------------
+
+
+@SQLITE_ONLY
+async def test_a_kill_switch_holds_queued_rows_untried_until_it_is_lifted(
+    store: Store, setup: Setup
+) -> None:
+    from outreach.store.operator import Operator
+
+    operator = Operator(store)
+    now = time.time()
+    queue_effect(store, effect(), now)
+    key = queue_delivery(store, delivery(), now)
+    operator.set_kill_switch("tool", "grant_credit", True, "credits paused")
+    operator.set_kill_switch("channel", "sms", True, "provider incident")
+    for round_ in range(12):  # far more rounds than max_attempts: holding is not trying
+        assert await setup.dispatcher.run_once(now + round_ * setup.options.hold) == 2
+    rows = {r["idempotency_key"]: r for r in store.outbox_rows()}
+    for row in rows.values():
+        assert (row["status"], row["attempts"]) == ("pending", 0)
+    assert rows[key]["last_error"] == "held: kill switch on channel sms (provider incident)"
+    for path in (setup.effects, setup.messages):  # nothing performed, nothing sent
+        assert not path.exists() or lines(path) == []
+    assert setup.dispatcher.stats.held == 24
+    operator.set_kill_switch("tool", "grant_credit", False, "")
+    operator.set_kill_switch("channel", "sms", False, "")
+    assert await setup.dispatcher.run_once(now + 13 * setup.options.hold) == 2
+    assert {r["status"] for r in store.outbox_rows()} == {"done"}
+    assert len(lines(setup.effects)) == 1 and len(lines(setup.messages)) == 1
