@@ -24,7 +24,8 @@ from outreach.store.schema import applied_offsets, customer_state, ledger, metad
 
 TABLES = {
     "customer_state", "applied_offsets", "outbox", "timers", "pending_records", "ledger",
-    "suppressions", "contacts", "inbound_seen", "controls",
+    "suppressions", "contacts", "inbound_seen", "controls", "audit", "approvals", "api_keys",
+    "tallies",
 }  # fmt: skip
 ONLY_POSTGRES = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 # For tests of paths with no PostgreSQL branch (plain updates, a rollback after the callback
