@@ -30,7 +30,7 @@ import msgspec
 
 from outreach.core import DecisionCore
 from outreach.decisions import Decisions
-from outreach.events import Event, TimerFired, TimerFiredData
+from outreach.events import Event, TimerFired, TimerFiredData, is_engine_type
 from outreach.rulebook import load_rulebook
 from outreach.rules.yamlfile import RuleFileError
 from outreach.state import CustomerState
@@ -183,12 +183,14 @@ class BatchProcessor:
         group: str,
         timers_topic: str,
         max_event_bytes: int,
+        audit_events: str = "all",
     ) -> None:
         self.core = core
         self.store = store
         self.group = group
         self.timers_topic = timers_topic
         self.max_event_bytes = max_event_bytes
+        self.audit_all = audit_events == "all"  # else only events that led to decisions
         self._decode_state = msgspec.json.Decoder(CustomerState).decode
         self._encode = msgspec.json.Encoder().encode
         self.loaded_at = time.time()  # when the running rules were loaded
@@ -256,7 +258,7 @@ class BatchProcessor:
         stored = batch.lock_states(customers)
         states: dict[str, CustomerState] = {}
         before: dict[str, list[tuple[str, str]]] = {}
-        clock = _Clock(self.core, batch, out)
+        clock = _Clock(self.core, batch, out, self.audit_all)
         for customer_id in customers:
             raw = stored.get(customer_id)
             state = self.core.new_state(customer_id) if raw is None else self._decode_state(raw)
@@ -294,6 +296,13 @@ class BatchProcessor:
         return result
 
 
+def _always_audited(event: Event) -> bool:
+    """Kept in the trail even when nothing was decided: profile and consent changes (they
+    explain later choices of channel) and the engine's own facts (deliveries, replies,
+    approvals)."""
+    return event.type == "customer.updated" or is_engine_type(event)
+
+
 def _addresses(state: CustomerState) -> list[tuple[str, str]]:
     """The customer's addresses per channel (for the address book of inbound webhooks)."""
     profile = state.profile
@@ -309,8 +318,11 @@ class _Clock:
     """Replay's event-time clock over the customers of one batch: before each event, every
     timer of these customers due at or before its time fires, in due order, at its due time."""
 
-    def __init__(self, core: DecisionCore, batch: Batch, out: _Collected) -> None:
+    def __init__(
+        self, core: DecisionCore, batch: Batch, out: _Collected, audit_all: bool = True
+    ) -> None:
         self.core = core
+        self.audit_all = audit_all
         self.batch = batch
         self.out = out
         self.heap: list[tuple[float, int, str, str]] = []  # (due, seq, timer id, customer)
@@ -360,3 +372,5 @@ class _Clock:
             out.audit.pop()  # a redelivered copy: already in the trail
         elif decisions:
             self._take(decisions, stamp)
+        elif not self.audit_all and not _always_audited(event):
+            out.audit.pop()  # decided nothing: kept only with OUTREACH_AUDIT_EVENTS=all

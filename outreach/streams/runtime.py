@@ -51,6 +51,12 @@ class WorkerSettings(BaseSettings):
         description="where the file channel and file connector write (embedded defaults)",
     )
     max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=256)
+    audit_events: Literal["all", "decisive"] = Field(
+        default="all",
+        description="events kept in the audit trail: all, or only those that led to a "
+        "decision and the engine's own (deliveries, replies, approvals); all costs ~20% of "
+        "the worker's throughput on SQLite",
+    )
     dispatch: bool = Field(default=True, description="run the effects dispatcher in-process")
     dispatch_lease: float = Field(
         default=60.0, gt=0, description="seconds before a claimed, unmarked outbox row is retried"
@@ -141,7 +147,7 @@ class LiveEngine:
             store = await self._store(kafka.kafka_url is None, stack)
             processor = BatchProcessor(
                 DecisionCore(book), store, group=kafka.group_id, timers_topic=topics.timers,
-                max_event_bytes=settings.max_event_bytes,
+                max_event_bytes=settings.max_event_bytes, audit_events=settings.audit_events,
             )  # fmt: skip
             _tune_gc()
             exporter = None

@@ -421,3 +421,20 @@ def test_metrics_count_what_the_workers_applied(
     assert (
         'outreach_api_requests_total{method="GET",route="/v1/approvals",status="200"} 1.0' in text
     )
+
+
+def test_decisive_auditing_keeps_only_events_that_led_somewhere(rules: Path, store: Store) -> None:
+    engine = Engine(rules, store)
+    engine.processor.audit_all = False
+    quiet = make_event(
+        "usage.reported", AT, "cus_1", metric="api_calls", value=5,
+        period_start="2026-03-08T15:00:00Z", period_end=AT,
+    )  # fmt: skip
+    first, late = profile("2026-03-01T12:00:00Z"), shipment(later_than(AT))
+    engine.apply(first, quiet, late)
+    events = [e["ref"] for e in Operator(store).timeline("cus_1") if e["kind"] == "event"]
+    assert events == [first["event_id"], late["event_id"]]  # the usage report decided nothing
+
+
+def later_than(at: str) -> str:
+    return at.replace("15:00:00", "16:00:00")
