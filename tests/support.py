@@ -160,3 +160,15 @@ def payment_failed(at: str, customer: str = "cus_1") -> dict[str, Any]:
 def later(at: str, **delta: float) -> str:
     """``later("2026-03-02T10:00:00Z", hours=5)`` -> an RFC 3339 string."""
     return (ts(at) + timedelta(**delta)).isoformat()
+
+
+def shipment_exception(
+    at: str, customer: str = "cus_1", shipment_id: str = "shp_1"
+) -> dict[str, Any]:
+    """A ``shipment.updated`` in ``exception`` on a 1000-minor-unit USD order (a delay signal
+    whose plan rebooks the parcel and grants a credit)."""
+    return make_event(
+        "shipment.updated", at, customer, shipment_id=shipment_id, order_id=f"ORD-{shipment_id}",
+        carrier="ups", status="exception", promised_delivery="2026-03-10T15:00:00Z",
+        order_value={"amount": 1000, "currency": "USD"},
+    )  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from support import later, make_event, profile, run_events
+from support import later, make_event, profile, run_events, shipment_exception
 
 from outreach.events import event_from_obj
 from outreach.replay import Replayer
@@ -27,13 +27,7 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
-def shipment(at: str, customer: str = "cus_1", shipment_id: str = "shp_1") -> dict[str, Any]:
-    """An exception on a 1000-minor-unit order: notice, rebook and (here) a 1500 credit."""
-    return make_event(
-        "shipment.updated", at, customer, shipment_id=shipment_id, order_id=f"ORD-{shipment_id}",
-        carrier="ups", status="exception", promised_delivery="2026-03-10T15:00:00Z",
-        order_value={"amount": 1000, "currency": "USD"},
-    )  # fmt: skip
+shipment = shipment_exception
 
 
 def decided(

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 from livesupport import Feed, drain_records
-from support import make_event, profile
+from support import make_event, profile, shipment_exception
 
 from outreach.api import ApiSettings, FakeEventSink, create_app
 from outreach.api.operator import LoadedRules
@@ -35,12 +35,7 @@ AT = "2026-03-09T15:00:00Z"
 NOW = datetime(2026, 3, 9, 17, 0, tzinfo=UTC)
 
 
-def shipment(at: str, customer: str = "cus_1", shipment_id: str = "shp_1") -> dict[str, Any]:
-    return make_event(
-        "shipment.updated", at, customer, shipment_id=shipment_id, order_id=f"ORD-{shipment_id}",
-        carrier="ups", status="exception", promised_delivery="2026-03-10T15:00:00Z",
-        order_value={"amount": 1000, "currency": "USD"},
-    )  # fmt: skip
+shipment = shipment_exception
 
 
 class Engine:
