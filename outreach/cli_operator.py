@@ -157,7 +157,11 @@ def approvals_show(
     action_id: Annotated[str, typer.Argument()], database_url: DatabaseOption = None
 ) -> None:
     """One action of the queue: what it would do, why it needs a person, its checks."""
-    approval = _find(action_id, database_url)
+    operator = _operator(database_url)
+    try:
+        approval = _find(operator, action_id)
+    finally:
+        operator.store.close()
     data = approval.as_dict()
     for key in ("action_id", "customer_id", "rule_id", "tool", "status", "requested_at",
                 "expires_at", "decided_by", "request_reason", "reason"):  # fmt: skip
@@ -167,12 +171,8 @@ def approvals_show(
         out.print(_check(check), highlight=False)
 
 
-def _find(action_id: str, database_url: str | None) -> Approval:
-    operator = _operator(database_url)
-    try:
-        approval = operator.approval(action_id)
-    finally:
-        operator.store.close()
+def _find(operator: Operator, action_id: str) -> Approval:
+    approval = operator.approval(action_id)
     if approval is None:
         err.print(f"[bold red]no action {escape(action_id)} has waited for approval[/]")
         raise typer.Exit(1)
@@ -183,11 +183,22 @@ def _decide(
     action_id: str, decision: str, by: str | None, note: str | None, database_url: str | None,
     kafka_url: str | None, wait: float,
 ) -> None:  # fmt: skip
+    operator = _operator(database_url)  # opened (and migrated) once, polled below
+    try:
+        _submit(operator, action_id, decision, by, note, kafka_url, wait)
+    finally:
+        operator.store.close()
+
+
+def _submit(
+    operator: Operator, action_id: str, decision: str, by: str | None, note: str | None,
+    kafka_url: str | None, wait: float,
+) -> None:  # fmt: skip
     from outreach.events import ApprovalDecided, ApprovalDecidedData
     from outreach.streams.publish import EventPublisher
     from outreach.streams.topics import KafkaSettings, Topics
 
-    approval = _find(action_id, database_url)
+    approval = _find(operator, action_id)
     if approval.status != "pending_approval":
         who = f" by {approval.decided_by}" if approval.decided_by else ""
         err.print(f"[bold red]{action_id} no longer waits for approval:[/] {approval.status}{who}")
@@ -212,7 +223,7 @@ def _decide(
     out.print(f"{decision} of {action_id} by {who} submitted ({event.event_id})")
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        approval = _find(action_id, database_url)
+        approval = _find(operator, action_id)
         if approval.status != "pending_approval":
             out.print(f"outcome: [bold]{approval.status}[/]: {escape(approval.record['reason'])}")
             return

@@ -241,8 +241,8 @@ class Executor:
             created=now.timestamp(), due=when.timestamp() if when else None, waits_for=waits_for,
             accept_within=accept_within,
         )  # fmt: skip
-        if verdict.status == "pending_approval":  # the record says until when it waits
-            oa.due = now.timestamp() + self.guardrails.config.approval_expiry.total_seconds()
+        if verdict.status == "pending_approval":  # queued first: the record says until when
+            self._await_approval(oa, cs, now, out)
         self._record(cs, oa, verdict.status, verdict.reason, now, out, verdict)
         if not verdict.approved:
             return action_id
@@ -252,7 +252,6 @@ class Executor:
             out.effects.append(effect(oa, cs.customer_id))
             return action_id
         if verdict.status == "pending_approval":
-            self._await_approval(oa, cs, now, out)
             return action_id
         if when is not None and waits_for is None:
             oa.timer_id = self._timer(cs, "action", action_id, when, out)

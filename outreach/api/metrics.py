@@ -19,7 +19,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -116,8 +122,6 @@ class Metrics:
 
     async def scrape(self, _request: Request) -> Response:
         """The metrics in Prometheus' text format."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
         if self.engine is not None and self.lag is not None:
             try:
                 self.engine.lag = await asyncio.wait_for(self.lag(), timeout=5)

@@ -15,7 +15,7 @@ workers read at their next batch. Must not import: faust, the decision core.
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -312,7 +312,7 @@ async def _publish(sink: EventSink, event: Event) -> None:
         ) from None  # fmt: skip
 
 
-async def _ingest(body: bytes, sink: EventSink, max_bytes: int) -> Any:
+async def _ingest(body: bytes, sink: EventSink, max_bytes: int) -> AsyncIterator[ItemResult]:
     """Yield one ``ItemResult`` per posted item (a body that is not JSON is one bad item)."""
     try:
         parsed = orjson.loads(body)

@@ -14,12 +14,14 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from outreach.events import utc_iso
 from outreach.store.schema import api_keys, applied_offsets, approvals, audit, controls, tallies
 from outreach.store.store import Store
 
@@ -83,12 +85,8 @@ class Approval:
 
 
 def iso(stamp: float) -> str:
-    """Epoch seconds as RFC 3339 UTC (``Z``), seconds precision unless sub-second."""
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp))
-    frac = stamp - int(stamp)
-    if frac >= 1e-6:
-        text += f"{frac:.6f}"[1:].rstrip("0")
-    return text + "Z"
+    """Epoch seconds as RFC 3339 UTC (``Z``), as the decision log writes times."""
+    return utc_iso(datetime.fromtimestamp(stamp, UTC))
 
 
 def hash_secret(secret: str) -> str:
@@ -207,31 +205,28 @@ class Operator:
         at the start of each batch, the dispatcher before each send."""
         if kind not in KILL_KINDS:
             raise ValueError(f"unknown kill switch kind {kind!r}: use tool or channel")
+        if active:
+            self._set_control(kind, name, reason)
+            return
         with self.store.engine.begin() as conn:
-            if active:
-                insert = self._insert(controls)
-                conn.execute(
-                    insert.on_conflict_do_update(
-                        index_elements=["kind", "name"],
-                        set_={"reason": insert.excluded.reason, "at": insert.excluded.at},
-                    ),
-                    {"kind": kind, "name": name, "reason": reason, "at": time.time()},
-                )
-            else:
-                conn.execute(
-                    sa.delete(controls).where(controls.c.kind == kind, controls.c.name == name)
-                )
+            conn.execute(
+                sa.delete(controls).where(controls.c.kind == kind, controls.c.name == name)
+            )
 
     def request_rules_reload(self, fingerprint: str) -> None:
         """Ask every worker to re-read its rules folder (``fingerprint``: the set validated)."""
+        self._set_control("rules", "reload", fingerprint)
+
+    def _set_control(self, kind: str, name: str, reason: str) -> None:
+        """Write the ``controls`` row ``(kind, name)``, stamped now."""
+        insert = self._insert(controls)
         with self.store.engine.begin() as conn:
-            insert = self._insert(controls)
             conn.execute(
                 insert.on_conflict_do_update(
                     index_elements=["kind", "name"],
                     set_={"reason": insert.excluded.reason, "at": insert.excluded.at},
                 ),
-                {"kind": "rules", "name": "reload", "reason": fingerprint, "at": time.time()},
+                {"kind": kind, "name": name, "reason": reason, "at": time.time()},
             )
 
     def ping(self) -> None:
