@@ -257,8 +257,15 @@ async def test_faust_runtime_applies_every_record_and_dead_letters_the_invalid(
     assert inputs_applied(url, group_id, topics) == report.total + 1
     (letter,) = [orjson.loads(v) for v in await read_topic(kafka_bootstrap, topics.dlq, 1)]
     assert letter["raw"] == "[1, 2" and letter["topic"] == topics.usage
-    signals = await read_topic(kafka_bootstrap, topics.signals, 1)
-    assert set(signals) <= set(log_lines(workload.replay, "signals"))
+    # The Faust driver has no event-time alignment (README): a timer relayed on the watermark
+    # of other partitions (an approval's 48h expiry) can fall due before a customer's event
+    # that replay puts first, and the signal's ``note`` ("remediation planned") then differs.
+    # Which signals are raised, for which events, does not depend on that order.
+    relayed = await read_topic(kafka_bootstrap, topics.signals, 1)
+    raised = {orjson.loads(v)["signal_id"] for v in relayed}
+    assert raised and raised <= {
+        orjson.loads(v)["signal_id"] for v in log_lines(workload.replay, "signals")
+    }
 
 
 async def test_broker_outage_mid_stream_then_everything_resumes(
