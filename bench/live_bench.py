@@ -117,7 +117,8 @@ async def main():
                 await asyncio.wait_for(stop.wait(), 0.005 if worker and not consuming else 0.05)
     t = parts.totals
     say(failure=parts.failure, records=t.records, events=t.events,
-        relayed=parts.relay.relayed, timers_published=parts.relay.timers_published,
+        relayed=parts.relay.relayed,
+        timers_published=parts.scheduler.stats.produced if parts.scheduler else 0,
         peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 asyncio.run(main())

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from outreach.cli_operator import approvals_app, explain, keys_app
+from outreach.cli_operator import approvals_app, audit_app, explain, keys_app, scheduler
 from outreach.errors import OutreachError
 from outreach.events import json_schemas
 from outreach.rulebook import RuleBook, describe, load_rulebook
@@ -35,7 +35,9 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(rules_app, name="rules")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
 app.command()(explain)
+app.command()(scheduler)
 
 out = Console()
 err = Console(stderr=True)
@@ -315,6 +317,13 @@ def worker(
         bool, typer.Option(help="also write the output topics to DATA_DIR/decisions/*.jsonl")
     ] = False,
     dispatch: Annotated[bool, typer.Option(help="run the effects dispatcher in-process")] = True,
+    scheduler: Annotated[
+        bool,
+        typer.Option(
+            help="run the timer scheduler in-process (active, or a standby behind another); "
+            "--no-scheduler when `outreach scheduler` runs on its own"
+        ),
+    ] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "warning",
 ) -> None:
     """Run a live worker: consume the input topics, decide, write the store, relay decisions
@@ -340,6 +349,7 @@ def worker(
     given = {
         "rules": rules, "database_url": database_url, "data_dir": data_dir, "runtime": runtime,
         "export": export or None, "dispatch": None if dispatch else False,
+        "scheduler": None if scheduler else False,
     }  # fmt: skip
     try:
         chosen: dict[str, Any] = {k: v for k, v in given.items() if v is not None}

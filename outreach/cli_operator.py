@@ -310,3 +310,87 @@ def keys_revoke(
         err.print(f"[bold red]no live key {escape(key_id)}[/]")
         raise typer.Exit(1)
     out.print(f"revoked {key_id}")
+
+
+def scheduler(
+    database_url: DatabaseOption = None,
+    kafka_url: KafkaOption = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the timer scheduler on its own: payment retries, deferred messages, follow-ups and
+    approval expiries come due here and are produced to the timers topic for the workers.
+    The active one also prunes the audit trail ($OUTREACH_AUDIT_RETENTION, e.g. 365d).
+    One scheduler is active per store; start more as hot standbys (each waits for the active
+    one's lock and takes over within a second of its death). Workers run one in-process unless
+    started with --no-scheduler. Ctrl-C or SIGTERM stops it."""
+    import logging
+    import signal
+
+    from pydantic import ValidationError
+
+    from outreach.scheduling import SchedulerSettings, TimerScheduler
+    from outreach.store import Store, StoreSettings
+    from outreach.streams.topics import KafkaSettings, Topics
+
+    logging.basicConfig(
+        force=True,
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    kafka = KafkaSettings()
+    url = kafka_url or kafka.kafka_url
+    if not url:
+        err.print(
+            "[bold red]no Kafka to produce timers to:[/] set OUTREACH_KAFKA_URL (or --kafka-url); "
+            "an embedded worker (no Kafka URL) runs its scheduler in-process"
+        )
+        raise typer.Exit(2)
+    try:
+        options = SchedulerSettings().options()
+    except ValidationError as exc:
+        err.print(f"[bold red]invalid setting:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    store = Store(database_url or StoreSettings().database_url)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await asyncio.to_thread(store.migrate)
+        topics = Topics(kafka.topic_prefix)
+        await TimerScheduler(store, topics, url, group=kafka.group_id, options=options).run(stop)
+
+    try:
+        asyncio.run(run())
+    finally:
+        store.close()
+
+
+audit_app = typer.Typer(help="The audit trail: prune old entries.", no_args_is_help=True)
+
+
+@audit_app.command("prune")
+def audit_prune(
+    older_than: Annotated[
+        str, typer.Option(help="delete entries recorded longer ago than this (e.g. 365d)")
+    ],
+    database_url: DatabaseOption = None,
+) -> None:
+    """Delete audit entries (and decided approvals) older than --older-than, by event time.
+    Customers' states, the outbox and the tallies are kept. Running schedulers do this every
+    hour when $OUTREACH_AUDIT_RETENTION is set."""
+    from outreach.rules.durations import parse_duration
+
+    try:
+        keep = parse_duration(older_than)
+    except ValueError as exc:
+        err.print(f"[bold red]--older-than:[/] {exc}")
+        raise typer.Exit(2) from None
+    before = time.time() - keep.total_seconds()
+    operator = _operator(database_url)
+    try:
+        deleted = operator.prune_audit(before)
+    finally:
+        operator.store.close()
+    out.print(f"deleted {deleted} audit entries recorded before {iso(before)}")

@@ -16,10 +16,11 @@ import orjson
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from outreach.scheduling import timer_value
 from outreach.store import Store
+from outreach.store.schedule import Schedule
 from outreach.streams.codec import Record
 from outreach.streams.processor import BatchProcessor
-from outreach.streams.relay import timer_value
 from outreach.streams.topics import Topics
 
 TOPIC_OF = {
@@ -60,8 +61,7 @@ def run_to_quiescence(
     for start in range(0, len(records), batch):
         processor.apply(records[start : start + batch])
     while True:
-        due: list = []
-        store.take_due_timers(float("inf"), 1000, due.extend)
+        due = Schedule(store).pending()
         if not due:
             return
         processor.apply(

@@ -15,12 +15,20 @@ Must not import: faust, aiokafka, twilio, sendgrid, openai, fastapi; nor the dec
 from __future__ import annotations
 
 from outreach.store.batch import ApprovalRow, AuditRow, Batch, StoreLedger, TimerRow
-from outreach.store.store import OutboxRow, PendingRecord, Store, StoreBusyError, StoreSettings
+from outreach.store.store import (
+    Claim,
+    OutboxRow,
+    PendingRecord,
+    Store,
+    StoreBusyError,
+    StoreSettings,
+)
 
 __all__ = [
     "ApprovalRow",
     "AuditRow",
     "Batch",
+    "Claim",
     "OutboxRow",
     "PendingRecord",
     "Store",

@@ -263,15 +263,21 @@ class Batch:
         )
 
     def schedule_timers(self, rows: Iterable[TimerRow]) -> None:
-        """Remember timers to deliver later (a timer id already known keeps one row)."""
+        """Remember timers to deliver later (a timer id already known keeps one row, with the
+        new due time, to be armed again by the scheduler)."""
         values = [
-            {"timer_id": r.timer_id, "customer_id": r.customer_id, "due_at": r.due_at} for r in rows
-        ]
+            {
+                "timer_id": r.timer_id, "customer_id": r.customer_id, "due_at": r.due_at,
+                "armed": False, "published_at": None,
+            }
+            for r in rows
+        ]  # fmt: skip
         if values:
-            self.upsert(timers, values, ["timer_id"], ["due_at"])
+            self.upsert(timers, values, ["timer_id"], ["due_at", "armed", "published_at"])
 
     def drop_timers(self, timer_ids: Iterable[str]) -> None:
-        """Forget timers that have fired."""
+        """Forget timers that fired or that the core cancelled (the scheduler then removes
+        their jobs)."""
         ids = sorted(set(timer_ids))
         for start in range(0, len(ids), 500):
             self.conn.execute(

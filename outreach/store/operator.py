@@ -229,6 +229,27 @@ class Operator:
                 {"kind": kind, "name": name, "reason": reason, "at": time.time()},
             )
 
+    def prune_audit(self, before: float, *, chunk: int = 5000) -> int:
+        """Delete audit entries recorded for times before ``before`` (event time, seconds),
+        and approvals queue entries decided before it (pending ones always stay); in chunks,
+        so a large prune never holds the write lock for long. Returns the audit rows deleted.
+        The customers' states, the outbox and the tallies are untouched."""
+        deleted = 0
+        while True:
+            with self.store.batch() as batch:
+                seqs = sa.select(audit.c.seq).where(audit.c.at < before).limit(chunk)
+                done = batch.conn.execute(sa.delete(audit).where(audit.c.seq.in_(seqs))).rowcount
+            deleted += max(done, 0)
+            if done < chunk:
+                break
+        with self.store.batch() as batch:
+            batch.conn.execute(
+                sa.delete(approvals).where(
+                    approvals.c.status != "pending_approval", approvals.c.requested_at < before
+                )
+            )
+        return deleted
+
     def ping(self) -> None:
         """Raises if the database does not answer."""
         with self.store.engine.connect() as conn:

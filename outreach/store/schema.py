@@ -59,10 +59,25 @@ timers = sa.Table(
     sa.Column("timer_id", sa.String(255), primary_key=True),
     sa.Column("customer_id", sa.String(128), nullable=False),
     sa.Column("due_at", sa.Double, nullable=False),
-    # when the relay last produced it (wall clock); it stays until the worker applies it
+    # when the scheduler last produced it (wall clock); it stays until the worker applies it
     sa.Column("published_at", sa.Double, nullable=True),
+    # handed to the active scheduler's APScheduler job store (a job exists for it)
+    sa.Column("armed", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 sa.Index("timers_due", timers.c.due_at)
+sa.Index("timers_unarmed", timers.c.armed, timers.c.due_at)
+
+# Each worker's event-time clock: timers are released only once every live worker has applied
+# the events before them (a worker catching up on a backlog holds back the others' timers).
+# ``event_time`` NULL: the worker is idle, so the wall clock rules.
+clocks = sa.Table(
+    "clocks",
+    metadata,
+    sa.Column("consumer_group", sa.String(255), primary_key=True),
+    sa.Column("member", sa.String(255), primary_key=True),
+    sa.Column("event_time", sa.Double, nullable=True),
+    sa.Column("seen_at", sa.Double, nullable=False),
+)
 
 # Records for Kafka (decision log topics and the DLQ), written in the same transaction as the
 # state and relayed to Kafka after it commits: a crash between the two never loses one.

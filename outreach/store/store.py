@@ -7,8 +7,9 @@ order (rows of new customers are reserved first with ``INSERT ... ON CONFLICT DO
 two workers cannot both create one); SQLite ``BEGIN IMMEDIATE`` (one writer at a time). A
 deadlock or lock timeout rolls the batch back and it is tried again (``Store.run``).
 
-Outbox rows and due timers are claimed with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so
-several dispatchers or timer relays never take the same row. Records for Kafka are relayed by
+Outbox rows are claimed with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several
+dispatchers never take the same row (timers belong to the one active scheduler:
+``outreach.store.schedule``). Records for Kafka are relayed by
 one relay at a time (an advisory lock), so they reach Kafka in the order they were written.
 """
 
@@ -51,12 +52,21 @@ _RETRY_SQLSTATES = {"40P01", "40001", "55P03"}  # deadlock, serialization failur
 class StoreBusyError(OutreachError):
     """Another process holds an exclusive claim on the store."""
 
-    def __init__(self, name: str, url: str) -> None:
-        super().__init__(
-            f"another process holds {name!r} on the store {url}: an embedded worker (no "
-            "OUTREACH_KAFKA_URL) starts its own broker, so two of them must not share one "
-            "store; give each its own --database-url, or point both at one Kafka"
-        )
+    def __init__(self, name: str, url: str, why: str | None = None) -> None:
+        super().__init__(f"another process holds {name!r} on the store {url}" + (
+            f": {why}" if why else ""
+        ))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An exclusive claim on the store (``Store.hold_exclusive``). Calling it releases it."""
+
+    release: Callable[[], None]
+    alive: Callable[[], bool]  # False once the claim is lost (PostgreSQL: the session died)
+
+    def __call__(self) -> None:
+        self.release()
 
 
 class StoreSettings(BaseSettings):
@@ -116,39 +126,49 @@ class Store:
                 "or postgresql+psycopg://USER:PASSWORD@HOST/DB"
             )
 
-    def hold_exclusive(self, name: str) -> Callable[[], None]:
-        """Claim ``name`` on this store for this process until the returned function is called;
-        ``StoreBusyError`` if another process holds it. PostgreSQL: a session advisory lock on a
-        connection kept open; SQLite: ``flock`` on ``<database file>.<name>.lock``."""
+    def hold_exclusive(self, name: str, *, why: str | None = None) -> Claim:
+        """Claim ``name`` on this store for this process until the claim is released (or the
+        process dies); ``StoreBusyError`` if another process holds it. PostgreSQL: a session
+        advisory lock on a connection kept open; SQLite: ``flock`` on
+        ``<database file>.<name>.lock``. ``why``: the advice the error gives."""
         if self.postgres:
             conn = self.engine.connect()
             key = {"name": name}
             got = conn.execute(sa.text("SELECT pg_try_advisory_lock(hashtext(:name))"), key)
             if not got.scalar():
                 conn.close()
-                raise StoreBusyError(name, self.url.render_as_string())
+                raise StoreBusyError(name, self.url.render_as_string(), why)
             conn.commit()
 
             def release_pg() -> None:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:name))"), key)
+                with contextlib.suppress(sa.exc.DBAPIError):
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:name))"), key)
                 conn.close()
 
-            return release_pg
+            def alive_pg() -> bool:
+                try:
+                    conn.execute(sa.text("SELECT 1")).scalar()
+                    conn.commit()
+                except sa.exc.DBAPIError:
+                    return False
+                return True
+
+            return Claim(release_pg, alive_pg)
         if not self.url.database or self.url.database == ":memory:":
-            return lambda: None
+            return Claim(lambda: None, lambda: True)
         safe = "".join(c if c.isalnum() else "-" for c in name)
         handle = Path(f"{self.url.database}.{safe}.lock").open("a")  # noqa: SIM115 - held
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            raise StoreBusyError(name, self.url.render_as_string()) from None
+            raise StoreBusyError(name, self.url.render_as_string(), why) from None
 
         def release_file() -> None:
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
 
-        return release_file
+        return Claim(release_file, lambda: True)
 
     def migrate(self) -> None:
         """Bring the schema to the latest Alembic revision (safe to call from every process)."""
@@ -297,39 +317,7 @@ class Store:
         with self.engine.connect().execution_options(read_only=True) as conn:
             return {(k, s): n for k, s, n in conn.execute(query)}
 
-    # -- timers and records (relay side) ---------------------------------------------------
-
-    def take_due_timers(
-        self,
-        now: float,
-        limit: int,
-        publish: Callable[[list[TimerRow]], None],
-        *,
-        redeliver_after: float = 60.0,
-    ) -> int:
-        """Hand timers due at ``now`` to ``publish``. A published timer stays in the table,
-        marked, until the worker applies it (the processor drops it then); if it is still there
-        ``redeliver_after`` seconds later it is published again (a timer delivered twice is
-        harmless: the core ignores a fired one). If ``publish`` raises, nothing is marked."""
-        wall = time.time()
-        due = sa.and_(
-            timers.c.due_at <= now,
-            sa.or_(
-                timers.c.published_at.is_(None), timers.c.published_at <= wall - redeliver_after
-            ),
-        )
-        if not self._any(timers, due):
-            return 0
-        query = sa.select(timers).where(due).order_by(timers.c.due_at, timers.c.timer_id)
-        query = query.limit(limit)
-
-        def mark(batch: Batch, rows: list[TimerRow]) -> None:
-            ids = [r.timer_id for r in rows]
-            batch.conn.execute(
-                sa.update(timers).where(timers.c.timer_id.in_(ids)).values(published_at=wall)
-            )
-
-        return self._relay(query.with_for_update(skip_locked=True), _timer_row, publish, mark)
+    # -- records (relay side) ---------------------------------------------------
 
     def take_records(self, limit: int, publish: Callable[[list[PendingRecord]], None]) -> int:
         """Hand the oldest waiting records to ``publish`` and delete them once it returns.

@@ -10,7 +10,9 @@ after this returns. On redelivery nothing is applied twice: the positions say wh
 Time. An event is evaluated at its own ``occurred_at``, as replay does, so a backtest
 previews production. Before each event, the customer's timers due at or before its time fire
 first, at their own due times (as replay's event-time clock does); timers still pending are
-delivered later by the timer relay as ``timer.fired`` events on the timers topic.
+delivered later by the scheduler (``outreach.scheduling``) as ``timer.fired`` events on the
+timers topic. The ``timers`` table mirrors the states' pending timers: a batch adds the new
+ones and removes those that fired or that the core cancelled.
 
 This module is the runtime glue shared by every driver (aiokafka loop, Faust agent): it has no
 Kafka client of its own.
@@ -258,12 +260,14 @@ class BatchProcessor:
         stored = batch.lock_states(customers)
         states: dict[str, CustomerState] = {}
         before: dict[str, list[tuple[str, str]]] = {}
+        timers_before: dict[str, set[str]] = {}
         clock = _Clock(self.core, batch, out, self.audit_all)
         for customer_id in customers:
             raw = stored.get(customer_id)
             state = self.core.new_state(customer_id) if raw is None else self._decode_state(raw)
             states[customer_id] = state
             before[customer_id] = _addresses(state)
+            timers_before[customer_id] = set(state.timers)
             clock.watch(state)
         events.sort(key=lambda item: item[0].occurred_at)  # stable: ties keep arrival order
         for event, raw in events:
@@ -279,8 +283,18 @@ class BatchProcessor:
                 added += new
         batch.set_addresses(gone, added)
         batch.add_outbox(out.outbox)
-        batch.schedule_timers(out.timers)
-        batch.drop_timers(out.fired)
+        # the timers table mirrors the states' pending timers: new ones are added, fired and
+        # cancelled ones removed (the scheduler drops their jobs)
+        pending: dict[str, TimerRow] = {}
+        for row in out.timers:
+            ref = states[row.customer_id].timers.get(row.timer_id)
+            if ref is not None and ref.due == row.due_at:
+                pending[row.timer_id] = row
+        batch.schedule_timers(pending.values())
+        finished = set(out.fired)
+        for customer_id, had in timers_before.items():
+            finished |= had - states[customer_id].timers.keys()
+        batch.drop_timers(finished)
         batch.add_records(out.records)
         batch.add_audit(out.audit)
         batch.track_approvals(out.approvals)

@@ -25,6 +25,7 @@ from outreach.agents.connectors import FileConnector
 from outreach.core import DecisionCore
 from outreach.outbound.channels import Channel, FileChannel
 from outreach.rulebook import load_rulebook
+from outreach.scheduling import SchedulerSettings, TimerScheduler
 from outreach.store import Store
 from outreach.streams.codec import DEFAULT_MAX_EVENT_BYTES
 from outreach.streams.dispatcher import Dispatcher, DispatcherOptions
@@ -61,6 +62,10 @@ class WorkerSettings(BaseSettings):
     dispatch_lease: float = Field(
         default=60.0, gt=0, description="seconds before a claimed, unmarked outbox row is retried"
     )
+    scheduler: bool = Field(
+        default=True,
+        description="run the timer scheduler in-process (active, or standby behind another)",
+    )
     export: bool = Field(
         default=False, description="also write the output topics to DATA_DIR/decisions/*.jsonl"
     )
@@ -81,6 +86,7 @@ class Parts:
     relay: Relay
     worker: Worker | None  # the aiokafka driver (None with the Faust driver)
     dispatcher: Dispatcher | None
+    scheduler: TimerScheduler | None
     exporter: DecisionExporter | None
     embedded: bool
     started: float = field(default_factory=time.monotonic)
@@ -105,7 +111,14 @@ class LiveEngine:
         store = Store(self.settings.database_url)
         stack.callback(store.close)
         if embedded:  # its own broker: nobody else may apply to this store
-            stack.callback(store.hold_exclusive(f"embedded worker {self.kafka.group_id}"))
+            stack.callback(
+                store.hold_exclusive(
+                    f"embedded worker {self.kafka.group_id}",
+                    why="an embedded worker (no OUTREACH_KAFKA_URL) starts its own broker, so "
+                    "two of them must not share one store; give each its own --database-url, "
+                    "or point both at one Kafka",
+                )
+            )
         await asyncio.to_thread(store.migrate)
         if embedded:
             # a new embedded broker (memory storage) starts with empty topics: positions
@@ -167,10 +180,18 @@ class LiveEngine:
                 totals, relay = worker.stats.totals, worker.relay
                 runs = {"worker": worker.run(stop)}
             dispatcher = self._dispatcher(store)
-            parts = Parts(bootstrap, topics, store, totals, relay, worker, dispatcher, exporter,
-                          kafka.kafka_url is None)  # fmt: skip
+            scheduler = None
+            if settings.scheduler:
+                scheduler = TimerScheduler(
+                    store, topics, bootstrap, group=kafka.group_id,
+                    options=SchedulerSettings().options(),
+                )  # fmt: skip
+            parts = Parts(bootstrap, topics, store, totals, relay, worker, dispatcher, scheduler,
+                          exporter, kafka.kafka_url is None)  # fmt: skip
             if dispatcher is not None:
                 runs["dispatcher"] = dispatcher.run(stop)
+            if scheduler is not None:
+                runs["scheduler"] = scheduler.run(stop)
             if exporter is not None:
                 runs["exporter"] = exporter.run(stop)
             tasks = [asyncio.create_task(run, name=name) for name, run in runs.items()]
@@ -214,7 +235,8 @@ def quiet(parts: Parts, *, since: float) -> bool:
         return False
     last = max(
         parts.totals.last_applied,
-        parts.relay.last_published,  # timers just produced have yet to come back
+        parts.relay.last_published,
+        parts.scheduler.stats.last_produced if parts.scheduler else 0.0,  # yet to come back
         parts.started,
     )
     if time.monotonic() - last < since:

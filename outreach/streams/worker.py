@@ -5,25 +5,32 @@ Loop: fetch (``getmany``) -> decode -> align by event time -> apply in one store
 the store are the truth: on assignment each partition is moved to the store's position, and
 a batch re-fetched after a crash is recognised and skipped record by record.
 
-Two relays run beside the loop:
-- records: decision records and dead letters the batches queued in the store are produced to
-  the output topics (``signals``, ``actions``, ``messages``, ``dlq``; acks=all) and deleted
-  from the store after the broker acknowledged them (at least once; ids are deterministic);
-- timers: timers due by the wall clock are produced as ``timer.fired`` events to the timers
-  topic, keyed by customer, and go through the core like any event.
+Beside the loop:
+- the records relay: decision records and dead letters the batches queued in the store are
+  produced to the output topics (``signals``, ``actions``, ``messages``, ``dlq``; acks=all) and
+  deleted from the store after the broker acknowledged them (at least once; ids are
+  deterministic);
+- the clock: every ``beat_every`` seconds the worker reports in the store the latest event
+  time it has applied while catching up (none once idle). The scheduler releases a timer only
+  when every live worker's clock has reached it (``outreach.scheduling``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from outreach.store import Store
+from outreach.store.schedule import Schedule
 from outreach.streams.align import Aligner
 from outreach.streams.codec import DeadLetter, Record
 from outreach.streams.processor import BatchProcessor, BatchResult
@@ -43,7 +50,7 @@ class WorkerOptions:
     poll_ms: int = 100  # getmany wait when nothing is buffered
     fetch_max_wait_ms: int = 100  # the broker's long-poll; aiokafka's 500 ms default sets p99
     align_wait: float = 2.0  # see Aligner.max_wait
-    timer_poll: float = 0.5  # seconds between looks at the timers table
+    beat_every: float = 0.5  # seconds between reports of the worker's clock to the store
     idle_after: float = 2.0  # caught up with nothing applied for this long: wall-clock timers
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 2_000
@@ -91,10 +98,10 @@ class Worker:
         self.options = options or WorkerOptions()
         self.stats = WorkerStats()
         self.aligner = Aligner(max_wait=self.options.align_wait)
-        self.relay = Relay(
-            store, topics, bootstrap, timer_poll=self.options.timer_poll, limit=self.timer_limit
-        )
-        self.watermark = float("-inf")  # the latest occurred_at applied
+        self.relay = Relay(store, topics, bootstrap)
+        self.schedule = Schedule(store)
+        self.member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.watermark = float("-inf")  # the latest occurred_at applied since the assignment
         self._consumer: AIOKafkaConsumer | None = None
         self.caught_up = False  # every assigned partition fetched to its high watermark
         self.applying = False  # a batch is being applied right now
@@ -113,8 +120,10 @@ class Worker:
             log.warning("worker: offset commit skipped (%r); the store has the positions", exc)
 
     def timer_limit(self) -> float:
-        """Event time up to which timers may fire: the latest event applied while catching
-        up; unlimited (the wall clock rules) once idle for ``idle_after`` seconds."""
+        """Event time up to which timers may fire as far as this worker knows: the latest
+        event applied since its last assignment (nothing before a partition it was just given
+        has been applied yet); unlimited (the wall clock rules) once idle for ``idle_after``
+        seconds."""
         idle = time.monotonic() - max(self.stats.totals.last_applied, self.stats.started)
         quiet = self.caught_up and not self.aligner.buffered and not self.applying
         if quiet and idle >= self.options.idle_after:
@@ -128,6 +137,7 @@ class Worker:
         consumer = self._consumer
         assert consumer is not None
         self.aligner.assign((tp.topic, tp.partition) for tp in partitions)
+        self.watermark = float("-inf")  # new partitions may hold older events: hold timers
         wanted = [(tp.topic, tp.partition) for tp in partitions]
         positions = await asyncio.to_thread(
             self.store.run, lambda batch: batch.positions(self.group, wanted)
@@ -161,11 +171,11 @@ class Worker:
         )
         self._consumer = consumer
         consumer.subscribe([*self.topics.inputs, self.topics.timers], listener=_Rebalance(self))
-        relaying: asyncio.Task[None] | None = None
+        relaying: asyncio.Future[tuple[None, None]] | None = None
         try:
             await self.relay.start()
             await consumer.start()
-            relaying = asyncio.create_task(self.relay.run(stop))
+            relaying = asyncio.gather(self.relay.run(stop), self._beat(stop))
             await self.relay.relay_once()  # what a previous run committed but had not relayed
             while not stop.is_set():
                 await self._step()
@@ -176,7 +186,24 @@ class Worker:
             try:
                 await consumer.stop()
             finally:
-                await self.relay.stop()
+                try:
+                    await self.relay.stop()
+                finally:
+                    try:
+                        await asyncio.to_thread(self.schedule.leave, self.group, self.member)
+                    except Exception:  # its clock ages out of the scheduler's view instead
+                        log.warning("worker: could not withdraw the clock", exc_info=True)
+
+    async def _beat(self, stop: asyncio.Event) -> None:
+        """Report this worker's clock (``timer_limit``) to the store until ``stop``."""
+        while not stop.is_set():
+            try:
+                limit = self.timer_limit()
+                await asyncio.to_thread(self.schedule.beat, self.group, self.member, limit)
+            except Exception:  # the database is away: the scheduler treats us as silent
+                log.exception("worker: reporting the clock failed; will retry")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.options.beat_every)
 
     async def _step(self) -> None:
         consumer = self._consumer

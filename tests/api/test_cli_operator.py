@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -85,3 +86,40 @@ def test_keys_are_created_listed_and_revoked(url: str) -> None:
     assert invoke("keys", "revoke", key.key_id, "--database-url", url)[0] == 1
     assert invoke("keys", "create", "--name", "x", "--scope", "root",
                   "--database-url", url)[0] == 2  # fmt: skip
+
+
+def test_audit_prune_deletes_old_entries_and_decided_approvals_and_keeps_pending_ones(
+    url: str, rules_copy: Path
+) -> None:
+    store = Store(url)
+    operator = Operator(store)
+    try:
+        before = len(operator.timeline("cus_1"))
+        (pending,) = operator.approvals()
+        assert before >= 3
+        # a later customer whose history is recent (2 days ago) and must be kept
+        feed = Feed()  # a fresh feed: another group, so its offsets are new
+        processor = BatchProcessor(
+            DecisionCore(load_rulebook(rules_copy)), store, group="g2", timers_topic="timers",
+            max_event_bytes=65536,
+        )  # fmt: skip
+        recent = (datetime.now(UTC) - timedelta(days=2)).replace(microsecond=0)
+        processor.apply([feed.line(orjson.dumps(profile(recent, "cus_2")))])
+        kept = len(operator.timeline("cus_2"))
+        assert kept == 1
+    finally:
+        store.close()
+    bad = runner.invoke(app, ["audit", "prune", "--older-than", "soon", "--database-url", url])
+    assert bad.exit_code == 2 and "not a duration" in bad.output
+    done = runner.invoke(app, ["audit", "prune", "--older-than", "30d", "--database-url", url])
+    assert done.exit_code == 0, done.output
+    assert f"deleted {before} audit entries" in done.output
+    store = Store(url)
+    operator = Operator(store)
+    try:
+        assert operator.timeline("cus_1") == []
+        assert len(operator.timeline("cus_2")) == kept
+        # the action still waits for a person: its queue entry stays whatever its age
+        assert [a.action_id for a in operator.approvals()] == [pending.action_id]
+    finally:
+        store.close()

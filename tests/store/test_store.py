@@ -25,7 +25,7 @@ from outreach.store.schema import applied_offsets, customer_state, ledger, metad
 TABLES = {
     "customer_state", "applied_offsets", "outbox", "timers", "pending_records", "ledger",
     "suppressions", "contacts", "inbound_seen", "controls", "audit", "approvals", "api_keys",
-    "tallies",
+    "tallies", "clocks",
 }  # fmt: skip
 ONLY_POSTGRES = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 # For tests of paths with no PostgreSQL branch (plain updates, a rollback after the callback
@@ -109,7 +109,7 @@ def test_migrate_again_keeps_the_data_and_one_version_row(store: Store) -> None:
     store.migrate()
     with store.engine.connect() as conn:
         versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-    assert versions == [("0005",)]
+    assert versions == [("0006",)]
     assert [r["idempotency_key"] for r in store.outbox_rows()] == ["k1"]
     assert store.run(lambda b: b.positions("g", [("payments", 0)])) == {("payments", 0): 4}
 
@@ -133,7 +133,7 @@ def test_two_stores_migrating_the_same_empty_database_at_once_both_succeed(
         assert set(sa.inspect(stores[0].engine).get_table_names()) >= TABLES
         with stores[0].engine.connect() as conn:
             versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-        assert versions == [("0005",)]
+        assert versions == [("0006",)]
     finally:
         for made in stores:
             made.close()
@@ -554,66 +554,7 @@ def test_a_claimer_skips_rows_another_claimer_holds_instead_of_waiting(store: St
     assert got == [["free1", "free2"]]
 
 
-# -- timers and records for the relay --------------------------------------------------------
-
-
-def test_take_due_timers_hands_due_timers_in_due_order_once_and_keeps_them_until_applied(
-    store: Store,
-) -> None:
-    timers = [
-        TimerRow("t3", "cus_2", 300.0), TimerRow("t1", "cus_1", 100.0),
-        TimerRow("t2b", "cus_1", 200.0), TimerRow("t2a", "cus_3", 200.0),
-        TimerRow("t9", "cus_1", 900.0),
-    ]  # fmt: skip
-    store.run(lambda b: b.schedule_timers([TimerRow("t3", "cus_2", 50.0)]))
-    store.run(lambda b: b.schedule_timers(timers))  # t3 again: one row, due at 300
-    batches: list[list[str]] = []
-
-    def publish(rows: list[TimerRow]) -> None:
-        batches.append([r.timer_id for r in rows])
-
-    add_outbox(store, outbox_row("k1", 250.0))
-    assert store.due_count(300.0) == 5  # four timers and the outbox row
-    assert store.take_due_timers(300.0, 3, publish) == 3
-    assert store.take_due_timers(300.0, 3, publish) == 1
-    assert store.take_due_timers(300.0, 3, publish) == 0
-    assert batches == [["t1", "t2a", "t2b"], ["t3"]]
-    # published, not yet applied: still there (and still due), not handed out again ...
-    assert store.due_count(300.0) == 5
-    # ... until the worker applies them (the processor drops what it applied)
-    store.run(lambda b: b.drop_timers(["t1", "t2a", "t2b", "t3"]))
-    assert store.due_count(300.0) == 1 and store.due_count(900.0) == 2
-    assert [r["timer_id"] for r in rows_of(store, metadata.tables["timers"])] == ["t9"]
-
-
-def test_a_published_timer_never_applied_is_published_again(store: Store) -> None:
-    """The worker may die, or a new embedded broker lose the topic, after the relay produced
-    a timer: it stays in the table and goes out again after ``redeliver_after``."""
-    store.run(lambda b: b.schedule_timers([TimerRow("t1", "cus_1", 100.0)]))
-    taken: list[str] = []
-
-    def publish(rows: list[TimerRow]) -> None:
-        taken.extend(r.timer_id for r in rows)
-
-    assert store.take_due_timers(100.0, 10, publish) == 1
-    assert store.take_due_timers(100.0, 10, publish) == 0  # within redeliver_after
-    assert store.take_due_timers(100.0, 10, publish, redeliver_after=0.0) == 1
-    assert taken == ["t1", "t1"]
-
-
-@ONLY_SQLITE
-def test_timers_stay_when_publishing_them_raises(store: Store) -> None:
-    store.run(lambda b: b.schedule_timers([TimerRow("t1", "cus_1", 100.0)]))
-
-    def broker_down(rows: list[TimerRow]) -> None:
-        raise ConnectionError("broker down")
-
-    with pytest.raises(ConnectionError):
-        store.take_due_timers(100.0, 10, broker_down)
-    taken: list[TimerRow] = []
-    assert store.take_due_timers(100.0, 10, taken.extend) == 1
-    assert taken == [TimerRow("t1", "cus_1", 100.0)]
-    assert store.count("timers") == 1  # kept until the worker applies it
+# -- records for the relay --------------------------------------------------------
 
 
 def test_take_records_hands_records_in_insertion_order_and_deletes_them(store: Store) -> None:
@@ -712,8 +653,9 @@ def test_an_exclusive_claim_is_refused_to_a_second_holder_until_released(
     first, second = Store(database_url), Store(database_url)
     try:
         release = first.hold_exclusive("embedded worker outreach")
-        with pytest.raises(StoreBusyError, match="must not share one store"):
-            second.hold_exclusive("embedded worker outreach")
+        assert release.alive()
+        with pytest.raises(StoreBusyError, match="'embedded worker outreach' on the store.*: why"):
+            second.hold_exclusive("embedded worker outreach", why="why")
         other = second.hold_exclusive("embedded worker another-group")  # another name: free
         other()
         release()

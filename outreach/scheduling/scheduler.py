@@ -1,0 +1,310 @@
+"""The timer scheduler: APScheduler 3 over the store's database, one active, others on standby.
+
+What it schedules. The core decides all "later" work (a payment retry in three days, a message
+deferred to the customer's morning, the expiry of an approval); a batch writes each pending
+timer to the ``timers`` table and deletes it when it fires or when the core cancels it. The
+active scheduler mirrors that table into APScheduler jobs (a ``date`` trigger at the due time,
+job id = timer id) kept in APScheduler's ``SQLAlchemyJobStore`` (table ``scheduler_jobs``, same
+database), and removes the jobs of timers that are gone.
+
+What a job does. It never acts itself: it produces a ``timer.fired`` event, keyed by customer,
+to the timers topic, and the worker that owns the customer's partition runs it through the
+core. The core pops the timer from the customer's state when it fires, so a second delivery
+does nothing: a fired job is idempotent like every other event.
+
+One active scheduler. APScheduler 3 cannot share a job store between processes, so a
+scheduler first takes the store's exclusive claim ``scheduler`` (PostgreSQL: a session
+advisory lock; SQLite: ``flock`` on a lock file beside the database). The others wait as hot
+standbys and retry every ``standby_poll`` seconds; the lock dies with its process (SIGKILL
+included: PostgreSQL drops the session, the kernel drops the flock).
+
+Takeover without loss. APScheduler removes a date job from its store when it hands it to its
+executor, before the job runs. A scheduler killed in between loses the job, but the timer row
+is still ``armed`` and never ``published``: the next active scheduler re-arms such rows first
+(``Schedule.recover``). A job killed after producing and before marking its row is produced
+again by the next one; the worker applies it once (see above). A produced timer that no worker
+applies within ``redeliver_after`` seconds is produced again.
+
+Event time. A timer is produced only once the group's clock (``Schedule.limit``: the earliest
+event time any live worker is still applying, or the wall clock) has reached its due time, so a
+recording published at full speed does not fire a three-day retry before the payment that
+arrives a day later. A job that comes due by the wall clock earlier is put back (disarmed) and
+armed again when the clock allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from outreach.rules.durations import Duration
+from outreach.store import Claim, Store, StoreBusyError
+from outreach.store.operator import Operator
+from outreach.store.schedule import DueTimer, Schedule
+from outreach.streams.processor import timer_event
+from outreach.streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+JOB_TABLE = "scheduler_jobs"
+CLAIM = "scheduler"
+T = TypeVar("T")
+_active: TimerScheduler | None = None  # the process's active scheduler, for fire_timer
+
+
+@dataclass
+class SchedulerOptions:
+    """Tuning of the scheduler (defaults suit the embedded broker and a small cluster)."""
+
+    sync_every: float = 0.25  # seconds between looks at the timers table
+    standby_poll: float = 1.0  # seconds between a standby's tries to take over
+    sweep_every: float = 5.0  # seconds between removals of cancelled timers' jobs
+    redeliver_after: float = 60.0  # a produced timer no worker applied is produced again
+    clock_ttl: float = 30.0  # a worker silent this long no longer holds timers back
+    threads: int = 4  # jobs producing at once
+    chunk: int = 2000  # timers armed per look
+    audit_retention: float | None = None  # seconds of audit trail to keep (None: all)
+    prune_every: float = 3600.0  # seconds between prunes of the audit trail
+
+
+class SchedulerSettings(BaseSettings):
+    """The scheduler's ``OUTREACH_*`` settings."""
+
+    model_config = SettingsConfigDict(env_prefix="OUTREACH_")
+
+    audit_retention: Duration | None = Field(
+        default=None,
+        description="how long audit entries are kept (event time), e.g. 365d; unset: forever. "
+        "The active scheduler prunes older ones every hour.",
+    )
+
+    def options(self) -> SchedulerOptions:
+        """The options these settings give."""
+        keep = self.audit_retention
+        return SchedulerOptions(audit_retention=keep.total_seconds() if keep else None)
+
+
+@dataclass
+class SchedulerStats:
+    """What the scheduler has done since it started (live summary, tests)."""
+
+    takeovers: int = 0
+    armed: int = 0
+    produced: int = 0
+    held: int = 0  # jobs put back because the group's clock had not reached them
+    cancelled: int = 0  # jobs removed because their timer was gone
+    recovered: int = 0  # timers re-armed at takeover (their job died with the last scheduler)
+    redelivered: int = 0
+    pruned: int = 0  # audit entries deleted (OUTREACH_AUDIT_RETENTION)
+    last_produced: float = 0.0  # time.monotonic() of the last timer produced
+
+
+async def _settled(call: Callable[[], T]) -> T:
+    """``call`` in a thread; if the caller is cancelled meanwhile, the thread is still waited
+    for (a store call cut loose would keep its connection, or a claim it just took)."""
+    running = asyncio.ensure_future(asyncio.to_thread(call))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        await asyncio.wait([running])
+        if not running.cancelled() and running.exception() is None:
+            result = running.result()
+            if isinstance(result, Claim):
+                result.release()
+        raise
+
+
+def timer_value(row: DueTimer) -> bytes:
+    """The ``timer.fired`` event for a due timer, as the JSON the timers topic carries."""
+    event = timer_event(row.timer_id, row.customer_id, row.due_at, "scheduler")
+    return orjson.dumps(event.model_dump(mode="json"))
+
+
+def fire_timer(timer_id: str, customer_id: str, due: float) -> None:
+    """APScheduler's job function (referenced by name in the job store, so a scheduler in
+    another process can run a job this one stored)."""
+    if _active is None:
+        raise RuntimeError(f"timer {timer_id} came due with no active scheduler in this process")
+    _active.fire(timer_id, customer_id, due)
+
+
+class TimerScheduler:
+    """Standby until it holds the store's scheduler claim, then the active scheduler."""
+
+    def __init__(
+        self,
+        store: Store,
+        topics: Topics,
+        bootstrap: str,
+        *,
+        group: str,
+        options: SchedulerOptions | None = None,
+    ) -> None:
+        self.store = store
+        self.schedule = Schedule(store)
+        self.topics = topics
+        self.bootstrap = bootstrap
+        self.group = group
+        self.options = options or SchedulerOptions()
+        self.stats = SchedulerStats()
+        self.active = False
+        self._limit = float("-inf")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._aps: BackgroundScheduler | None = None
+        self._jobs: SQLAlchemyJobStore | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Wait on standby for the claim, then schedule until ``stop`` (or the claim is lost,
+        then wait again)."""
+        self._loop = asyncio.get_running_loop()
+        said_standby = False
+        while not stop.is_set():
+            try:
+                claim = await _settled(lambda: self.store.hold_exclusive(CLAIM))
+            except StoreBusyError:
+                if not said_standby:
+                    log.info("scheduler: standby (another scheduler is active on this store)")
+                    said_standby = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.options.standby_poll)
+                continue
+            said_standby = False
+            try:
+                await self._run_active(stop, claim)
+            finally:
+                await asyncio.to_thread(claim.release)
+
+    async def _run_active(self, stop: asyncio.Event, claim: Claim) -> None:
+        global _active
+        if _active is not None:
+            raise RuntimeError("only one active scheduler per process")
+        opts = self.options
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False, linger_ms=2
+        )
+        await self._producer.start()
+        # its own engine on the same database (the job store disposes of it at shutdown)
+        jobs_store = Store(self.store.url.render_as_string(hide_password=False), pool_size=2)
+        self._jobs = SQLAlchemyJobStore(engine=jobs_store.engine, tablename=JOB_TABLE)
+        self._aps = aps = BackgroundScheduler(
+            jobstores={"default": self._jobs},
+            executors={"default": ThreadPoolExecutor(opts.threads)},
+            job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
+            timezone=UTC,
+        )
+        _active = self
+        self.active = True
+        self.stats.takeovers += 1
+        try:
+            await asyncio.to_thread(aps.start)
+            recovered = await asyncio.to_thread(self.schedule.recover, self._jobs.jobs_t)
+            self.stats.recovered += recovered
+            log.info("scheduler: active (%d timers re-armed from a previous scheduler)", recovered)
+            swept = pruned = 0.0
+            while not stop.is_set():
+                await _settled(self.sync)
+                if opts.audit_retention and time.monotonic() - pruned >= opts.prune_every:
+                    pruned = time.monotonic()
+                    await _settled(self.prune)
+                if time.monotonic() - swept >= opts.sweep_every:
+                    swept = time.monotonic()
+                    await _settled(self.sweep)
+                    if not await _settled(claim.alive):
+                        log.error("scheduler: lost the claim on the store; back to standby")
+                        return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=opts.sync_every)
+        finally:
+            self.active = False
+            with contextlib.suppress(Exception):
+                await _settled(lambda: aps.shutdown(True) if aps.running else None)
+            jobs_store.close()
+            _active = None
+            await self._producer.stop()
+
+    def sync(self) -> int:
+        """Arm the timers that may be armed now; returns how many."""
+        assert self._aps is not None
+        opts = self.options
+        self._limit = self.schedule.limit(self.group, ttl=opts.clock_ttl)
+        total = 0
+        while True:
+            rows = self.schedule.to_arm(self._limit, time.time(), opts.chunk)
+            for row in rows:
+                self._aps.add_job(
+                    "outreach.scheduling.scheduler:fire_timer",
+                    trigger="date",
+                    run_date=datetime.fromtimestamp(row.due_at, UTC),
+                    args=[row.timer_id, row.customer_id, row.due_at],
+                    id=row.timer_id,
+                    name=f"timer {row.timer_id} of {row.customer_id}",
+                    replace_existing=True,
+                )
+            self.schedule.mark_armed(rows)
+            total += len(rows)
+            if len(rows) < opts.chunk:
+                break
+        self.stats.armed += total
+        return total
+
+    def sweep(self) -> None:
+        """Remove the jobs of timers the core cancelled; re-arm produced timers nobody applied."""
+        assert self._aps is not None and self._jobs is not None
+        for job_id in self.schedule.stale_jobs(self._jobs.jobs_t):
+            with contextlib.suppress(JobLookupError):
+                self._aps.remove_job(job_id)
+                self.stats.cancelled += 1
+        again = self.schedule.redeliver(time.time(), self.options.redeliver_after)
+        if again:
+            log.warning("scheduler: %d timers produced but never applied; producing again", again)
+            self.stats.redelivered += again
+
+    def prune(self) -> None:
+        """Housekeeping that must run once per store, so the active scheduler does it: delete
+        audit entries older than ``audit_retention``."""
+        assert self.options.audit_retention
+        before = time.time() - self.options.audit_retention
+        try:
+            deleted = Operator(self.store).prune_audit(before)
+        except Exception:
+            log.exception("scheduler: pruning the audit trail failed; will retry")
+            return
+        self.stats.pruned += deleted
+        if deleted:
+            log.info("scheduler: pruned %d audit entries recorded before %s", deleted, before)
+
+    def fire(self, timer_id: str, customer_id: str, due: float) -> None:
+        """Run one job (in an APScheduler thread): produce the timer's event if it is still
+        pending and the group's clock has reached it; put it back if the clock has not."""
+        row = self.schedule.timer(timer_id)
+        if row is None or row.published_at is not None or row.due_at != due:
+            return  # fired inside a batch, cancelled, produced already, or moved (its own job)
+        if due > self._limit:
+            self.schedule.disarm(timer_id)
+            self.stats.held += 1
+            return
+        loop, producer = self._loop, self._producer
+        assert loop is not None and producer is not None
+        send = producer.send_and_wait(
+            self.topics.timers, timer_value(row), key=customer_id.encode()
+        )
+        asyncio.run_coroutine_threadsafe(send, loop).result(timeout=60)
+        self.schedule.mark_published(timer_id, time.time())
+        self.stats.produced += 1
+        self.stats.last_produced = time.monotonic()
