@@ -49,10 +49,11 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outreach.rules.durations import Duration
+from outreach.scheduling.webhook import ApprovalsWebhook
 from outreach.store import Claim, Store, StoreBusyError
 from outreach.store.operator import Operator
 from outreach.store.schedule import DueTimer, Schedule
@@ -80,6 +81,9 @@ class SchedulerOptions:
     chunk: int = 2000  # timers armed per look
     audit_retention: float | None = None  # seconds of audit trail to keep (None: all)
     prune_every: float = 3600.0  # seconds between prunes of the audit trail
+    approvals_webhook: str | None = None  # URL announced new pending approvals are posted to
+    approvals_webhook_secret: str | None = None  # HMAC-SHA256 key of X-Outreach-Signature
+    announce_every: float = 2.0  # seconds between looks for approvals to announce
 
 
 class SchedulerSettings(BaseSettings):
@@ -93,10 +97,21 @@ class SchedulerSettings(BaseSettings):
         "The active scheduler prunes older ones every hour.",
     )
 
+    approvals_webhook_url: str | None = Field(
+        default=None, description="POST each new pending approval here (JSON, signed)"
+    )
+    approvals_webhook_secret: SecretStr | None = Field(
+        default=None, description="key of the webhook's X-Outreach-Signature (HMAC-SHA256)"
+    )
+
     def options(self) -> SchedulerOptions:
         """The options these settings give."""
-        keep = self.audit_retention
-        return SchedulerOptions(audit_retention=keep.total_seconds() if keep else None)
+        keep, secret = self.audit_retention, self.approvals_webhook_secret
+        return SchedulerOptions(
+            audit_retention=keep.total_seconds() if keep else None,
+            approvals_webhook=self.approvals_webhook_url,
+            approvals_webhook_secret=secret.get_secret_value() if secret else None,
+        )
 
 
 @dataclass
@@ -168,6 +183,11 @@ class TimerScheduler:
         self._producer: AIOKafkaProducer | None = None
         self._aps: BackgroundScheduler | None = None
         self._jobs: SQLAlchemyJobStore | None = None
+        self.webhook: ApprovalsWebhook | None = None
+        if self.options.approvals_webhook:
+            self.webhook = ApprovalsWebhook(
+                store, self.options.approvals_webhook, self.options.approvals_webhook_secret
+            )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Wait on standby for the claim, then schedule until ``stop`` (or the claim is lost,
@@ -189,6 +209,8 @@ class TimerScheduler:
                 await self._run_active(stop, claim)
             finally:
                 await asyncio.to_thread(claim.release)
+        if self.webhook is not None:
+            self.webhook.close()
 
     async def _run_active(self, stop: asyncio.Event, claim: Claim) -> None:
         global _active
@@ -216,9 +238,12 @@ class TimerScheduler:
             recovered = await asyncio.to_thread(self.schedule.recover, self._jobs.jobs_t)
             self.stats.recovered += recovered
             log.info("scheduler: active (%d timers re-armed from a previous scheduler)", recovered)
-            swept = pruned = 0.0
+            swept = pruned = announced = 0.0
             while not stop.is_set():
                 await _settled(self.sync)
+                if self.webhook and time.monotonic() - announced >= opts.announce_every:
+                    announced = time.monotonic()
+                    await _settled(self.announce)
                 if opts.audit_retention and time.monotonic() - pruned >= opts.prune_every:
                     pruned = time.monotonic()
                     await _settled(self.prune)
@@ -274,6 +299,14 @@ class TimerScheduler:
         if again:
             log.warning("scheduler: %d timers produced but never applied; producing again", again)
             self.stats.redelivered += again
+
+    def announce(self) -> None:
+        """Post new pending approvals to the approvals webhook (``outreach.scheduling.webhook``)."""
+        assert self.webhook is not None
+        try:
+            self.webhook.announce_once()
+        except Exception:  # the database is away: the next round tries again
+            log.exception("scheduler: announcing approvals failed; will retry")
 
     def prune(self) -> None:
         """Housekeeping that must run once per store, so the active scheduler does it: delete

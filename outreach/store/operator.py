@@ -229,6 +229,26 @@ class Operator:
                 {"kind": kind, "name": name, "reason": reason, "at": time.time()},
             )
 
+    def unannounced_approvals(self, limit: int = 100) -> list[Approval]:
+        """Pending approvals the approvals webhook has not announced yet, oldest first."""
+        query = (
+            sa.select(approvals)
+            .where(approvals.c.status == "pending_approval", approvals.c.notified_at.is_(None))
+            .order_by(approvals.c.requested_at, approvals.c.action_id)
+            .limit(limit)
+        )
+        with self.store.engine.connect() as conn:
+            return [_approval(r) for r in conn.execute(query)]
+
+    def mark_announced(self, action_id: str, at: float) -> None:
+        """The webhook accepted the announcement of ``action_id``."""
+        with self.store.batch() as batch:
+            batch.conn.execute(
+                sa.update(approvals)
+                .where(approvals.c.action_id == action_id)
+                .values(notified_at=at)
+            )
+
     def prune_audit(self, before: float, *, chunk: int = 5000) -> int:
         """Delete audit entries recorded for times before ``before`` (event time, seconds),
         and approvals queue entries decided before it (pending ones always stay); in chunks,

@@ -180,6 +180,7 @@ approvals = sa.Table(
     sa.Column("updated_at", sa.Double, nullable=False),
     sa.Column("record", sa.LargeBinary, nullable=False),  # the latest action record (JSON)
     sa.Column("request", sa.LargeBinary, nullable=False),  # the pending_approval record (JSON)
+    sa.Column("notified_at", sa.Double, nullable=True),  # announced to the approvals webhook
 )
 sa.Index("approvals_status", approvals.c.status, approvals.c.requested_at)
 

@@ -1,4 +1,5 @@
-"""Scheduler: timers handed to APScheduler are marked ``armed``; workers report their clocks.
+"""Scheduler: timers handed to APScheduler are marked ``armed``; workers report their clocks;
+the approvals webhook marks what it has announced.
 
 Revision ID: 0006
 Revises: 0005
@@ -16,10 +17,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    """Add ``timers.armed`` and the ``clocks`` table."""
+    """Add ``timers.armed``, ``approvals.notified_at`` and the ``clocks`` table."""
     with op.batch_alter_table("timers") as batch:
         batch.add_column(sa.Column("armed", sa.Boolean, nullable=False, server_default=sa.false()))
     op.create_index("timers_unarmed", "timers", ["armed", "due_at"])
+    with op.batch_alter_table("approvals") as batch:
+        batch.add_column(sa.Column("notified_at", sa.Double, nullable=True))
     op.create_table(
         "clocks",
         sa.Column("consumer_group", sa.String(255), primary_key=True),
@@ -32,6 +35,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Drop them again."""
     op.drop_table("clocks")
+    with op.batch_alter_table("approvals") as batch:
+        batch.drop_column("notified_at")
     op.drop_index("timers_unarmed", table_name="timers")
     with op.batch_alter_table("timers") as batch:
         batch.drop_column("armed")
