@@ -337,7 +337,12 @@ class TimerScheduler:
         send = producer.send_and_wait(
             self.topics.timers, timer_value(row), key=customer_id.encode()
         )
-        asyncio.run_coroutine_threadsafe(send, loop).result(timeout=60)
+        try:
+            asyncio.run_coroutine_threadsafe(send, loop).result(timeout=60)
+        except Exception:  # Kafka away: the job is gone, so the row goes back to be re-armed
+            log.warning("scheduler: producing timer %s failed; will retry", timer_id, exc_info=True)
+            self.schedule.disarm(timer_id)
+            return
         self.schedule.mark_published(timer_id, time.time())
         self.stats.produced += 1
         self.stats.last_produced = time.monotonic()
