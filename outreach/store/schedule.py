@@ -99,13 +99,15 @@ class Schedule:
 
     def mark_armed(self, rows: list[DueTimer]) -> None:
         """Their jobs exist. A row rescheduled meanwhile (another due time) stays unarmed."""
+        if not rows:
+            return
+        statement = (
+            sa.update(timers)
+            .where(timers.c.timer_id == sa.bindparam("tid"), timers.c.due_at == sa.bindparam("due"))
+            .values(armed=True)
+        )
         with self.store.batch() as batch:
-            for row in rows:
-                batch.conn.execute(
-                    sa.update(timers)
-                    .where(timers.c.timer_id == row.timer_id, timers.c.due_at == row.due_at)
-                    .values(armed=True)
-                )
+            batch.conn.execute(statement, [{"tid": r.timer_id, "due": r.due_at} for r in rows])
 
     def timer(self, timer_id: str) -> DueTimer | None:
         """One timer row (None: it fired inside a batch, or the core cancelled it)."""
