@@ -119,6 +119,7 @@ class SchedulerStats:
     """What the scheduler has done since it started (live summary, tests)."""
 
     takeovers: int = 0
+    rounds: int = 0  # looks at the timers table while active
     armed: int = 0
     produced: int = 0
     held: int = 0  # jobs put back because the group's clock had not reached them
@@ -286,6 +287,7 @@ class TimerScheduler:
             if len(rows) < opts.chunk:
                 break
         self.stats.armed += total
+        self.stats.rounds += 1
         return total
 
     def sweep(self) -> None:

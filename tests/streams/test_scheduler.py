@@ -82,15 +82,20 @@ async def test_jobs_fire_at_their_time_follow_the_group_clock_and_die_with_their
         assert {"soon", "cancelled"} <= jobs  # persisted APScheduler jobs, due later
         store.run(lambda b: b.drop_timers(["cancelled"]))  # the core cancelled it
         await until(lambda: active.stats.produced >= 2, 30, "due and soon to be produced")
-        await asyncio.sleep(1.0)  # past "cancelled"'s due time
+        rounds = active.stats.rounds
+        await until(
+            lambda: time.time() > now + 2.5 and active.stats.rounds >= rounds + 3, 30,
+            "the scheduler to look again after cancelled's due time",
+        )  # fmt: skip
         assert active.stats.cancelled == 1
         assert fired(await read_topic(kafka_bootstrap, topics.timers, 2)) == {"due": 1, "soon": 1}
         assert not standby.active and standby.stats.takeovers == 0
         # a worker is catching up on events of 45 s ago: a timer due 30 s ago must wait
         schedule.beat("g", "catching-up", time.time() - 45)
         store.run(lambda b: b.schedule_timers([TimerRow("held", "cus_3", time.time() - 30)]))
-        await asyncio.sleep(1.5)
-        assert active.stats.produced == 2
+        rounds, armed = active.stats.rounds, active.stats.armed
+        await until(lambda: active.stats.rounds >= rounds + 5, 30, "five looks at the table")
+        assert active.stats.produced == 2 and active.stats.armed == armed  # not even armed
         schedule.beat("g", "catching-up", float("inf"))  # caught up: idle
         await until(lambda: active.stats.produced >= 3, 30, "held to be produced")
         values = await read_topic(kafka_bootstrap, topics.timers, 3)
@@ -102,7 +107,7 @@ async def test_jobs_fire_at_their_time_follow_the_group_clock_and_die_with_their
         runs[0].cancel()
         await asyncio.gather(runs[0], return_exceptions=True)
         await until(lambda: standby.active, 30, "the standby to take over")
-        await asyncio.sleep(0.5)
+        await until(lambda: standby.stats.rounds >= 5, 30, "the new active one to look around")
         assert standby.stats.produced == 0 and standby.stats.recovered == 0
     finally:
         stop.set()
