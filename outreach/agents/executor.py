@@ -12,6 +12,9 @@ playbook alike:
   announcement went by SMS waits for the customer's answer once announced: YES runs it
   through the guardrails again (budgets may have moved), NO or the end of the window
   cancels it (``answer_offer``).
+- a message held back because an action it promises waits for approval goes once a person
+  approves the action (``HeldBack``): in place of its fallback if that is still waiting to go,
+  else after it as its own notice; an offer that must be announced is performed only with it.
 Holdout and shadow are decided here too.
 """
 
@@ -34,7 +37,7 @@ from outreach.agents.guardrails import Check, Guardrails, Ledger, Verdict
 from outreach.agents.plan import Plan, PlannedAction, PlannedMessage
 from outreach.agents.playbooks import Playbook, PlaybookContext
 from outreach.agents.recording import action_record, effect, preview, record_message
-from outreach.agents.state import OpenAction
+from outreach.agents.state import HeldBack, OpenAction
 from outreach.decisions import Decisions, Timer
 from outreach.events import Event, utc_iso
 from outreach.ids import make_id
@@ -159,6 +162,33 @@ class Executor:
                 self._commit_message(
                     choice.msg, choice.decision, entity_name, cs, now, out,
                     waiting.get(ref, []), as_dict(fallback), promised,
+                )  # fmt: skip
+        self._hold_back(signal, plan, verdicts, ids, cs)
+
+    def _hold_back(
+        self,
+        signal: Signal,
+        plan: Plan,
+        verdicts: dict[str, Verdict],
+        ids: dict[str, str],
+        cs: CustomerState,
+    ) -> None:
+        """Keep each message that waits only for approvals with the actions it waits for."""
+        actions = {a.ref: a for a in plan.actions}
+        for m in plan.messages:
+            statuses = {r: verdicts[r].status if r in verdicts else "" for r in m.requires}
+            waiting = [r for r, status in statuses.items() if status == "pending_approval"]
+            if not waiting or not all(s in _GOING for s in statuses.values()):
+                continue  # goes now, or never (a requirement was blocked)
+            for r in waiting:
+                oa = cs.agents.open.get(ids[r])
+                if oa is None or oa.status != "pending_approval":
+                    continue
+                action = actions[r]
+                oa.held = HeldBack(
+                    message=as_dict(m) or {}, category=signal.category,
+                    requires=[ids[x] for x in m.requires if x in ids],
+                    announce=action.announce == m.ref, accept_within=action.accept_within,
                 )  # fmt: skip
 
     def _check(
@@ -466,7 +496,7 @@ class Executor:
                 continue
             verdict = self.guardrails.check(
                 oa.tool, oa.params, oa.playbook, oa.idempotency_key, cs.agents, shared,
-                now.timestamp(), recheck=True,
+                now.timestamp(), recheck=True, approved_by=oa.approved_by,
             )  # fmt: skip
             if verdict.status != "executed":
                 return f"the offer it announces is no longer allowed ({verdict.reason})"
@@ -508,7 +538,7 @@ class Executor:
             return "declined"
         verdict = self.guardrails.check(
             oa.tool, oa.params, oa.playbook, oa.idempotency_key, cs.agents, shared,
-            now.timestamp(), recheck=True,
+            now.timestamp(), recheck=True, approved_by=oa.approved_by,
         )  # fmt: skip
         said = f"the customer replied YES ({source})"
         if verdict.status == "executed":
@@ -553,15 +583,93 @@ class Executor:
             oa.tool, oa.params, oa.playbook, oa.idempotency_key, cs.agents, shared,
             now.timestamp(), recheck=True, approved_by=by,
         )  # fmt: skip
+        held, oa.held = oa.held, None
+        going = verdict.status == "executed"
+        choice = self._held_choice(held, oa, cs, shared, now, out) if going else None
+        if choice is not None and held is not None and held.announce:  # goes with it or not at all
+            verdict, due = announced(verdict, choice)
+            accept = held.accept_within if choice.decision.channel == "sms" else None
+            if accept and verdict.status == "executed":
+                verdict, due = _awaiting_answer(verdict, now, accept)
+            if verdict.status == "scheduled":
+                assert due is not None
+                oa.approved_by, oa.status, oa.due = by, "scheduled", due.timestamp()
+                oa.accept_within = accept
+                if choice.decision.status == "deferred":  # its announcement sends it
+                    oa.waits_for = choice.msg.message_id
+                else:  # announced now by SMS: waits for the YES until the window ends
+                    oa.timer_id = self._timer(cs, "action", action_id, due, out)
+                cs.agents.open[action_id] = oa
         if verdict.status == "executed":
             reason = f"{said}; guardrails passed"
             self._record(cs, oa, "executed", reason, now, out, verdict, decided_by=by)
             self.guardrails.commit_spend(oa.tool, verdict, cs.agents, shared, now.timestamp())
             out.effects.append(effect(oa, cs.customer_id))
-            return "executed"
-        reason = f"{said}, but: {verdict.reason}"
-        self._record(cs, oa, verdict.status, reason, now, out, verdict, decided_by=by)
+        else:
+            reason = f"{said}, but: {verdict.reason}"
+            if verdict.status == "scheduled":
+                reason = f"{said}; {verdict.reason}"
+            self._record(cs, oa, verdict.status, reason, now, out, verdict, decided_by=by)
+        if choice is not None and held is not None:
+            why = f"held back until {action_id} was approved; approved by {by}"
+            choice.decision.checks.insert(0, {"check": "approval", "result": "pass", "detail": why})
+            announces = [action_id] if oa.waits_for else []
+            self._commit_message(
+                choice.msg, choice.decision, oa.entity, cs, now, out, announces,
+                requires=held.requires,
+            )  # fmt: skip
         return verdict.status
+
+    def _held_choice(
+        self,
+        held: HeldBack | None,
+        oa: OpenAction,
+        cs: CustomerState,
+        shared: Ledger,
+        now: datetime,
+        out: Decisions,
+    ) -> MessageChoice | None:
+        """The contact policy's verdict on the message ``oa`` held back, now that ``oa`` is
+        approved; ``None`` while another action it promises still waits (it goes with the
+        last approval) or when one of them did not happen (its fallback said what is true).
+
+        A fallback of the same notice still waiting to go (quiet hours) is superseded when this
+        one can go: the customer gets one message. Once the fallback has gone, this one is a
+        notice of its own.
+        """
+        if held is None:
+            return None
+        entity = cs.agents.entities.get(oa.entity)
+        outcomes = entity.outcomes if entity is not None else {}
+        for other in held.requires:
+            if other == oa.action_id:
+                continue
+            waiting = cs.agents.open.get(other)
+            if waiting is not None and waiting.status == "pending_approval":
+                if waiting.held is None:  # it sends the message when approved in turn
+                    waiting.held = held
+                return None
+            if outcomes.get(other, ("", "", ""))[2] not in ("executed", "scheduled"):
+                return None
+        planned = PlannedMessage(**held.message)
+        notice = planned.notice
+        planned.notice = f"{notice}#approved"  # a notice of its own, unless it replaces one
+        msg = outbound(oa.signal_id, oa.rule_id, held.category, planned)
+        decision = self.policy.decide(msg, cs.profile, cs.contact, now, shared)
+        superseded = [
+            d for d in cs.contact.deferred.values()
+            if d.signal_id == oa.signal_id and d.notice == notice
+        ]  # fmt: skip
+        if superseded and decision.deliverable:  # else the waiting fallback still goes
+            for d in superseded:
+                del cs.contact.deferred[d.message_id]
+                cs.timers.pop(d.timer_id, None)
+                reason = f"superseded: {oa.tool} was approved, {msg.message_id} goes instead"
+                self._drop(d, cs, reason, now, out)
+            planned.notice = notice
+            msg = outbound(oa.signal_id, oa.rule_id, held.category, planned)
+            decision = self.policy.decide(msg, cs.profile, cs.contact, now, shared)
+        return MessageChoice(planned, planned, msg, decision, "")
 
     def _fire_action(
         self, action_id: str, cs: CustomerState, shared: Ledger, now: datetime, out: Decisions
@@ -581,7 +689,7 @@ class Executor:
             return
         verdict = self.guardrails.check(
             oa.tool, oa.params, oa.playbook, oa.idempotency_key, cs.agents, shared,
-            now.timestamp(), recheck=True,
+            now.timestamp(), recheck=True, approved_by=oa.approved_by,
         )  # fmt: skip
         if verdict.status == "pending_approval":
             oa.timer_id = None  # the timer that fired
@@ -591,6 +699,9 @@ class Executor:
         if verdict.status == "executed":
             self.guardrails.commit_spend(oa.tool, verdict, cs.agents, shared, now.timestamp())
             out.effects.append(effect(oa, cs.customer_id))
+
+
+_GOING = ("executed", "scheduled", "pending_approval")  # requirements a held message may await
 
 
 def _one_question(verdict: Verdict, cs: CustomerState) -> Verdict:

@@ -20,6 +20,19 @@ class Entity(msgspec.Struct, kw_only=True):
     # action id -> (tool, target, latest status): what really happened to the subject's actions
 
 
+class HeldBack(msgspec.Struct, kw_only=True):
+    """A planned message that could not go because an action it promises waits for approval.
+
+    Sent once that action (and any other it promises) is approved, in place of the fallback
+    still waiting to go or, the fallback already sent, as its own notice."""
+
+    message: dict[str, Any]  # the planned message (ref, template, purpose, context, notice)
+    category: str  # the signal's
+    requires: list[str]  # ids of every action it promises
+    announce: bool = False  # the action happens only with this message (an offer)
+    accept_within: float | None = None  # the offer's window for a YES, once announced by SMS
+
+
 class OpenAction(msgspec.Struct, kw_only=True):
     """An action decided but not yet done: scheduled for later or waiting for approval."""
 
@@ -38,6 +51,9 @@ class OpenAction(msgspec.Struct, kw_only=True):
     timer_id: str | None = None
     waits_for: str | None = None  # a deferred message that must be sent first (an offer)
     accept_within: float | None = None  # once announced by SMS, wait this long for a YES
+    # the message held back while it waits for approval (see Executor._perform_approved)
+    held: HeldBack | None = None
+    approved_by: str | None = None  # who approved it: later rechecks pass its threshold
 
     @property
     def awaiting_reply(self) -> bool:

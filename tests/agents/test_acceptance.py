@@ -240,3 +240,34 @@ def test_reply_within_out_of_range_is_refused_at_its_line(rules_copy: Path) -> N
         load_rulebook(rules_copy)
     (problem,) = refused.value.problems
     assert problem.path.endswith("usage-decline.yaml") and "between 1h and 30d" in problem.message
+
+
+def test_an_offer_approved_by_a_person_still_waits_for_the_customers_yes(
+    rules_copy: Path,
+) -> None:
+    """25% needs a person's approval: nothing is said until then (the offer message has no
+    plain version); approved, it is announced by SMS and waits for the YES, which applies it
+    without asking the person again."""
+    folder = with_acceptance(rules_copy)
+    rule = folder / "usage-decline.yaml"
+    rule.write_text(rule.read_text().replace("percent: 20, months: 1", "percent: 25, months: 1"))
+    result = offered(load_rulebook(folder))
+    (pending,) = offers(result)
+    assert pending["status"] == "pending_approval"
+    assert not [m for m in result.messages if m["rule_id"] == RULE]
+    feed(result, make_event(
+        "approval.decided", later(OFFERED_AT, hours=1), CUS, action_id=pending["action_id"],
+        decision="approve", by="alice",
+    ))  # fmt: skip
+    (message,) = [m for m in result.messages if m["rule_id"] == RULE]
+    assert (message["channel"], message["status"]) == ("sms", "sent")
+    assert "get 25% off" in message["body"]
+    waiting = offers(result)[-1]
+    assert waiting["status"] == "scheduled"
+    assert "applied if the customer replies YES" in waiting["reason"]
+    assert not result.log.effects
+    feed(result, reply("yes", later(OFFERED_AT, hours=3)))
+    final = offers(result)[-1]
+    assert final["status"] == "executed", list(history(result))
+    assert {"check": "approval", "result": "pass", "detail": "approved by alice"} in final["checks"]
+    assert [e["tool"] for e in result.log.effects] == ["offer_discount"]

@@ -166,6 +166,145 @@ def test_the_same_approval_twice_performs_once(rules_copy: Path) -> None:
     assert len([e for e in run.log.effects if e["tool"] == "grant_credit"]) == 1
 
 
+# -- telling the customer once an approved action is performed -----------------------------
+def sent(run: Run) -> list[dict[str, Any]]:
+    return [m for m in run.log.messages if m["status"] == "sent"]
+
+
+def test_an_approved_credit_is_announced_after_the_plain_notice(rules_copy: Path) -> None:
+    """The delay notice could not promise a credit that waited for a person, so its plain
+    version went; once approved, the version with the credit goes as a notice of its own."""
+    credits_needing_approval(rules_copy)
+    run = Run(rules_copy)
+    run.feed(profile("2026-03-01T12:00:00Z"), shipment(AT))
+    [plain] = sent(run)
+    assert "$15.00" not in plain["body"]
+    run.feed(decided(later(AT, hours=2), run.pending_credit_id()))
+    run.replayer.drain()
+    first, second = sent(run)
+    assert first == plain
+    assert "We added $15.00 to your account" in second["body"]
+    assert second["send_at"] == "2026-03-09T17:00:00Z"  # at the approval
+    assert second["notice"] == f"{plain['notice']}#approved"
+    assert second["signal_id"] == plain["signal_id"]
+    assert second["checks"][0]["check"] == "approval"
+    assert "approved by alice" in second["checks"][0]["detail"]
+
+
+def test_nothing_more_is_said_when_the_approval_does_not_perform_the_action(
+    rules_copy: Path,
+) -> None:
+    credits_needing_approval(rules_copy)
+    run = Run(rules_copy)
+    run.feed(profile("2026-03-01T12:00:00Z"), shipment(AT), shipment(AT, shipment_id="shp_2"))
+    first, second = [a["action_id"] for a in run.credit() if a["status"] == "pending_approval"]
+    run.replayer.shared.set_control("tool", "grant_credit", "operator: credits paused")
+    run.feed(decided(later(AT, hours=1), first))  # blocked by the kill switch
+    run.feed(decided(later(AT, hours=2), second, "reject", by="bob"))
+    run.replayer.drain()
+    assert [a["status"] for a in run.credit()][-2:] == ["blocked", "cancelled"]
+    assert len(run.log.messages) == 2  # the two plain notices, nothing after
+    assert not [m for m in run.log.messages if "$15.00" in m["body"]]
+
+
+def test_a_plain_notice_still_waiting_for_morning_is_replaced_not_doubled(
+    rules_copy: Path,
+) -> None:
+    """Late at night the plain notice waits for the end of quiet hours; an approval in the
+    meantime replaces it with the credit version, so the customer gets one message."""
+    credits_needing_approval(rules_copy)
+    run = Run(rules_copy)
+    night = "2026-03-10T03:00:00Z"  # 23:00 in New York
+    run.feed(profile("2026-03-01T12:00:00Z"), shipment(night))
+    [waiting] = run.log.messages
+    assert waiting["status"] == "deferred"
+    run.feed(decided(later(night, hours=1), run.pending_credit_id()))
+    run.replayer.drain()
+    statuses = [(m["message_id"], m["status"]) for m in run.log.messages]
+    replaced = [m for m in run.log.messages if m["message_id"] == waiting["message_id"]]
+    assert [m["status"] for m in replaced] == ["deferred", "suppressed"]
+    assert replaced[-1]["reason"].startswith("superseded: grant_credit was approved")
+    [credit] = sent(run)
+    assert "We added $15.00" in credit["body"], statuses
+    assert credit["notice"] == waiting["notice"]  # it takes the plain notice's place
+    assert credit["send_at"] == "2026-03-10T12:00:00Z"  # 08:00 in New York
+
+
+def renewal(at: str, **changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "subscription_id": "sub_1", "plan": "Pro annual", "renews_at": "2026-03-12T00:00:00Z",
+        "amount": 29900, "currency": "USD", "auto_renew": False,
+    }  # fmt: skip
+    return make_event("renewal.upcoming", at, **{**data, **changes})
+
+
+def offers_needing_approval(rules: Path) -> None:
+    """25% is above the 20% auto limit and within the 30% approval one."""
+    edit(rules / "renewal-save.yaml", "offer: {percent: 10, months: 12}",
+         "offer: {percent: 25, months: 12}")  # fmt: skip
+
+
+def offers(run: Run) -> list[dict[str, Any]]:
+    return [a for a in run.log.actions if a["type"] == "offer_discount"]
+
+
+def test_an_approved_offer_is_made_with_its_announcement(rules_copy: Path) -> None:
+    offers_needing_approval(rules_copy)
+    run = Run(rules_copy)
+    run.feed(profile("2026-03-01T12:00:00Z", mail=(True, True)), renewal("2026-03-02T15:00:00Z"))
+    [pending] = offers(run)
+    assert pending["status"] == "pending_approval"
+    [reminder] = sent(run)
+    assert reminder["template"] == "renewal_reminder"
+    run.feed(decided("2026-03-02T16:00:00Z", pending["action_id"]))
+    run.replayer.drain()
+    assert [a["status"] for a in offers(run)] == ["pending_approval", "executed"]
+    offer = sent(run)[-1]
+    assert (offer["template"], offer["channel"], offer["purpose"]) == (
+        "renewal_offer", "email", "marketing",
+    )  # fmt: skip
+    assert "25%" in (offer["subject"] or "")
+    assert [e["tool"] for e in run.log.effects] == ["offer_discount"]
+
+
+def test_an_approved_offer_that_cannot_be_announced_is_not_made(rules_copy: Path) -> None:
+    """Marketing consent withdrawn before the approval: the offer could not be announced, so
+    it is not made; approval does not bypass the contact policy."""
+    offers_needing_approval(rules_copy)
+    run = Run(rules_copy)
+    run.feed(profile("2026-03-01T12:00:00Z", mail=(True, True)), renewal("2026-03-02T15:00:00Z"))
+    [pending] = offers(run)
+    run.feed(profile("2026-03-02T15:30:00Z", mail=(True, False)))
+    run.feed(decided("2026-03-02T16:00:00Z", pending["action_id"]))
+    run.replayer.drain()
+    final = offers(run)[-1]
+    assert final["status"] == "blocked"
+    assert final["reason"].startswith("approved by alice: checked the order, but: offer not made")
+    assert not run.log.effects
+    assert [m["template"] for m in sent(run)] == ["renewal_reminder"]
+
+
+def test_an_offer_approved_at_night_is_made_when_its_announcement_goes(rules_copy: Path) -> None:
+    """Approved during quiet hours: the offer waits for its announcement at 08:00 and is then
+    judged again, the approval still standing (its threshold is not asked for twice)."""
+    offers_needing_approval(rules_copy)
+    run = Run(rules_copy)
+    run.feed(profile("2026-03-01T12:00:00Z", mail=(True, True)), renewal("2026-03-02T15:00:00Z"))
+    [pending] = offers(run)
+    run.feed(decided("2026-03-03T03:00:00Z", pending["action_id"]))  # 22:00 in New York
+    waiting = offers(run)[-1]
+    assert waiting["status"] == "scheduled"
+    assert "waits for its announcement" in waiting["reason"]
+    assert not run.log.effects
+    run.replayer.drain()
+    final = offers(run)[-1]
+    assert final["status"] == "executed", offers(run)
+    assert final["at"] == "2026-03-03T13:00:00Z"  # 08:00 in New York
+    assert {"check": "approval", "result": "pass", "detail": "approved by alice"} in final["checks"]
+    assert [e["tool"] for e in run.log.effects] == ["offer_discount"]
+    assert sent(run)[-1]["template"] == "renewal_offer"
+
+
 def test_a_channel_switched_off_at_run_time_sends_by_the_other_one(rules_copy: Path) -> None:
     run = Run(rules_copy)
     run.replayer.shared.set_control("channel", "sms", "operator: SMS provider incident")
