@@ -3,10 +3,11 @@
 The API's own: requests by route and status, request latency, events ingested. The engine's,
 read from the store at scrape time (so they are right however many workers there are and
 survive restarts): events applied / duplicate / dead-lettered, signals per rule, actions per
-type and status, messages per channel and status (running totals the workers add to in each
-batch's transaction), the outbox by kind and status, actions waiting for approval, and the
-consumer lag per partition (Kafka's end offset minus the store's applied position). The
-workers' own process metrics (event -> decision latency) are not exported yet.
+type and status, messages per channel and status and the decision latency histogram (a
+record's Kafka timestamp to the batch that applied it, see ``outreach.streams.latency``): running
+totals the workers add to in each batch's transaction; the outbox by kind and status, actions
+waiting for approval, and the consumer lag per partition (Kafka's end offset minus the store's
+applied position).
 
 Must not import: faust, the decision core.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -26,13 +28,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from outreach.store.operator import Operator
+from outreach.streams import latency
 
 log = logging.getLogger(__name__)
 Lag = dict[tuple[str, int], int]
@@ -78,6 +81,13 @@ class EngineCollector(Collector):
             elif name == "timers":
                 timers.add_metric([], value)
         yield from (events, signals, actions, messages, timers)
+        buckets, seconds = latency.read(tallies)
+        yield HistogramMetricFamily(
+            "outreach_decision_latency_seconds",
+            "Kafka record timestamp to the batch that applied it committing",
+            buckets=[(repr(le) if le < math.inf else "+Inf", n) for le, n in buckets],
+            sum_value=seconds,
+        )
         rows = GaugeMetricFamily(
             "outreach_outbox_rows", "Outbox rows (effects, deliveries)", labels=["kind", "status"]
         )

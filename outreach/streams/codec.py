@@ -38,6 +38,9 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes
+    # the Kafka timestamp in epoch seconds (CreateTime or LogAppendTime); None when not known
+    # (records not read from Kafka); only the decision latency histogram reads it
+    timestamp: float | None = None
 
 
 class DeadLetter(Exception):  # noqa: N818 - a value the decoder returns, raised only inside it

@@ -65,13 +65,18 @@ def make_app(
     @app.agent(source, name="apply")
     async def apply(stream: Any) -> None:
         async for events in stream.take_events(batch_max, within=within):
-            records = [
-                Record(e.message.topic, e.message.partition, e.message.offset, e.message.key,
-                       e.message.value)
-                for e in events
-            ]  # fmt: skip
+            records = [_record(e.message) for e in events]
             result = await asyncio.to_thread(processor.apply, records)
             totals.add(result)
             relay.wake()
 
     return app
+
+
+def _record(message: Any) -> Record:
+    """A Faust ``ConsumerMessage`` as a ``Record`` (Faust gives its timestamp in seconds, None
+    when the Kafka record had none)."""
+    return Record(
+        message.topic, message.partition, message.offset, message.key, message.value,
+        message.timestamp,
+    )  # fmt: skip

@@ -14,6 +14,11 @@ delivered later by the scheduler (``outreach.scheduling``) as ``timer.fired`` ev
 timers topic. The ``timers`` table mirrors the states' pending timers: a batch adds the new
 ones and removes those that fired or that the core cancelled.
 
+Decision latency. Each newly applied record's wait from its Kafka timestamp to the moment its
+batch is applied (``self.clock()``, once per batch, just before the transaction commits) is
+added to a histogram in the tallies (``outreach.streams.latency`` says what is measured and what
+is not: redeliveries, records without a timestamp and the timers topic's records are not).
+
 This module is the runtime glue shared by every driver (aiokafka loop, Faust agent): it has no
 Kafka client of its own.
 """
@@ -24,7 +29,7 @@ import heapq
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -39,6 +44,7 @@ from outreach.state import CustomerState
 from outreach.store import ApprovalRow, AuditRow, Batch, Store, TimerRow
 from outreach.store.contacts import address_rows
 from outreach.streams.codec import DeadLetter, Record, dead_letter_value, decode, record_value
+from outreach.streams.latency import add_latencies
 
 log = logging.getLogger(__name__)
 Decoded = tuple[Record, Event | DeadLetter]
@@ -186,8 +192,10 @@ class BatchProcessor:
         timers_topic: str,
         max_event_bytes: int,
         audit_events: str = "all",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.core = core
+        self.clock = clock  # wall time, for the decision latency only (events use their own)
         self.store = store
         self.group = group
         self.timers_topic = timers_topic
@@ -244,6 +252,8 @@ class BatchProcessor:
         applied = batch.positions(self.group, {(r.topic, r.partition) for r, _ in items})
         positions: dict[tuple[str, int], int] = {}
         events: list[tuple[Event, bytes]] = []
+        stamps: list[float] = []  # Kafka timestamps of the applied records (latency)
+        timers_topic = self.timers_topic
         for record, event in items:
             tp = (record.topic, record.partition)
             positions[tp] = max(positions.get(tp, 0), record.offset + 1)
@@ -251,6 +261,9 @@ class BatchProcessor:
                 result.redelivered += 1
                 continue
             applied[tp] = record.offset + 1  # the same offset twice in one batch counts once
+            stamp = record.timestamp
+            if stamp is not None and stamp >= 0 and record.topic != timers_topic:
+                stamps.append(stamp)
             if isinstance(event, DeadLetter):
                 out.records.append(("dlq", record.key, dead_letter_value(record, str(event))))
                 result.dead_letters += 1
@@ -303,6 +316,7 @@ class BatchProcessor:
         tallies["events", "duplicate"] += result.duplicates
         tallies["events", "dead_letter"] += result.dead_letters
         tallies["timers", "fired"] += result.timers_fired
+        add_latencies(tallies, self.clock(), stamps)  # the work is done, only writes are left
         batch.add_tallies(tallies)
         batch.set_positions(
             self.group, {tp: max(o, applied.get(tp, 0)) for tp, o in positions.items()}

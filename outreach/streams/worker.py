@@ -26,7 +26,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.errors import KafkaError
 
 from outreach.store import Store
@@ -221,10 +226,7 @@ class Worker:
         fetched = await consumer.getmany(timeout_ms=wait, max_records=self.options.batch_max)
         if fetched:
             decode = self.processor.decode
-            batches = {
-                tp: [decode(Record(m.topic, m.partition, m.offset, m.key, m.value)) for m in msgs]
-                for tp, msgs in fetched.items()
-            }
+            batches = {tp: [decode(_record(m)) for m in msgs] for tp, msgs in fetched.items()}
             for tp, items in batches.items():
                 self.aligner.add((tp.topic, tp.partition), items)
         caught_up = set()
@@ -254,3 +256,12 @@ class Worker:
         self.stats.totals.add(result)
         self.stats.batches += 1
         self.relay.wake()
+
+
+def _record(message: ConsumerRecord[bytes, bytes]) -> Record:
+    """An aiokafka ``ConsumerRecord`` as a ``Record`` (its timestamp is in milliseconds)."""
+    stamp = message.timestamp
+    return Record(
+        message.topic, message.partition, message.offset, message.key, message.value,
+        None if stamp is None else stamp / 1000,
+    )  # fmt: skip

@@ -10,6 +10,7 @@ kill switches, rule reloads (a bad set refused with file:line, the running one s
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 from livesupport import Feed, drain_records
+from prometheus_client.parser import text_string_to_metric_families
 from support import make_event, profile, shipment_exception
 
 from outreach.api import ApiSettings, FakeEventSink, create_app
@@ -416,6 +418,34 @@ def test_metrics_count_what_the_workers_applied(
     assert (
         'outreach_api_requests_total{method="GET",route="/v1/approvals",status="200"} 1.0' in text
     )
+
+
+def test_metrics_give_the_decision_latency_as_a_cumulative_histogram(
+    api: TestClient, rules: Path, store: Store
+) -> None:
+    engine = Engine(rules, store)
+    now = 1_700_000_000.0
+    engine.processor.clock = lambda: now
+    waits = {"cus_1": 0.02, "cus_2": 0.02, "cus_3": 0.4, "cus_4": 90.0}
+    records = [
+        replace(
+            engine.feed.line(orjson.dumps(profile("2026-03-01T12:00:00Z", c))), timestamp=now - w
+        )
+        for c, w in waits.items()
+    ]
+    engine.processor.apply(records)
+    engine.processor.apply(records)  # redelivered: not measured again
+    families = {f.name: f for f in text_string_to_metric_families(api.get("/metrics").text)}
+    histogram = families["outreach_decision_latency_seconds"]
+    assert histogram.type == "histogram"
+    samples = {(s.name, s.labels.get("le")): s.value for s in histogram.samples}
+    buckets = {le: n for (name, le), n in samples.items() if name.endswith("_bucket")}
+    assert buckets == {
+        "0.005": 0, "0.01": 0, "0.025": 2, "0.05": 2, "0.1": 2, "0.25": 2, "0.5": 3, "1.0": 3,
+        "2.5": 3, "5.0": 3, "10.0": 3, "30.0": 3, "60.0": 3, "300.0": 4, "+Inf": 4,
+    }  # fmt: skip
+    assert samples["outreach_decision_latency_seconds_count", None] == 4
+    assert samples["outreach_decision_latency_seconds_sum", None] == pytest.approx(90.44)
 
 
 def test_decisive_auditing_keeps_only_events_that_led_somewhere(rules: Path, store: Store) -> None:

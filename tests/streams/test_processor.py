@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from outreach.rulebook import RuleBook
 from outreach.sample import generate
 from outreach.state import CustomerState
 from outreach.store import Store
+from outreach.store.operator import Operator
 from outreach.streams.codec import DLQ_MAX_BYTES, DLQ_RAW_LIMIT, Record, dead_letter_value
 from outreach.streams.processor import BatchProcessor
 
@@ -174,6 +176,54 @@ def test_records_applied_in_event_time_order_within_a_batch(book: RuleBook, stor
     processor(book, store).apply(records)
     messages = [orjson.loads(v) for v in drain_records(store)["messages"]]
     assert messages and all(m["to"] for m in messages)
+
+
+def test_decision_latency_is_tallied_once_per_applied_record(book: RuleBook, store: Store) -> None:
+    """Apply time minus Kafka timestamp, in non-cumulative buckets (``le``: at most the bound),
+    with the count and the sum in ms; redeliveries, records without a timestamp and timer
+    records are not measured."""
+    now = 1_700_000_000.0
+    proc = BatchProcessor(
+        DecisionCore(book), store, group="g", timers_topic="timers", max_event_bytes=65536,
+        clock=lambda: now,
+    )  # fmt: skip
+    feed = Feed()
+    timer = make_event("timer.fired", "2026-10-01T11:00:00Z", "cus_1",
+                       timer_id="tmr_x", due_at="2026-10-01T11:00:00Z")  # fmt: skip
+    waited = [
+        (feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1"))), now - 0.003),  # 0.005
+        (feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_1"))), now - 0.25),  # 0.25
+        (feed.line(line(profile("2026-10-01T09:00:00Z", "cus_2"))), now - 0.7),  # 1
+        (feed.record("customers", b"cus_3", b"{not json"), now - 400),  # a dead letter: +Inf
+        (feed.line(line(profile("2026-10-01T09:00:00Z", "cus_4"))), now + 5),  # skew: 0
+        (feed.line(line(profile("2026-10-01T09:00:00Z", "cus_5"))), None),
+        (feed.line(line(profile("2026-10-01T09:00:00Z", "cus_6"))), -0.001),  # Kafka's -1 ms
+        (feed.record("timers", b"cus_1", line(timer)), now - 30),
+    ]
+    records = [replace(record, timestamp=stamp) for record, stamp in waited]
+    first = proc.apply(records)
+    assert first.events == 7 and first.dead_letters == 1
+    want = {
+        ("latency", "0.005"): 2,
+        ("latency", "0.25"): 1,
+        ("latency", "1"): 1,
+        ("latency", "+Inf"): 1,
+        ("latency", "count"): 5,
+        ("latency_ms", "sum"): 400_953,  # 3 + 0 + 250 + 700 + 400,000
+    }
+
+    def measured() -> dict[tuple[str, str], int]:
+        return {k: v for k, v in Operator(store).tallies().items() if k[0].startswith("latency")}
+
+    assert measured() == want
+    now += 60  # a redelivery later counts nothing; a new record is measured by the new time
+    late = replace(feed.line(line(profile("2026-10-01T12:00:00Z", "cus_7"))), timestamp=now - 2)
+    second = proc.apply([*records, late])
+    assert second.redelivered == len(records) and second.events == 1
+    want["latency", "2.5"] = 1
+    want["latency", "count"] += 1
+    want["latency_ms", "sum"] += 2000
+    assert measured() == want
 
 
 @pytest.mark.parametrize("value", [b"\x00" * 300_000, b"\xff" * 900_000, b"x" * 2_000_000])
