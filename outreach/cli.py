@@ -31,8 +31,12 @@ app = typer.Typer(
 )
 schema_app = typer.Typer(help="The event contract for backend teams.", no_args_is_help=True)
 rules_app = typer.Typer(help="Check and test rule folders.", no_args_is_help=True)
+connectors_app = typer.Typer(
+    help="The connectors file: which system each tool's effects go to.", no_args_is_help=True
+)
 app.add_typer(schema_app, name="schema")
 app.add_typer(rules_app, name="rules")
+app.add_typer(connectors_app, name="connectors")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
@@ -89,6 +93,32 @@ def rules_check(folder: Annotated[Path, typer.Argument(help="the rules folder")]
         )  # fmt: skip
     out.print(table)
     out.print(f"[green]ok[/]: {len(book.specs)} rules, {len(book.templates.ids())} templates")
+
+
+@connectors_app.command("check")
+def connectors_check(
+    path: Annotated[Path, typer.Argument(help="the connectors file (OUTREACH_CONNECTORS)")],
+) -> None:
+    """Validate a connectors file: tools, URLs, templates, and that every ${VAR} it names is
+    set in this environment. Tools not listed go to the file connector."""
+    from outreach.connectors.config import FileTool, load_connectors
+
+    try:
+        loaded = load_connectors(path)
+    except RuleFileError as exc:
+        err.print(f"[bold red]the connectors file cannot be loaded:[/]\n{exc}", highlight=False)
+        raise typer.Exit(1) from None
+    table = _table(str(path), "tool", "kind", "method", "url", "idempotent", "events")
+    for tool, config in sorted(loaded.tools.items()):
+        if isinstance(config, FileTool):
+            table.add_row(tool, "file", "", "DATA_DIR/effects.jsonl", "yes", "")
+            continue
+        events = ", ".join(e.type for e in config.response.events)
+        url = config.url.split("?", 1)[0]
+        idempotent = "yes" if config.idempotent else "no"
+        table.add_row(tool, config.kind, config.method, url, idempotent, events)
+    out.print(table)
+    out.print(f"[green]ok[/]: {len(loaded.tools)} tools; the others go to the file connector")
 
 
 @rules_app.command("test")
@@ -334,6 +364,7 @@ def worker(
 
     from pydantic import ValidationError
 
+    from outreach.connectors import ConnectorsSettings, build_connector
     from outreach.outbound.config import OutboundSettings, build_channel
     from outreach.outbound.sendgrid import SendGridSettings
     from outreach.outbound.twilio import TwilioSettings
@@ -366,8 +397,13 @@ def worker(
     try:  # a channel without its credentials fails here, before anything starts
         outbound = OutboundSettings()
         channel = build_channel(outbound, TwilioSettings(), SendGridSettings(), settings.data_dir)
+        connectors = ConnectorsSettings()
+        connector = build_connector(settings.data_dir, connectors, outbound.public_url)
     except ValidationError as exc:
         err.print(f"[bold red]invalid outbound setting:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except RuleFileError as exc:
+        err.print(f"[bold red]the connectors file cannot be loaded:[/]\n{exc}", highlight=False)
         raise typer.Exit(2) from None
     except OutreachError as exc:
         err.print(f"[bold red]the worker cannot start:[/] {exc}", highlight=False)
@@ -376,7 +412,7 @@ def worker(
         parts = asyncio.run(
             run_worker(
                 settings, kafka, out, publish=publish, rate=rate, until_idle=until_idle,
-                channel=channel,
+                channel=channel, connector=connector,
             )
         )  # fmt: skip
     except RuleFileError as exc:
@@ -389,7 +425,7 @@ def worker(
              "sendgrid": "SendGrid"}  # fmt: skip
     err.print(
         f"store: {settings.database_url} (state, outbox, positions); "
-        f"effects performed: {settings.data_dir / 'effects.jsonl'}; "
+        f"effects performed: {_effects_where(connector, settings.data_dir)}; "
         f"SMS sent to {where[outbound.sms_channel]}; email sent to {where[outbound.email_channel]}",
         highlight=False,
     )
@@ -490,6 +526,16 @@ def api(
         )  # fmt: skip
     finally:
         store.close()
+
+
+def _effects_where(connector: Any, data_dir: Path) -> str:
+    """Where the worker's effects went, for the closing summary."""
+    routes = getattr(connector, "routes", {})
+    listed = sorted(t for t, c in routes.items() if hasattr(c, "config"))
+    if not listed:
+        return str(data_dir / "effects.jsonl")
+    rest = data_dir / "effects.jsonl"
+    return f"{', '.join(listed)} by HTTP (connectors file), the rest to {rest}"
 
 
 def main() -> None:

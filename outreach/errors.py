@@ -6,6 +6,7 @@
     ├── TemplateRenderError          a message template that cannot render with its data
     ├── ConnectorError               a remediation side effect that did not complete
     │   ├── TransientConnectorError  may succeed if retried later (``retry_after`` seconds)
+    │   │   └── ConnectorPaused      its circuit is open: held untried, not an attempt
     │   └── PermanentConnectorError  will never succeed as asked; record and escalate
     └── DeliveryError                a message a channel did not accept
         ├── TransientDeliveryError   may succeed if retried later (``retry_after`` seconds)
@@ -36,6 +37,10 @@ class TransientConnectorError(ConnectorError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ConnectorPaused(TransientConnectorError):  # noqa: N818 - a state, like a kill switch
+    """The tool's circuit breaker is open: hold the effect untried until ``retry_after``."""
 
 
 class PermanentConnectorError(ConnectorError):

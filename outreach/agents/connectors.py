@@ -45,6 +45,8 @@ class EffectResult(BaseModel):
     detail: str = ""
     external_id: str | None = None
     replayed: bool = False  # the key had been performed before; nothing new happened
+    # new states the system reported (``{"type", "data"}``): the dispatcher makes them events
+    events: tuple[dict[str, Any], ...] = ()
 
 
 class Connector(Protocol):

@@ -17,24 +17,17 @@ in constant time and refuses timestamps more than five minutes old.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import time
 
 import httpx
 import orjson
 
+from outreach.signing import signature
 from outreach.store import Store
 from outreach.store.operator import Approval, Operator
 
 log = logging.getLogger(__name__)
-
-
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    """The ``X-Outreach-Signature`` value for ``body`` sent at ``timestamp``."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return f"sha256={mac.hexdigest()}"
 
 
 class ApprovalsWebhook:

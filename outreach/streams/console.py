@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from outreach.agents.connectors import Connector
 from outreach.outbound.channels import Channel
 from outreach.streams.publish import PublishReport, publish_file
 from outreach.streams.runtime import LiveEngine, Parts, WorkerSettings, quiet
@@ -72,6 +73,7 @@ async def run_worker(
     rate: float | None = None,
     until_idle: bool = False,
     channel: Channel | None = None,
+    connector: Connector | None = None,
 ) -> Parts:
     """Run until Ctrl-C/SIGTERM (or, with ``until_idle``, until nothing is left to do)."""
     stop = asyncio.Event()
@@ -79,7 +81,7 @@ async def run_worker(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with LiveEngine(settings, kafka, channel).running(stop) as parts:
+        async with LiveEngine(settings, kafka, channel, connector).running(stop) as parts:
             report: PublishReport | None = None
             publishing = None
             if publish is not None:

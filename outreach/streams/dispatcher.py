@@ -13,6 +13,13 @@ compliance replies themselves (the STOP confirmation, HELP) pass. A delivery tha
 ``message.status`` event, in the same transaction as the row's final state, so its policy
 reaction (suppression, email instead of SMS) happens on the customer's partition.
 
+An effect's result: ``failed`` (the system answered that it could not do it: the connector's
+``failed_when``) marks the row ``failed`` with the system's reason; the new states a connector
+reports (``EffectResult.events``, e.g. a new delivery estimate after a rebooking) become input
+events for the customer, relayed in the same transaction as the row's ``done`` (one that does
+not validate goes to the dead-letter topic instead). A connector whose circuit is open
+(``ConnectorPaused``) has its rows held like a kill switch's, not counted as attempts.
+
 A kill switch thrown by an operator (``POST /v1/killswitch``) holds the rows of its tool or
 channel already in the outbox: they are put back untried (not counted as attempts) and go
 once the switch is lifted; the core stops deciding new ones at its next batch.
@@ -36,20 +43,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 
+import orjson
 from pydantic import ValidationError
 
-from outreach.agents.connectors import Connector, Effect
+from outreach.agents.connectors import Connector, Effect, EffectResult
 from outreach.decisions import Delivery
 from outreach.errors import (
+    ConnectorPaused,
     PermanentConnectorError,
     PermanentDeliveryError,
     TransientConnectorError,
     TransientDeliveryError,
 )
-from outreach.events import MessageStatus, MessageStatusData
+from outreach.events import InvalidEventError, MessageStatus, MessageStatusData, event_from_obj
 from outreach.outbound.channels import Channel
 from outreach.store import OutboxRow, Store
 from outreach.store.contacts import Contacts
+from outreach.streams.codec import Record, dead_letter_value
+from outreach.streams.topics import logical_topic
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +88,8 @@ class DispatchStats:
     failed: int = 0
     suppressed: int = 0  # deliveries refused because the address had opted out meanwhile
     held: int = 0  # rows put back untried because a kill switch covers their tool or channel
+    paused: int = 0  # effects put back untried because their connector's circuit is open
+    reported: int = 0  # events made from what a connector's system answered
     by_kind: dict[str, int] = field(default_factory=dict)
 
 
@@ -163,14 +176,31 @@ class Dispatcher:
             return
         if isinstance(request, Delivery) and await self._refused(row, request, now):
             return
+        records: list[tuple[str, bytes | None, bytes]] = []
         try:
             if isinstance(request, Effect):
                 effect = await self.connector.perform(request)
                 replayed, result = effect.replayed, effect.model_dump_json().encode()
+                if effect.status == "failed":
+                    refused = f"the system refused: {effect.detail}"
+                    await self._finish(row, "failed", result, refused)
+                    return
+                records = _reported(request, effect, now)
+                self.stats.reported += len(records)
             else:
                 retry = row.attempts > 1  # an earlier try may have reached the provider
                 sent = await self.channel.send(request, row.idempotency_key, retry=retry)
                 replayed, result = sent.replayed, sent.model_dump_json().encode()
+        except ConnectorPaused as exc:
+            self.stats.paused += 1
+            at = now + (exc.retry_after or self.options.hold)
+            await asyncio.to_thread(
+                partial(
+                    self.store.retry_later, row.id, at, f"held: {exc}", claim=row.attempts,
+                    hold=True,
+                )
+            )  # fmt: skip
+            return
         except (PermanentConnectorError, PermanentDeliveryError) as exc:
             code = exc.code if isinstance(exc, PermanentDeliveryError) else None
             report = _report(row, request, code, str(exc), now)
@@ -184,7 +214,7 @@ class Dispatcher:
             await self._retry(row, now, f"{type(exc).__name__}: {exc}", None, request)
             return
         self.stats.replayed += replayed
-        await self._finish(row, "done", result, None)
+        await self._finish(row, "done", result, None, *records)
 
     async def _refused(self, row: OutboxRow, delivery: Delivery, now: float) -> bool:
         """Whether the address opted out since the message was decided (then it is failed
@@ -208,9 +238,9 @@ class Dispatcher:
         status: str,
         result: bytes | None,
         error: str | None,
-        report: tuple[str, bytes | None, bytes] | None = None,
+        *reports: tuple[str, bytes | None, bytes] | None,
     ) -> None:
-        records = [report] if report is not None else []
+        records = [r for r in reports if r is not None]
         kept = await asyncio.to_thread(
             partial(
                 self.store.finish, row.id, status, result, error, claim=row.attempts,
@@ -251,6 +281,32 @@ class Dispatcher:
         await asyncio.to_thread(
             partial(self.store.retry_later, row.id, at, error, claim=row.attempts)
         )
+
+
+def _reported(
+    effect: Effect, result: EffectResult, now: float
+) -> list[tuple[str, bytes | None, bytes]]:
+    """The events a connector's answer reported, as records for the relay (logical topic, key,
+    value); one that is not a valid event goes to the dead-letter topic with the reason."""
+    out: list[tuple[str, bytes | None, bytes]] = []
+    key = effect.customer_id.encode()
+    for i, reported in enumerate(result.events):
+        event = {
+            "event_id": f"connector:{effect.idempotency_key}:{i}",
+            "customer_id": effect.customer_id,
+            "occurred_at": datetime.fromtimestamp(now, UTC).isoformat(),
+            "source": f"connector:{effect.tool}",
+            "schema_version": 1,
+            **reported,
+        }
+        try:
+            valid = event_from_obj(event)
+            out.append((logical_topic(valid.type), key, valid.model_dump_json().encode()))
+        except (InvalidEventError, ValueError) as exc:
+            raw = orjson.dumps(event, default=str)
+            where = Record(f"connector:{effect.tool}", -1, i, key, raw)
+            out.append(("dlq", key, dead_letter_value(where, f"connector event: {exc}")))
+    return out
 
 
 def _report(

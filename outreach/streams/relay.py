@@ -46,7 +46,9 @@ class Relay:
         self._names = {
             "signals": topics.signals, "actions": topics.actions,
             "messages": topics.messages, "receipts": topics.receipts, "dlq": topics.dlq,
-            "customers": topics.customers,  # feedback events from the dispatcher
+            # events from the dispatcher: delivery outcomes, new states a connector reported
+            "customers": topics.customers, "shipments": topics.shipments,
+            "payments": topics.payments, "usage": topics.usage, "renewals": topics.renewals,
         }  # fmt: skip
 
     async def start(self) -> None:

@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from outreach.agents.connectors import FileConnector
+from outreach.agents.connectors import Connector, FileConnector
 from outreach.core import DecisionCore
 from outreach.outbound.channels import Channel, FileChannel
 from outreach.rulebook import load_rulebook
@@ -101,11 +101,14 @@ class LiveEngine:
         worker: WorkerSettings,
         kafka: KafkaSettings,
         channel: Channel | None = None,
+        connector: Connector | None = None,
     ) -> None:
-        """``channel``: where deliveries go (default: the file channel in ``data_dir``)."""
+        """``channel``: where deliveries go (default: the file channel in ``data_dir``);
+        ``connector``: where effects go (default: the file connector in ``data_dir``)."""
         self.settings = worker
         self.kafka = kafka
         self.channel = channel
+        self.connector = connector
 
     async def _store(self, embedded: bool, stack: contextlib.ExitStack) -> Store:
         store = Store(self.settings.database_url)
@@ -138,7 +141,7 @@ class LiveEngine:
             return None
         return Dispatcher(
             store,
-            FileConnector(settings.data_dir / "effects.jsonl"),
+            self.connector or FileConnector(settings.data_dir / "effects.jsonl"),
             self.channel or FileChannel(settings.data_dir / "messages.jsonl"),
             DispatcherOptions(lease=settings.dispatch_lease),
         )

@@ -146,15 +146,21 @@ class Topics:
 
     def topic_for(self, event_type: str) -> str:
         """The topic an event of ``event_type`` is published to; ValueError if unknown."""
-        family, _, kind = event_type.partition(".")
-        attribute = _FAMILIES.get(family) if kind else None
-        if attribute is None:
-            raise ValueError(
-                f"unknown event type {event_type!r}: no topic for it; "
-                f"known types: {', '.join(EVENT_TYPES)}"
-            )
-        topic: str = getattr(self, attribute)
+        topic: str = getattr(self, logical_topic(event_type))
         return topic
+
+
+def logical_topic(event_type: str) -> str:
+    """The ``Topics`` attribute (``shipments``, ``customers``...) ``event_type`` goes to;
+    ValueError if unknown."""
+    family, _, kind = event_type.partition(".")
+    attribute = _FAMILIES.get(family) if kind else None
+    if attribute is None:
+        raise ValueError(
+            f"unknown event type {event_type!r}: no topic for it; "
+            f"known types: {', '.join(EVENT_TYPES)}"
+        )
+    return attribute
 
 
 async def ensure_topics(
