@@ -530,8 +530,10 @@ def api(
 
 def _effects_where(connector: Any, data_dir: Path) -> str:
     """Where the worker's effects went, for the closing summary."""
+    from outreach.connectors import HttpConnector
+
     routes = getattr(connector, "routes", {})
-    listed = sorted(t for t, c in routes.items() if hasattr(c, "config"))
+    listed = sorted(t for t, c in routes.items() if isinstance(c, HttpConnector))
     if not listed:
         return str(data_dir / "effects.jsonl")
     rest = data_dir / "effects.jsonl"

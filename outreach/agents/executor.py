@@ -278,8 +278,7 @@ class Executor:
             return action_id
         cs.agents.effects[oa.idempotency_key] = now.timestamp()
         if verdict.status == "executed":
-            self.guardrails.commit_spend(action.tool, verdict, cs.agents, shared, now.timestamp())
-            out.effects.append(effect(oa, cs.customer_id))
+            self._perform(oa, verdict, cs, shared, now, out)
             return action_id
         if verdict.status == "pending_approval":
             return action_id
@@ -494,10 +493,7 @@ class Executor:
             oa = cs.agents.open.get(action_id)
             if oa is None:
                 continue
-            verdict = self.guardrails.check(
-                oa.tool, oa.params, oa.playbook, oa.idempotency_key, cs.agents, shared,
-                now.timestamp(), recheck=True, approved_by=oa.approved_by,
-            )  # fmt: skip
+            verdict = self._recheck(oa, cs, shared, now)
             if verdict.status != "executed":
                 return f"the offer it announces is no longer allowed ({verdict.reason})"
         return ""
@@ -536,17 +532,13 @@ class Executor:
                 cs, oa, "cancelled", f"declined: the customer replied NO ({source})", now, out
             )
             return "declined"
-        verdict = self.guardrails.check(
-            oa.tool, oa.params, oa.playbook, oa.idempotency_key, cs.agents, shared,
-            now.timestamp(), recheck=True, approved_by=oa.approved_by,
-        )  # fmt: skip
+        verdict = self._recheck(oa, cs, shared, now)
         said = f"the customer replied YES ({source})"
         if verdict.status == "executed":
             self._record(
                 cs, oa, "executed", f"accepted: {said}; guardrails passed", now, out, verdict
             )
-            self.guardrails.commit_spend(oa.tool, verdict, cs.agents, shared, now.timestamp())
-            out.effects.append(effect(oa, cs.customer_id))
+            self._perform(oa, verdict, cs, shared, now, out)
             return "accepted"
         if verdict.status == "pending_approval":
             self._await_approval(oa, cs, now, out)
@@ -579,32 +571,18 @@ class Executor:
         if not approve:
             self._record(cs, oa, "cancelled", said, now, out, decided_by=by)
             return "cancelled"
-        verdict = self.guardrails.check(
-            oa.tool, oa.params, oa.playbook, oa.idempotency_key, cs.agents, shared,
-            now.timestamp(), recheck=True, approved_by=by,
-        )  # fmt: skip
+        oa.approved_by = by
+        verdict = self._recheck(oa, cs, shared, now)
         held, oa.held = oa.held, None
-        going = verdict.status == "executed"
-        choice = self._held_choice(held, oa, cs, shared, now, out) if going else None
-        if choice is not None and held is not None and held.announce:  # goes with it or not at all
-            verdict, due = announced(verdict, choice)
-            accept = held.accept_within if choice.decision.channel == "sms" else None
-            if accept and verdict.status == "executed":
-                verdict, due = _awaiting_answer(verdict, now, accept)
-            if verdict.status == "scheduled":
-                assert due is not None
-                oa.approved_by, oa.status, oa.due = by, "scheduled", due.timestamp()
-                oa.accept_within = accept
-                if choice.decision.status == "deferred":  # its announcement sends it
-                    oa.waits_for = choice.msg.message_id
-                else:  # announced now by SMS: waits for the YES until the window ends
-                    oa.timer_id = self._timer(cs, "action", action_id, due, out)
-                cs.agents.open[action_id] = oa
+        choice = None
+        if held is not None and verdict.status == "executed":
+            choice = self._held_choice(held, oa, cs, shared, now, out)
+            if choice is not None and held.announce:  # the offer goes with it or not at all
+                verdict = self._announce_approved(oa, verdict, choice, held, cs, now, out)
         if verdict.status == "executed":
             reason = f"{said}; guardrails passed"
             self._record(cs, oa, "executed", reason, now, out, verdict, decided_by=by)
-            self.guardrails.commit_spend(oa.tool, verdict, cs.agents, shared, now.timestamp())
-            out.effects.append(effect(oa, cs.customer_id))
+            self._perform(oa, verdict, cs, shared, now, out)
         else:
             reason = f"{said}, but: {verdict.reason}"
             if verdict.status == "scheduled":
@@ -620,9 +598,57 @@ class Executor:
             )  # fmt: skip
         return verdict.status
 
+    def _announce_approved(
+        self,
+        oa: OpenAction,
+        verdict: Verdict,
+        choice: MessageChoice,
+        held: HeldBack,
+        cs: CustomerState,
+        now: datetime,
+        out: Decisions,
+    ) -> Verdict:
+        """An approved offer that must be announced: made now, waiting (for its deferred
+        announcement or for the customer's YES), or blocked when its message cannot go."""
+        verdict, due = announced(verdict, choice)
+        accept = held.accept_within if choice.decision.channel == "sms" else None
+        if accept and verdict.status == "executed":
+            verdict, due = _awaiting_answer(verdict, now, accept)
+        if verdict.status != "scheduled":
+            return verdict
+        assert due is not None
+        oa.status, oa.due, oa.accept_within = "scheduled", due.timestamp(), accept
+        if choice.decision.status == "deferred":  # its announcement sends it
+            oa.waits_for = choice.msg.message_id
+        else:  # announced now by SMS: waits for the YES until the window ends
+            oa.timer_id = self._timer(cs, "action", oa.action_id, due, out)
+        cs.agents.open[oa.action_id] = oa
+        return verdict
+
+    def _recheck(self, oa: OpenAction, cs: CustomerState, shared: Ledger, now: datetime) -> Verdict:
+        """Judge an action decided earlier again now (kill switches, budgets); a person's
+        approval (``oa.approved_by``) still passes its threshold."""
+        return self.guardrails.check(
+            oa.tool, oa.params, oa.playbook, oa.idempotency_key, cs.agents, shared,
+            now.timestamp(), recheck=True, approved_by=oa.approved_by,
+        )  # fmt: skip
+
+    def _perform(
+        self,
+        oa: OpenAction,
+        verdict: Verdict,
+        cs: CustomerState,
+        shared: Ledger,
+        now: datetime,
+        out: Decisions,
+    ) -> None:
+        """An executed action: its spend counts and its effect goes to the outbox."""
+        self.guardrails.commit_spend(oa.tool, verdict, cs.agents, shared, now.timestamp())
+        out.effects.append(effect(oa, cs.customer_id))
+
     def _held_choice(
         self,
-        held: HeldBack | None,
+        held: HeldBack,
         oa: OpenAction,
         cs: CustomerState,
         shared: Ledger,
@@ -637,8 +663,6 @@ class Executor:
         one can go: the customer gets one message. Once the fallback has gone, this one is a
         notice of its own.
         """
-        if held is None:
-            return None
         entity = cs.agents.entities.get(oa.entity)
         outcomes = entity.outcomes if entity is not None else {}
         for other in held.requires:
@@ -687,18 +711,14 @@ class Executor:
             until = utc_iso(datetime.fromtimestamp(oa.due or now.timestamp(), now.tzinfo))
             self._record(cs, oa, "cancelled", f"offer expired: no YES by {until}", now, out)
             return
-        verdict = self.guardrails.check(
-            oa.tool, oa.params, oa.playbook, oa.idempotency_key, cs.agents, shared,
-            now.timestamp(), recheck=True, approved_by=oa.approved_by,
-        )  # fmt: skip
+        verdict = self._recheck(oa, cs, shared, now)
         if verdict.status == "pending_approval":
             oa.timer_id = None  # the timer that fired
             self._await_approval(oa, cs, now, out)
         reason = "due; guardrails passed" if verdict.status == "executed" else verdict.reason
         self._record(cs, oa, verdict.status, reason, now, out, verdict)
         if verdict.status == "executed":
-            self.guardrails.commit_spend(oa.tool, verdict, cs.agents, shared, now.timestamp())
-            out.effects.append(effect(oa, cs.customer_id))
+            self._perform(oa, verdict, cs, shared, now, out)
 
 
 _GOING = ("executed", "scheduled", "pending_approval")  # requirements a held message may await

@@ -35,12 +35,13 @@ Must not import: faust, aiokafka, sqlalchemy, fastapi, openai.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
-from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -265,6 +266,12 @@ def _strings(value: Any, loc: Loc) -> list[tuple[Loc, str]]:
     return []
 
 
+@functools.lru_cache(maxsize=512)
+def _compiled(text: str) -> Template:
+    """A template compiled once per process (every effect of a tool renders the same ones)."""
+    return _JINJA.from_string(text)
+
+
 def render(value: Any, context: dict[str, Any]) -> Any:
     """``value`` (a YAML structure) with every template filled from ``context``."""
     if isinstance(value, str):
@@ -273,7 +280,7 @@ def render(value: Any, context: dict[str, Any]) -> Any:
             return lookup(context, exact.group(1), strict=True)
         if "{" not in value:
             return value
-        return _JINJA.from_string(value).render(context)
+        return _compiled(value).render(context)
     if isinstance(value, dict):
         return {k: render(v, context) for k, v in value.items()}
     if isinstance(value, list):

@@ -131,10 +131,12 @@ class HttpConnector:
             "now": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         }
 
-    def request(self, effect: Effect) -> tuple[str, bytes, dict[str, str]]:
+    def request(
+        self, effect: Effect, ctx: dict[str, Any] | None = None
+    ) -> tuple[str, bytes, dict[str, str]]:
         """The URL, body and headers performing ``effect``; PermanentConnectorError when the
         templates cannot be filled from it (a configuration that does not fit the tool)."""
-        ctx = self.context(effect)
+        ctx = self.context(effect) if ctx is None else ctx
         try:
             url = str(render(self.config.url, ctx))
             body = render(self.config.body, ctx) if self.config.body is not None else None
@@ -172,7 +174,8 @@ class HttpConnector:
             self.breaker.release()  # a trial that reached no verdict frees its slot
 
     async def _perform(self, effect: Effect) -> EffectResult:
-        url, content, headers = self.request(effect)
+        ctx = self.context(effect)
+        url, content, headers = self.request(effect, ctx)
         timeout = httpx.Timeout(
             self.config.timeout.read.total_seconds(),
             connect=self.config.timeout.connect.total_seconds(),
@@ -187,7 +190,7 @@ class HttpConnector:
         except httpx.HTTPError as exc:  # read timeout, connection dropped mid-answer
             self.breaker.failure()
             self._unknown(f"no answer from {url} ({type(exc).__name__})")
-        return self._answer(answer, effect)
+        return self._answer(answer, ctx)
 
     def _unknown(self, what: str, retry_after: float | None = None) -> NoReturn:
         """The system may have performed it: retry only what it keeps once per key."""
@@ -198,7 +201,7 @@ class HttpConnector:
             "idempotent, so it is not retried: check the system for this Idempotency-Key"
         )
 
-    def _answer(self, answer: httpx.Response, effect: Effect) -> EffectResult:
+    def _answer(self, answer: httpx.Response, ctx: dict[str, Any]) -> EffectResult:
         status = answer.status_code
         if status < 500:  # it answered: the system is up, whatever it said
             self.breaker.success()
@@ -223,7 +226,7 @@ class HttpConnector:
                 detail = f"{path} = {lookup(data, path)!r}" + (f": {reason}" if reason else "")
                 return EffectResult(status="failed", detail=detail, external_id=external_id)
         replayed = answer.headers.get("Idempotent-Replayed", "").lower() == "true"
-        ctx = {**self.context(effect), "answer": data}
+        ctx = {**ctx, "answer": data}
         events: list[dict[str, Any]] = []
         for event in mapping.events:
             if event.when is not None and lookup(data, event.when) is None:

@@ -208,6 +208,9 @@ class LiveEngine:
                     await app.stop()
                     await relay.stop()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                closing = getattr(self.connector, "aclose", None)
+                if closing is not None:  # the connectors' HTTP connections
+                    await closing()
 
 
 def _tune_gc() -> None:
