@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -39,14 +40,17 @@ def make_app(
     *,
     group: str,
     totals: BatchResult,
+    datadir: Path,
     batch_max: int = 5000,
     within: float = 0.1,
 ) -> faust.App:
     """A Faust app applying the engine's topics through ``processor`` (start it with
-    ``await app.start()``; ``await app.stop()`` leaves the group)."""
+    ``await app.start()``; ``await app.stop()`` leaves the group). Faust keeps its own files
+    in ``datadir`` (by default it would write ``<group>-data`` into the working directory)."""
     app = faust.App(
         group,
         broker=f"kafka://{bootstrap}",
+        datadir=str(datadir),
         key_serializer="raw",
         value_serializer="raw",
         web_enabled=False,

@@ -174,7 +174,7 @@ class LiveEngine:
                 relay = Relay(store, topics, bootstrap)
                 totals, worker = BatchResult(), None
                 app = make_app(processor, relay, topics, bootstrap, group=kafka.group_id,
-                               totals=totals)  # fmt: skip
+                               totals=totals, datadir=settings.data_dir / "faust")  # fmt: skip
                 await relay.start()
                 await app.start()
                 runs = {"relay": relay.run(stop)}
