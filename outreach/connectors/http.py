@@ -5,12 +5,12 @@ receiver that keeps keys performs once), ``X-Outreach-Timestamp`` and, with a se
 ``X-Outreach-Signature: sha256=HMAC(secret, "<timestamp>.<body>")`` (``outreach.signing``).
 
 What is retried (by the dispatcher, with backoff) and what is not:
-- the request never reached the system (connection refused, connect timeout) or it said
-  429: transient for every tool, since nothing was performed;
-- a read timeout, a broken connection or a 5xx: the system may have performed it. Transient
-  only for tools declared ``idempotent`` (the receiver honours the key); for the others it is
-  a permanent failure saying the outcome is unknown, for a person to check, never a second
-  attempt;
+- the request never reached the system (connection refused, connect timeout): transient for
+  every tool, since nothing was sent (this is what the circuit breaker holds during an outage);
+- a 429, a read timeout, a broken connection or a 5xx: retried only for tools declared
+  ``idempotent`` (the receiver honours the key). For the others it is a permanent failure for
+  a person to check, never a second attempt: "outcome unknown" for a timeout or a 5xx (the
+  system may have performed it), "rate limited, not retried" for a 429;
 - any other 4xx: permanent, with the system's reason.
 A 2xx is mapped by ``response``: ``failed_when`` turns an answer into a failed result with the
 system's ``reason``; ``external_id`` and ``events`` (new states the system reports) are taken
@@ -207,7 +207,12 @@ class HttpConnector:
             self.breaker.success()
         if status == 429:
             after = retry_after_seconds(answer.headers.get("Retry-After"))
-            raise TransientConnectorError(f"{self.tool}: rate limited (429)", after)
+            if self.config.idempotent:
+                raise TransientConnectorError(f"{self.tool}: rate limited (429)", after)
+            raise PermanentConnectorError(
+                f"{self.tool}: rate limited (429); not retried, since only tools declared "
+                "idempotent are retried: raise the system's limit or declare the tool idempotent"
+            )
         if status >= 500:
             self.breaker.failure()
             after = retry_after_seconds(answer.headers.get("Retry-After"))
