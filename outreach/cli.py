@@ -101,7 +101,7 @@ def connectors_check(
 ) -> None:
     """Validate a connectors file: tools, URLs, templates, and that every ${VAR} it names is
     set in this environment. Tools not listed go to the file connector."""
-    from outreach.connectors.config import FileTool, load_connectors
+    from outreach.connectors.config import FileTool, StripeTool, load_connectors
 
     try:
         loaded = load_connectors(path)
@@ -112,6 +112,11 @@ def connectors_check(
     for tool, config in sorted(loaded.tools.items()):
         if isinstance(config, FileTool):
             table.add_row(tool, "file", "", "DATA_DIR/effects.jsonl", "yes", "")
+            continue
+        if isinstance(config, StripeTool):
+            base = (loaded.stripe.api_base if loaded.stripe else None) or "https://api.stripe.com"
+            events = "payment.failed, payment.succeeded" if tool == "retry_payment" else ""
+            table.add_row(tool, "stripe", "POST", base, "yes (Idempotency-Key)", events)
             continue
         events = ", ".join(e.type for e in config.response.events)
         url = config.url.split("?", 1)[0]
@@ -504,7 +509,9 @@ def api(
         "OUTREACH_TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
         "OUTREACH_SENDGRID_WEBHOOK_PUBLIC_KEY": settings.sendgrid_webhook_public_key,
         "OUTREACH_UNSUBSCRIBE_SECRET": settings.unsubscribe_secret,
+        "OUTREACH_STRIPE_WEBHOOK_SECRET": settings.stripe_webhook_secret,
     }
+    billing = _stripe_account()
     for name in (name for name, value in unset.items() if value is None):
         err.print(f"[yellow]{name} is not set: its endpoint answers 503[/]")
     store = Store(database_url or store_settings.database_url)
@@ -515,6 +522,7 @@ def api(
         web = create_app(
             settings, Contacts(store), sink, replies, brand=brand.name, lifespan=sink.lifespan,
             rules=LoadedRules(book), lag=partial(kafka_lag, url, operator, kafka.group_id),
+            billing=billing,
         )  # fmt: skip
     except ValueError as exc:  # a SendGrid key that is not one
         err.print(f"[bold red]invalid setting:[/] {exc}", highlight=False)
@@ -528,16 +536,34 @@ def api(
         store.close()
 
 
+def _stripe_account() -> Any:
+    """The Stripe client of the connectors file's ``stripe`` section (for ``/pay`` links), or
+    None; exits 2 when the file cannot be loaded."""
+    from outreach.connectors import ConnectorsSettings, StripeBilling, load_connectors
+
+    path = ConnectorsSettings().connectors
+    if path is None:
+        return None
+    try:
+        loaded = load_connectors(path)
+    except (RuleFileError, OSError) as exc:
+        err.print(f"[bold red]the connectors file cannot be loaded:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    return StripeBilling(loaded.stripe).client if loaded.stripe is not None else None
+
+
 def _effects_where(connector: Any, data_dir: Path) -> str:
     """Where the worker's effects went, for the closing summary."""
-    from outreach.connectors import HttpConnector
+    from outreach.connectors import HttpConnector, StripeBilling
 
     routes = getattr(connector, "routes", {})
     listed = sorted(t for t, c in routes.items() if isinstance(c, HttpConnector))
-    if not listed:
+    billed = sorted(t for t, c in routes.items() if isinstance(c, StripeBilling))
+    if not listed and not billed:
         return str(data_dir / "effects.jsonl")
-    rest = data_dir / "effects.jsonl"
-    return f"{', '.join(listed)} by HTTP (connectors file), the rest to {rest}"
+    parts = [f"{', '.join(listed)} by HTTP"] if listed else []
+    parts += [f"{', '.join(billed)} through Stripe"] if billed else []
+    return f"{'; '.join(parts)} (connectors file), the rest to {data_dir / 'effects.jsonl'}"
 
 
 def main() -> None:

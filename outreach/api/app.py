@@ -14,8 +14,10 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+from stripe import StripeClient
 
 from outreach import __version__
+from outreach.api.billing import pay_router, stripe_router
 from outreach.api.inbox import Clock, Inbox, utc_now
 from outreach.api.metrics import LagProbe, Metrics
 from outreach.api.operator import LoadedRules, operator_router
@@ -40,10 +42,12 @@ def create_app(
     lifespan: Lifespan | None = None,
     rules: LoadedRules | None = None,
     lag: LagProbe | None = None,
+    billing: StripeClient | None = None,
 ) -> FastAPI:
     """The HTTP app: provider webhooks, one-click unsubscribe, the operator API (``/v1``,
     with ``rules``: the rules folder it validated), ``/healthz``, ``/readyz`` and
-    ``/metrics`` (``lag``: how to measure consumer lag; none: not reported).
+    ``/metrics`` (``lag``: how to measure consumer lag; none: not reported), the Stripe
+    webhook and, with ``billing`` (the Stripe account), the ``/pay/<invoice>`` links.
 
     ``replies``: what to text back to STOP/START/HELP from an unknown number; ``brand``: the
     sender's name on the unsubscribe pages; ``lifespan``: starts and stops the sink (the
@@ -73,6 +77,11 @@ def create_app(
         sendgrid_router(inbox, settings.sendgrid_webhook_public_key, settings.sendgrid_max_skew)
     )
     app.include_router(unsubscribe_router(inbox, settings.unsubscribe_secret, brand))
+    app.include_router(
+        stripe_router(inbox, settings.stripe_webhook_secret, settings.stripe_webhook_tolerance)
+    )
+    if billing is not None:
+        app.include_router(pay_router(billing, brand))
     if rules is not None:
         app.include_router(operator_router(operator, sink, rules, clock=clock), tags=["operator"])
 

@@ -33,3 +33,9 @@ class ApiSettings(PublicEndpointSettings):
         gt=0,
         description="seconds a SendGrid signature timestamp may be off now (replays)",
     )
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None, description="the signing secret (whsec_...) of the Stripe webhook endpoint"
+    )
+    stripe_webhook_tolerance: int = Field(
+        default=300, gt=0, description="seconds a Stripe signature's timestamp may be old"
+    )

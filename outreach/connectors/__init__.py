@@ -2,7 +2,8 @@
 
 ``build_connector`` reads ``OUTREACH_CONNECTORS`` (the connectors file, ``config``) and returns
 a ``ToolRouter``: each listed tool goes to its connector (``http``: ``HttpConnector``;
-``helpdesk``: the same with a Zendesk-compatible ticket body), every other tool to the file
+``helpdesk``: the same with a Zendesk-compatible ticket body; ``stripe``: ``StripeBilling``,
+one for the account's billing tools), every other tool to the file
 connector, the embedded default. Switching the demo from fakes to real systems is this one
 variable.
 
@@ -14,7 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from outreach.agents.connectors import Connector, Effect, EffectResult, FileConnector
-from outreach.connectors.config import ConnectorsSettings, FileTool, Loaded, load_connectors
+from outreach.connectors.billing import StripeBilling
+from outreach.connectors.config import (
+    ConnectorsSettings,
+    FileTool,
+    Loaded,
+    StripeTool,
+    load_connectors,
+)
 from outreach.connectors.http import CircuitBreaker, HttpConnector
 from outreach.errors import ConnectorPaused
 
@@ -32,8 +40,8 @@ class ToolRouter:
 
     async def aclose(self) -> None:
         """Release the HTTP connections."""
-        for connector in self.routes.values():
-            if isinstance(connector, HttpConnector):
+        for connector in {id(c): c for c in self.routes.values()}.values():
+            if isinstance(connector, HttpConnector | StripeBilling):
                 await connector.aclose()
 
 
@@ -61,9 +69,13 @@ def router_for(
     secret = settings.connector_secret if settings is not None else None
     key = secret.get_secret_value() if secret is not None else None
     routes: dict[str, Connector] = {}
+    billing = StripeBilling(loaded.stripe) if loaded.stripe is not None else None
     for tool, config in loaded.tools.items():
         if isinstance(config, FileTool):
             routes[tool] = default
+        elif isinstance(config, StripeTool):
+            assert billing is not None  # load_connectors refuses kind stripe without it
+            routes[tool] = billing  # one account, one breaker for its four tools
         else:
             routes[tool] = HttpConnector(tool, config, secret=key, public_url=public_url)
     return ToolRouter(routes, default)
@@ -74,6 +86,7 @@ __all__ = [
     "ConnectorPaused",
     "ConnectorsSettings",
     "HttpConnector",
+    "StripeBilling",
     "ToolRouter",
     "build_connector",
     "load_connectors",

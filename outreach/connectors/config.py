@@ -6,7 +6,7 @@ connector (``DATA_DIR/effects.jsonl``), the embedded default. The file (see
 
     tools:
       rebook_shipment:
-        kind: http                       # http | helpdesk | file
+        kind: http                       # http | helpdesk | stripe | file
         url: https://oms.example.com/v1/shipments/{{ params.shipment_id }}/rebook
         method: POST
         idempotent: true                 # the receiver honours Idempotency-Key: retry is safe
@@ -22,6 +22,10 @@ connector (``DATA_DIR/effects.jsonl``), the embedded default. The file (see
             - when: new_estimate         # present in the answer
               type: shipment.updated
               data: {...}
+      retry_payment: {kind: stripe}      # also request_payment_update, grant_credit,
+    stripe:                              # offer_discount (outreach.connectors.billing)
+      api_key: ${STRIPE_API_KEY}
+      api_base: ${STRIPE_API_BASE}       # optional: a local double
 
 Templates: a string that is exactly ``{{ path }}`` takes the value at that path with its type
 (a number stays a number); any other string is rendered by a sandboxed Jinja2 environment
@@ -169,20 +173,52 @@ class FileTool(_Model):
     kind: Literal["file"]
 
 
-KINDS: dict[str, type[HttpTool] | type[FileTool]] = {
-    "http": HttpTool, "helpdesk": HelpdeskTool, "file": FileTool,
+STRIPE_TOOLS = ("retry_payment", "request_payment_update", "grant_credit", "offer_discount")
+
+
+class StripeTool(_Model):
+    """A billing tool performed through the Stripe API (the ``stripe`` section says how)."""
+
+    kind: Literal["stripe"]
+
+
+class StripeSection(_Model):
+    """The Stripe account the billing tools act on."""
+
+    api_key: str = Field(description="a secret or restricted key: ${STRIPE_API_KEY}")
+    api_base: str | None = Field(
+        default=None, description="another API address (a local double); default Stripe's"
+    )
+    timeout: Timeouts = Timeouts.model_validate({"read": "30s"})
+    breaker: Breaker = Breaker()
+
+    @field_validator("api_base")
+    @classmethod
+    def _base(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("https://", "http://", "${")):
+            raise ValueError(f"{url!r} is not an http(s) URL (or one starting with ${{VAR}})")
+        return url
+
+
+KINDS: dict[str, type[HttpTool] | type[FileTool] | type[StripeTool]] = {
+    "http": HttpTool, "helpdesk": HelpdeskTool, "file": FileTool, "stripe": StripeTool,
 }  # fmt: skip
 
 
 class ConnectorsFile(_Model):
     tools: dict[str, dict[str, Any]] = Field(default_factory=dict)  # each checked by its kind
+    stripe: StripeSection | None = None
+
+
+AnyTool = HttpTool | HelpdeskTool | FileTool | StripeTool
 
 
 class Loaded(_Model):
     """A validated connectors file with its environment references resolved."""
 
     path: str
-    tools: dict[str, HttpTool | HelpdeskTool | FileTool]
+    tools: dict[str, AnyTool]
+    stripe: StripeSection | None = None
 
 
 def load_connectors(path: Path, environ: dict[str, str] | None = None) -> Loaded:
@@ -197,39 +233,67 @@ def load_connectors(path: Path, environ: dict[str, str] | None = None) -> Loaded
     except ValidationError as exc:
         raise RuleFileError(doc.validation_problems(exc)) from None
     problems: list[Problem] = []
-    tools: dict[str, HttpTool | HelpdeskTool | FileTool] = {}
+    tools: dict[str, AnyTool] = {}
     for name, raw in parsed.tools.items():
-        loc: Loc = ("tools", name)
-        if name not in TOOLS:
-            names = ", ".join(sorted(TOOLS))
-            problems.append(doc.problem(loc, f"not a pre-approved tool; known: {names}"))
-            continue
-        kind = raw.get("kind", "http") if isinstance(raw, dict) else None
-        model = KINDS.get(kind) if isinstance(kind, str) else None
-        if model is None:
-            where = (*loc, "kind") if isinstance(raw, dict) else loc
-            problems.append(doc.problem(where, f"kind must be one of: {', '.join(KINDS)}"))
-            continue
-        try:
-            tool = model.model_validate(raw)
-        except ValidationError as exc:
-            problems += doc.validation_problems(exc, loc)
-            continue
-        if isinstance(tool, FileTool):
+        tool = _tool(name, raw, parsed, env, doc, problems)
+        if tool is not None:
             tools[name] = tool
-            continue
-        headers = {}
-        for header, value in tool.headers.items():
-            headers[header] = _resolve(value, env, doc, (*loc, "headers", header), problems)
-        known = len(problems)
-        url = _resolve(tool.url, env, doc, (*loc, "url"), problems)
-        if len(problems) == known and not url.startswith(("https://", "http://")):
-            problems.append(doc.problem((*loc, "url"), f"{url!r} is not an http(s) URL"))
-        _check_templates(tool, doc, loc, problems)
-        tools[name] = tool.model_copy(update={"headers": headers, "url": url})
+    stripe = parsed.stripe
+    if stripe is not None:
+        key = _resolve(stripe.api_key, env, doc, ("stripe", "api_key"), problems)
+        base = stripe.api_base
+        if base is not None:
+            base = _resolve(base, env, doc, ("stripe", "api_base"), problems) or None
+        stripe = stripe.model_copy(update={"api_key": key, "api_base": base})
     if problems:
         raise RuleFileError(problems)
-    return Loaded(path=str(path), tools=tools)
+    return Loaded(path=str(path), tools=tools, stripe=stripe)
+
+
+def _tool(
+    name: str,
+    raw: Any,
+    parsed: ConnectorsFile,
+    env: dict[str, str],
+    doc: YamlDoc,
+    problems: list[Problem],
+) -> AnyTool | None:
+    """One tool's entry validated by its kind (``None``, with problems added, if it is not)."""
+    loc: Loc = ("tools", name)
+    if name not in TOOLS:
+        names = ", ".join(sorted(TOOLS))
+        problems.append(doc.problem(loc, f"not a pre-approved tool; known: {names}"))
+        return None
+    kind = raw.get("kind", "http") if isinstance(raw, dict) else None
+    model = KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        where = (*loc, "kind") if isinstance(raw, dict) else loc
+        problems.append(doc.problem(where, f"kind must be one of: {', '.join(KINDS)}"))
+        return None
+    try:
+        tool = model.model_validate(raw)
+    except ValidationError as exc:
+        problems += doc.validation_problems(exc, loc)
+        return None
+    if isinstance(tool, StripeTool):
+        if name not in STRIPE_TOOLS:
+            problems.append(
+                doc.problem((*loc, "kind"), f"stripe performs {', '.join(STRIPE_TOOLS)}")
+            )
+        elif parsed.stripe is None:
+            problems.append(doc.problem(loc, "kind stripe needs a top-level 'stripe' section"))
+        return tool
+    if isinstance(tool, FileTool):
+        return tool
+    headers = {}
+    for header, value in tool.headers.items():
+        headers[header] = _resolve(value, env, doc, (*loc, "headers", header), problems)
+    known = len(problems)
+    url = _resolve(tool.url, env, doc, (*loc, "url"), problems)
+    if len(problems) == known and not url.startswith(("https://", "http://")):
+        problems.append(doc.problem((*loc, "url"), f"{url!r} is not an http(s) URL"))
+    _check_templates(tool, doc, loc, problems)
+    return tool.model_copy(update={"headers": headers, "url": url})
 
 
 def _resolve(value: str, env: dict[str, str], doc: YamlDoc, loc: Loc, out: list[Problem]) -> str:

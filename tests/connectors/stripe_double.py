@@ -1,0 +1,290 @@
+"""A local double of the Stripe API, for the real stripe SDK (``api_base`` pointed here).
+
+A real HTTP server on 127.0.0.1 in a thread. It speaks the part of the API the billing
+connector uses, the way Stripe does:
+
+- form-encoded bodies (``discounts[0][coupon]=...``), ``Authorization: Bearer sk_...``;
+- ``Idempotency-Key``: a key whose request began executing (a 200, or a 402 card decline) is
+  answered again with the same status and body and ``Idempotent-Replayed: true``, without
+  acting again; the same key with other parameters is a 400 ``idempotency_error``;
+- errors in Stripe's shape (``{"error": {"type", "code", "decline_code", "message"}}``).
+
+Objects: ``invoices``, ``subscriptions``, ``balance`` (customer -> balance transactions),
+``coupons``. Faults, in order: ``status(code)`` (429, 500...: nothing done) for the next
+request; ``decline(code)`` (402 card error), ``perform_then_hang()`` (does it, never answers:
+the client's read timeout) and ``hang()`` (never answers, nothing done) for the next write.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qsl, urlsplit
+
+API_KEY = "sk_test_outreach"
+HELD = 30.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What goes wrong with one request."""
+
+    status: int = 0  # an HTTP error answered before anything is done
+    decline: str | None = None  # a card decline (402), saved for the key like Stripe does
+    code: str = "card_declined"
+    hang: str | None = None  # "before" | "after" performing
+
+
+def decline(decline_code: str, code: str = "card_declined") -> Fault:
+    return Fault(decline=decline_code, code=code)
+
+
+def status(code: int) -> Fault:
+    return Fault(status=code)
+
+
+def perform_then_hang() -> Fault:
+    return Fault(hang="after")
+
+
+def hang() -> Fault:
+    return Fault(hang="before")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the double received."""
+
+    method: str
+    path: str
+    params: dict[str, str]  # form or query, flattened keys as sent
+    headers: dict[str, str]  # names lower-cased
+
+    @property
+    def key(self) -> str | None:
+        return self.headers.get("idempotency-key")
+
+
+@dataclass
+class Account:
+    invoices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    balance: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    coupons: dict[str, dict[str, Any]] = field(default_factory=dict)
+    charges: list[str] = field(default_factory=list)  # invoice ids charged, in order
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up (read timeout) is expected here."""
+
+
+class StripeDouble:
+    """The Stripe API, as far as the billing connector goes (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.account = Account()
+        self.calls: list[Call] = []
+        self._faults: list[Fault] = []
+        self._kept: dict[str, tuple[dict[str, str], int, bytes]] = {}
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+        self._ids = 0
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                double._serve(self)
+
+            do_POST = do_GET  # noqa: N815
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    # -- set-up -----------------------------------------------------------------------------
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def invoice(
+        self, invoice_id: str, customer: str, amount: int = 2999, state: str = "open", **extra: Any
+    ) -> dict[str, Any]:
+        made = {
+            "id": invoice_id, "object": "invoice", "customer": customer, "status": state,
+            "amount_due": amount, "amount_remaining": amount if state == "open" else 0,
+            "amount_paid": amount if state == "paid" else 0, "currency": "usd",
+            "attempt_count": 1,
+            "hosted_invoice_url": f"https://invoice.stripe.test/i/{invoice_id}",
+            **extra,
+        }  # fmt: skip
+        self.account.invoices[invoice_id] = made
+        return made
+
+    def subscription(self, sub_id: str, customer: str, state: str = "active") -> dict[str, Any]:
+        made = {
+            "id": sub_id, "object": "subscription", "customer": customer, "status": state,
+            "discounts": [], "metadata": {},
+        }  # fmt: skip
+        self.account.subscriptions[sub_id] = made
+        return made
+
+    def fail_next(self, *faults: Fault) -> None:
+        with self._lock:
+            self._faults.extend(faults)
+
+    def writes(self) -> list[Call]:
+        """Every POST received, in order."""
+        return [c for c in self.calls if c.method == "POST"]
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        self._released.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    # -- serving ----------------------------------------------------------------------------
+    def _serve(self, http: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(http.path)
+        raw = http.rfile.read(int(http.headers.get("Content-Length") or 0)).decode()
+        params = dict(parse_qsl(raw if http.command == "POST" else parts.query))
+        call = Call(
+            http.command, parts.path, params, {k.lower(): v for k, v in http.headers.items()}
+        )
+        with self._lock:
+            code, body, extra, hang_it = self._answer(call)
+        if hang_it:
+            self._released.wait(HELD)
+            return
+        data = json.dumps(body).encode()
+        try:
+            http.send_response(code)
+            for name, value in extra.items():
+                http.send_header(name, value)
+            http.send_header("Content-Type", "application/json")
+            http.send_header("Content-Length", str(len(data)))
+            http.send_header("Request-Id", f"req_{len(self.calls)}")
+            http.end_headers()
+            http.wfile.write(data)
+        except OSError:
+            pass
+
+    def _answer(self, call: Call) -> tuple[int, Any, dict[str, str], bool]:
+        self.calls.append(call)
+        if call.headers.get("authorization") != f"Bearer {API_KEY}":
+            return (
+                401,
+                _error("invalid_request_error", "api_key_invalid", "Invalid API Key"),
+                {},
+                False,
+            )
+        key = call.key
+        if key is not None and key in self._kept:
+            params, code, body = self._kept[key]
+            if params != call.params:
+                message = "Keys for idempotent requests can only be used with the same parameters"
+                return 400, _error("idempotency_error", None, message), {}, False
+            return code, json.loads(body), {"Idempotent-Replayed": "true"}, False
+        fault = Fault()
+        if self._faults and (call.method == "POST" or self._faults[0].status):
+            fault = self._faults.pop(0)  # declines and hangs are for writes; errors for any
+        if fault.status:
+            return fault.status, _error("api_error", None, f"HTTP {fault.status}"), {}, False
+        if fault.hang == "before":
+            return 0, None, {}, True
+        try:
+            code, body = self._route(call, fault)
+        except KeyError as exc:
+            return (
+                404,
+                _error("invalid_request_error", "resource_missing", f"No such {exc}"),
+                {},
+                False,
+            )
+        if key is not None and call.method == "POST" and code in (200, 402):
+            self._kept[key] = (call.params, code, json.dumps(body).encode())
+        return code, body, {}, fault.hang == "after"
+
+    def _next(self, prefix: str) -> str:
+        self._ids += 1
+        return f"{prefix}_{self._ids}"
+
+    def _route(self, call: Call, fault: Fault) -> tuple[int, Any]:
+        parts = call.path.strip("/").split("/")[1:]  # without "v1"
+        acct = self.account
+        match call.method, parts:
+            case "GET", ["invoices", invoice_id]:
+                return 200, acct.invoices[invoice_id]
+            case "POST", ["invoices", invoice_id, "pay"]:
+                invoice = acct.invoices[invoice_id]
+                invoice["attempt_count"] += 1
+                if fault.decline is not None:
+                    message = "Your card was declined."
+                    error = _error("card_error", fault.code, message, decline=fault.decline)
+                    error["error"]["charge"] = self._next("ch")
+                    return 402, error
+                if invoice["status"] != "open":
+                    return 400, _error("invalid_request_error", "invoice_not_open", "not open")
+                acct.charges.append(invoice_id)
+                invoice.update(status="paid", amount_paid=invoice["amount_due"], amount_remaining=0)
+                return 200, invoice
+            case "POST", ["customers", customer, "balance_transactions"]:
+                made = {
+                    "id": self._next("cbtxn"), "object": "customer_balance_transaction",
+                    "customer": customer, "amount": int(call.params["amount"]),
+                    "currency": call.params["currency"],
+                    "description": call.params.get("description"),
+                }  # fmt: skip
+                acct.balance.setdefault(customer, []).append(made)
+                return 200, made
+            case "POST", ["coupons"]:
+                made = {"id": self._next("co"), "object": "coupon", **call.params}
+                acct.coupons[made["id"]] = made
+                return 200, made
+            case "GET", ["subscriptions", sub_id]:
+                return 200, acct.subscriptions[sub_id]
+            case "POST", ["subscriptions", sub_id]:
+                sub = acct.subscriptions[sub_id]
+                coupon = call.params.get("discounts[0][coupon]")
+                if coupon is not None:
+                    sub["discounts"] = [acct.coupons[coupon]]
+                return 200, sub
+            case "GET", ["subscriptions"]:
+                rows = [
+                    s for s in acct.subscriptions.values()
+                    if s["customer"] == call.params.get("customer")
+                    and s["status"] == call.params.get("status", s["status"])
+                ]  # fmt: skip
+                return 200, {
+                    "object": "list",
+                    "data": rows,
+                    "has_more": False,
+                    "url": "/v1/subscriptions",
+                }
+        return 404, _error("invalid_request_error", None, f"Unrecognized request URL ({call.path})")
+
+
+def _error(kind: str, code: str | None, message: str, decline: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"type": kind, "message": message}
+    if code is not None:
+        error["code"] = code
+    if decline is not None:
+        error["decline_code"] = decline
+    return {"error": error}
