@@ -13,6 +13,7 @@ EXAMPLE = ROOT / "connectors.example.yaml"
 NAMED = {
     "OMS_URL": "https://oms.example.com", "OMS_TOKEN": "t0k", "BILLING_URL": "https://b.example",
     "BILLING_TOKEN": "t0k", "ZENDESK_SUBDOMAIN": "acme", "ZENDESK_BASIC_AUTH": "eA==",
+    "STRIPE_API_KEY": "sk_t0k",
 }  # fmt: skip
 
 
@@ -21,10 +22,10 @@ def test_the_shipped_example_checks_with_its_variables_set() -> None:
         app, ["connectors", "check", str(EXAMPLE)], env={**NAMED, "COLUMNS": "200"}
     )
     assert result.exit_code == 0, result.output
-    for tool in ("rebook_shipment", "grant_credit", "escalate_to_human"):
+    for tool in ("rebook_shipment", "grant_credit", "escalate_to_human", "retry_payment"):
         assert tool in result.stdout
-    assert "ok: 3 tools" in result.stdout
-    assert "t0k" not in result.stdout  # header values (tokens) are never printed
+    assert "ok: 6 tools" in result.stdout
+    assert "t0k" not in result.stdout  # header values and keys (tokens) are never printed
 
 
 def test_a_missing_variable_is_named_with_its_line(tmp_path: Path) -> None:

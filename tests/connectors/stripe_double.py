@@ -88,7 +88,8 @@ class _Server(ThreadingHTTPServer):
 class StripeDouble:
     """The Stripe API, as far as the billing connector goes (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0, demo: bool = False) -> None:
+        self.demo = demo  # invent the sample's invoices and subscriptions on first sight
         self.account = Account()
         self.calls: list[Call] = []
         self._faults: list[Fault] = []
@@ -107,7 +108,7 @@ class StripeDouble:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", port), Handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
@@ -226,8 +227,25 @@ class StripeDouble:
         self._ids += 1
         return f"{prefix}_{self._ids}"
 
+    def _invent(self, parts: list[str], params: dict[str, str]) -> None:
+        """Demo mode: ``outreach sample`` names ``in_000216_4`` for ``cus_000216``; make the
+        invoice or subscription it asks about, owned by that customer."""
+        if len(parts) >= 2 and parts[0] == "invoices" and parts[1] not in self.account.invoices:
+            number = parts[1].split("_")[1] if parts[1].count("_") >= 2 else "0"
+            self.invoice(parts[1], f"cus_{number}")
+        known = self.account.subscriptions
+        if len(parts) >= 2 and parts[0] == "subscriptions" and parts[1] not in known:
+            number = parts[1].split("_")[1] if parts[1].count("_") >= 2 else "0"
+            self.subscription(parts[1], f"cus_{number}")
+        if parts == ["subscriptions"] and "customer" in params:
+            customer = params["customer"]
+            if not any(s["customer"] == customer for s in self.account.subscriptions.values()):
+                self.subscription(f"sub_{customer.removeprefix('cus_')}_0", customer)
+
     def _route(self, call: Call, fault: Fault) -> tuple[int, Any]:
         parts = call.path.strip("/").split("/")[1:]  # without "v1"
+        if self.demo:
+            self._invent(parts, call.params)
         acct = self.account
         match call.method, parts:
             case "GET", ["invoices", invoice_id]:
@@ -288,3 +306,34 @@ def _error(kind: str, code: str | None, message: str, decline: str | None = None
     if decline is not None:
         error["decline_code"] = decline
     return {"error": error}
+
+
+def main() -> None:
+    """Serve the Stripe double until Ctrl-C (``--demo``: it knows every invoice the sample
+    names), printing the variables and each write."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description="A local double of the Stripe API.")
+    parser.add_argument("--port", type=int, default=8027)
+    parser.add_argument("--demo", action="store_true", help="invent the sample's objects")
+    args = parser.parse_args()
+    with StripeDouble(args.port, demo=args.demo) as double:
+        print(f"export STRIPE_API_KEY={API_KEY} STRIPE_API_BASE={double.url()}", flush=True)
+        seen = 0
+        try:
+            while True:
+                time.sleep(0.5)
+                fresh = double.calls[seen:]
+                seen += len(fresh)
+                for call in fresh:
+                    if call.method == "POST":
+                        print(f"POST {call.path} key={call.key}", flush=True)
+        except KeyboardInterrupt:
+            acct = double.account
+            credits = sum(len(v) for v in acct.balance.values())
+            print(f"{len(acct.charges)} charges, {credits} credits, {len(acct.coupons)} coupons")
+
+
+if __name__ == "__main__":
+    main()
