@@ -21,6 +21,7 @@ from outreach.agents.executor import Executor
 from outreach.agents.guardrails import Guardrails, Ledger
 from outreach.decisions import Decisions
 from outreach.events import (
+    ActionStatusChanged,
     ApprovalDecided,
     ContactSuppressed,
     ContactUnsuppressed,
@@ -127,6 +128,8 @@ class DecisionCore:
             self.aftercare.on_status(event, state, shared, now, out)
         elif isinstance(event, MessageReceived):
             self.aftercare.on_reply(event, state, shared, now, out, self.executor)
+        elif isinstance(event, ActionStatusChanged):
+            self.executor.effect_failed(event, state, now, out)
         elif isinstance(event, ApprovalDecided):
             d = event.data
             approve = d.decision == "approve"

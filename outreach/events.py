@@ -8,8 +8,9 @@ writes one JSON Schema per type from these models.
 Besides the public types, the engine consumes types of its own making (the "engine types"):
 ``contact.suppressed`` / ``contact.unsuppressed`` (opt-outs, bounces, complaints fed back by
 the outbound webhooks), ``message.status`` (delivery outcomes from provider callbacks and the
-dispatcher), ``message.received`` (inbound SMS replies) and ``timer.fired`` (scheduled work
-re-entering as an event).
+dispatcher), ``message.received`` (inbound SMS replies), ``timer.fired`` (scheduled work
+re-entering as an event), ``approval.decided`` (a person's answer) and ``action.status`` (an
+effect the dispatcher could not perform, or its system refused).
 They share the envelope so that replay sees exactly what the live runtime sees.
 
 Must not import: faust, aiokafka, twilio, sendgrid, openai, fastapi, sqlalchemy.
@@ -278,6 +279,20 @@ class ApprovalDecidedData(Model):
     note: Annotated[str, StringConstraints(max_length=1024)] | None = None
 
 
+class ActionStatusData(Model):
+    """What became of an executed action's effect in the system it went to (the dispatcher):
+    ``failed`` when the system refused it, or it could not be performed (with the reason)."""
+
+    action_id: Id
+    tool: Text
+    status: Literal["failed"]
+    detail: Annotated[str, StringConstraints(max_length=1024)]
+    signal_id: Text | None = None
+    rule_id: Text | None = None
+    target: Text | None = None
+    idempotency_key: Text | None = None
+
+
 class Envelope(Model):
     """Fields every event carries."""
 
@@ -379,6 +394,13 @@ class TimerFired(Envelope):
     data: TimerFiredData
 
 
+class ActionStatusChanged(Envelope):
+    """``action.status`` (engine type, from the dispatcher)"""
+
+    type: Literal["action.status"]
+    data: ActionStatusData
+
+
 class ApprovalDecided(Envelope):
     """``approval.decided`` (engine type, from ``outreach approvals`` and the operator API)"""
 
@@ -403,6 +425,7 @@ ENGINE_TYPES: tuple[type[Envelope], ...] = (
     MessageReceived,
     TimerFired,
     ApprovalDecided,
+    ActionStatusChanged,
 )
 
 Event: TypeAlias = (
@@ -420,6 +443,7 @@ Event: TypeAlias = (
     | MessageReceived
     | TimerFired
     | ApprovalDecided
+    | ActionStatusChanged
 )
 
 MODELS: dict[str, type[Envelope]] = {

@@ -134,6 +134,16 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         {"channel": "sms", "from_address": "+14155550100", "body": "STOP", "provider": "twilio"},
     ),
     "timer.fired": envelope("timer.fired", {"timer_id": "tmr_1", "due_at": AT}),
+    "action.status": envelope(
+        "action.status",
+        {
+            "action_id": "act_1",
+            "tool": "grant_credit",
+            "status": "failed",
+            "detail": "the system refused: account closed",
+            "idempotency_key": "eff_1",
+        },
+    ),  # fmt: skip
     "approval.decided": envelope(
         "approval.decided", {"action_id": "act_1", "decision": "approve", "by": "alice"}
     ),
@@ -166,7 +176,7 @@ def altered(type_: str, **changes: Any) -> dict[str, Any]:
 
 def test_the_examples_cover_every_type() -> None:
     assert set(EXAMPLES) == set(EVENT_TYPES) == set(MODELS)
-    assert len(PUBLIC) == 8 and len(ENGINE_TYPES) == 6
+    assert len(PUBLIC) == 8 and len(ENGINE_TYPES) == 7
 
 
 @pytest.mark.parametrize("type_", EVENT_TYPES)

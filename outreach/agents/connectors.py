@@ -34,6 +34,10 @@ class Effect(BaseModel):
     customer_id: str
     tool: str
     params: dict[str, Any]
+    # where it came from, so a failure can be reported back to the core (older rows: "")
+    signal_id: str = ""
+    rule_id: str = ""
+    target: str = ""
 
 
 class EffectResult(BaseModel):

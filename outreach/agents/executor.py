@@ -39,7 +39,7 @@ from outreach.agents.playbooks import Playbook, PlaybookContext
 from outreach.agents.recording import action_record, effect, preview, record_message
 from outreach.agents.state import HeldBack, OpenAction
 from outreach.decisions import Decisions, Timer
-from outreach.events import Event, utc_iso
+from outreach.events import ActionStatusChanged, Event, utc_iso
 from outreach.ids import make_id
 from outreach.outbound.policy import ContactPolicy, MessageDecision, OutboundMessage
 from outreach.outbound.state import DeferredMessage
@@ -299,6 +299,24 @@ class Executor:
         oa.status, oa.due, oa.waits_for = "pending_approval", expires.timestamp(), None
         oa.timer_id = self._timer(cs, "action", oa.action_id, expires, out)
         cs.agents.open[oa.action_id] = oa
+
+    def effect_failed(
+        self, event: ActionStatusChanged, cs: CustomerState, now: datetime, out: Decisions
+    ) -> None:
+        """An executed action whose effect failed for good in its system: recorded ``failed``
+        with the system's reason, and remembered so on its subject (a playbook may try again
+        where it would not repeat a live action)."""
+        d = event.data
+        entity_name = next(
+            (name for name, e in cs.agents.entities.items() if d.action_id in e.outcomes), ""
+        )
+        oa = OpenAction(
+            action_id=d.action_id, signal_id=d.signal_id or "",
+            rule_id=d.rule_id or entity_name.partition("|")[0],
+            playbook="", entity=entity_name, tool=d.tool, params={}, target=d.target or "",
+            status="failed", idempotency_key=d.idempotency_key or "", created=now.timestamp(),
+        )  # fmt: skip
+        self._record(cs, oa, "failed", d.detail, now, out)
 
     def _record(
         self,

@@ -53,6 +53,9 @@ def effect(oa: OpenAction, customer_id: str) -> Effect:
         customer_id=customer_id,
         tool=oa.tool,
         params=oa.params,
+        signal_id=oa.signal_id,
+        rule_id=oa.rule_id,
+        target=oa.target,
     )
 
 

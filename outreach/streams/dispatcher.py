@@ -55,7 +55,14 @@ from outreach.errors import (
     TransientConnectorError,
     TransientDeliveryError,
 )
-from outreach.events import InvalidEventError, MessageStatus, MessageStatusData, event_from_obj
+from outreach.events import (
+    ActionStatusChanged,
+    ActionStatusData,
+    InvalidEventError,
+    MessageStatus,
+    MessageStatusData,
+    event_from_obj,
+)
 from outreach.outbound.channels import Channel
 from outreach.store import OutboxRow, Store
 from outreach.store.contacts import Contacts
@@ -181,12 +188,13 @@ class Dispatcher:
             if isinstance(request, Effect):
                 effect = await self.connector.perform(request)
                 replayed, result = effect.replayed, effect.model_dump_json().encode()
-                if effect.status == "failed":
-                    refused = f"the system refused: {effect.detail}"
-                    await self._finish(row, "failed", result, refused)
-                    return
                 records = _reported(request, effect, now)
                 self.stats.reported += len(records)
+                if effect.status == "failed":  # what it reported still goes (a decline)
+                    refused = f"the system refused: {effect.detail}"
+                    report = _report(row, request, None, refused, now)
+                    await self._finish(row, "failed", result, refused, *records, report)
+                    return
             else:
                 retry = row.attempts > 1  # an earlier try may have reached the provider
                 sent = await self.channel.send(request, row.idempotency_key, retry=retry)
@@ -269,11 +277,7 @@ class Dispatcher:
     ) -> None:
         if row.attempts >= self.options.max_attempts:
             why = f"gave up after {row.attempts} attempts: {error}"
-            report = (
-                _report(row, request, "gave_up", why, now)
-                if isinstance(request, Delivery)
-                else None
-            )
+            report = _report(row, request, "gave_up", why, now)
             await self._finish(row, "failed", None, why, report)
             return
         self.stats.retried += 1
@@ -317,12 +321,13 @@ def _report(
     now: float,
     reason: str | None = None,
 ) -> tuple[str, bytes | None, bytes] | None:
-    """The ``message.status`` event telling the core a delivery failed for good (a record for
-    the relay: logical topic, key, value); nothing for an effect. ``code``: the provider's
-    error code, or ``suppressed`` (``reason``: the suppression's, as ``provider_event``) or
-    ``gave_up`` (transient failures until the last attempt)."""
-    if not isinstance(request, Delivery):
-        return None
+    """The event telling the core a delivery or an effect failed for good (a record for the
+    relay: logical topic, key, value): ``message.status`` for a delivery, ``action.status``
+    for an effect. ``code``: the provider's error code, or ``suppressed`` (``reason``: the
+    suppression's, as ``provider_event``) or ``gave_up`` (transient failures until the last
+    attempt)."""
+    if isinstance(request, Effect):
+        return _action_failed(row, request, detail, now)
     delivery = request
     event = MessageStatus(
         event_id=f"dispatch:{row.idempotency_key}",
@@ -342,3 +347,27 @@ def _report(
         ),
     )
     return "customers", delivery.customer_id.encode(), event.model_dump_json().encode()
+
+
+def _action_failed(
+    row: OutboxRow, effect: Effect, detail: str, now: float
+) -> tuple[str, bytes | None, bytes]:
+    """``action.status`` ``failed`` for an effect (the core records the action failed)."""
+    event = ActionStatusChanged(
+        event_id=f"dispatch:{row.idempotency_key}",
+        type="action.status",
+        customer_id=effect.customer_id,
+        occurred_at=datetime.fromtimestamp(now, UTC),
+        source="dispatcher",
+        data=ActionStatusData(
+            action_id=effect.action_id,
+            tool=effect.tool,
+            status="failed",
+            detail=detail[:1024],
+            signal_id=effect.signal_id or None,
+            rule_id=effect.rule_id or None,
+            target=effect.target or None,
+            idempotency_key=effect.idempotency_key,
+        ),
+    )
+    return "customers", effect.customer_id.encode(), event.model_dump_json().encode()

@@ -42,6 +42,7 @@ _FAMILIES = {
     "renewal": "renewals",
     "timer": "timers",
     "approval": "customers",  # a person's decision on one of the customer's actions
+    "action": "customers",  # what became of an action's effect (the dispatcher)
 }
 _LEGAL = re.compile(r"^[A-Za-z0-9._-]*$")
 _MAX_TOPIC_NAME = 249

@@ -345,3 +345,27 @@ def test_shipment_delay_has_no_holdout(run: Runner) -> None:
     actions, messages = result.of(RULE)
     assert {a["status"] for a in actions} == {"expired", "executed"}  # no person approved
     assert [m["status"] for m in messages] == ["sent"]
+
+
+def test_a_rebooking_its_system_refused_is_failed_and_tried_again_at_the_next_slip(
+    run: Runner,
+) -> None:
+    """The dispatcher's ``action.status`` (the OMS refused the rebooking): the action ends
+    ``failed`` with the system's reason, and the subject no longer counts it as done."""
+    base = [profile("2026-03-01T12:00:00Z"), shipment(AT, late(days=4), value=1000)]
+    [rebook] = of_type(run(base).of(RULE)[0], "rebook_shipment")
+    refused = make_event(
+        "action.status", later(AT, minutes=5), action_id=rebook["action_id"],
+        tool="rebook_shipment", status="failed", detail="the system refused: no capacity",
+        idempotency_key=rebook["idempotency_key"],
+    )  # fmt: skip
+    slip = shipment(later(AT, hours=1), late(days=6), value=1000)
+    actions, _ = run([*base, refused, slip]).of(RULE)
+    rebooks = of_type(actions, "rebook_shipment")
+    assert [a["status"] for a in rebooks] == ["failed", "executed"]
+    assert rebooks[0]["reason"] == "the system refused: no capacity"
+    assert rebooks[1]["action_id"] != rebook["action_id"]
+    [credit] = of_type(actions, "grant_credit")  # the credit was not refused: not again
+    assert credit["status"] == "executed"
+    without = of_type(run([*base, slip]).of(RULE)[0], "rebook_shipment")
+    assert [a["status"] for a in without] == ["executed"]  # not refused: once per shipment

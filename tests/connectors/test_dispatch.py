@@ -24,7 +24,7 @@ from connectors.doubles import (
 from outreach.agents.connectors import Effect, EffectResult, FileConnector
 from outreach.connectors import ToolRouter
 from outreach.connectors.http import HttpConnector
-from outreach.events import ShipmentUpdated, parse_event
+from outreach.events import ActionStatusChanged, ShipmentUpdated, parse_event
 from outreach.outbound.channels import FileChannel
 from outreach.store import PendingRecord, Store
 from outreach.streams.dispatcher import Dispatcher, DispatcherOptions
@@ -75,6 +75,19 @@ def taken_records(store: Store) -> list[PendingRecord]:
     records: list[PendingRecord] = []
     store.take_records(100, records.extend)
     return records
+
+
+def reported_failure(store: Store, effect: Effect) -> ActionStatusChanged:
+    """The one record queued: the ``action.status`` telling the core the effect failed."""
+    [record] = taken_records(store)
+    assert (record.topic, record.key) == ("customers", effect.customer_id.encode())
+    event = parse_event(record.value)
+    assert isinstance(event, ActionStatusChanged)
+    assert event.event_id == f"dispatch:{effect.idempotency_key}"
+    d = event.data
+    assert (d.action_id, d.tool, d.status) == (effect.action_id, effect.tool, "failed")
+    assert d.idempotency_key == effect.idempotency_key
+    return event
 
 
 def file_effects(tmp_path: Path) -> list[str]:
@@ -137,7 +150,7 @@ async def test_a_timeout_of_a_tool_not_declared_idempotent_fails_the_row_for_a_p
     assert await dispatch.run_once(NOW + 10 * 86400) == 0  # never tried again
     assert [seen.key for seen in system.requests] == [effect.idempotency_key]
     assert system.performed_keys == [effect.idempotency_key]
-    assert taken_records(store) == []
+    assert "the outcome is unknown" in reported_failure(store, effect).data.detail
 
 
 # -- the circuit breaker -----------------------------------------------------------------------
@@ -190,7 +203,8 @@ async def test_an_answer_saying_not_done_fails_the_row_with_the_systems_reason(
     refusing = {"failed_when": {"status": ["rejected"]}, "reason": "error.message"}
     connector = connect(rebooking(system, response=refusing))
     dispatch = dispatcher(store, tmp_path, rebook_shipment=connector)
-    queue_effect(store, rebook(), NOW)
+    effect = rebook()
+    queue_effect(store, effect, NOW)
     system.script(rejected("parcel already delivered"))
     assert await dispatch.run_once(NOW) == 1
     row = only_row(store)
@@ -201,7 +215,8 @@ async def test_an_answer_saying_not_done_fails_the_row_with_the_systems_reason(
     assert (dispatch.stats.failed, dispatch.stats.done, dispatch.stats.retried) == (1, 0, 0)
     assert await dispatch.run_once(NOW + 10 * 86400) == 0
     assert len(system.requests) == 1
-    assert taken_records(store) == []
+    reported = reported_failure(store, effect)
+    assert reported.data.detail == row["last_error"]
 
 
 def estimate(**data: Any) -> dict[str, Any]:

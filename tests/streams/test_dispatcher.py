@@ -20,7 +20,7 @@ from outreach.errors import (
     TransientConnectorError,
     TransientDeliveryError,
 )
-from outreach.events import MessageStatus, parse_event
+from outreach.events import ActionStatusChanged, MessageStatus, parse_event
 from outreach.outbound.channels import FileChannel, SendResult
 from outreach.store import Store
 from outreach.store.contacts import Contacts
@@ -487,12 +487,17 @@ async def test_a_permanent_channel_error_reports_the_providers_code(
 
 
 @SQLITE_ONLY
-async def test_a_permanent_connector_error_reports_nothing(store: Store, setup: Setup) -> None:
+async def test_a_permanent_connector_error_reports_the_action_failed(
+    store: Store, setup: Setup
+) -> None:
     queue_effect(store, effect(), 0.0)
     setup.connector.fail_next(PermanentConnectorError("card account closed"))
     assert await setup.dispatcher.run_once(time.time()) == 1
     assert only_row(store)["status"] == "failed"
-    assert taken_records(store) == []  # an effect is no message: no message.status
+    [(topic, key, event)] = taken_records(store)  # action.status, not message.status
+    assert (topic, key) == ("customers", b"cus_1")
+    assert isinstance(event, ActionStatusChanged)
+    assert (event.data.status, event.data.detail) == ("failed", "card account closed")
 
 
 @SQLITE_ONLY
