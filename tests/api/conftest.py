@@ -68,6 +68,7 @@ def settings(sendgrid_key: ec.EllipticCurvePrivateKey) -> ApiSettings:
         twilio_auth_token=TWILIO_TOKEN,
         sendgrid_webhook_public_key=public_key_b64(sendgrid_key),
         unsubscribe_secret=UNSUBSCRIBE_SECRET,
+        stripe_webhook_secret="whsec_test_outreach",
     )
 
 
