@@ -1,0 +1,276 @@
+"""The LLM gateway: every model call goes through here, inside limits, with an audit record.
+
+Owns the openai SDK client (``OpenAI(base_url=..., api_key=..., timeout=..., max_retries=...)``;
+``OPENAI_BASE_URL`` points it at any OpenAI-compatible server, local models included), the
+per-minute request cap, the daily token budget (per UTC day) and the audit record of each call
+(model, sha256 of prompt and response, full text only when ``OUTREACH_LLM_RECORD_TEXT``,
+tokens, latency, outcome). Timeouts and retries with exponential backoff are the SDK's own
+(``timeout``, ``max_retries``; it honours ``Retry-After``).
+
+Errors, one tree under ``OutreachError``; every one means "go deterministic"::
+
+    LLMError                      the model could not be used for this call (``record``)
+    ├── LLMLimitError             a local limit said no before any request was made
+    │   ├── LLMRateLimitedError   the per-minute request cap is reached
+    │   └── LLMBudgetExhaustedError  the daily token budget is spent (an alert is logged)
+    └── LLMUnavailableError       the server did not answer usably (after the SDK's retries)
+        └── LLMTimeoutError       it did not answer within the timeout
+
+May import openai (an adapter); the core never imports this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import openai
+from openai import OpenAI
+from openai.types.chat import ChatCompletion
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from outreach.errors import OutreachError
+
+log = logging.getLogger("outreach.llm")
+
+_LOCAL_KEY = "not-needed"  # many local OpenAI-compatible servers ignore the key
+
+
+class LLMSettings(BaseSettings):
+    """Model access: ``OPENAI_API_KEY``, ``OPENAI_BASE_URL`` and ``OUTREACH_LLM_*``.
+
+    Without a key and without a base URL the engine stays deterministic (``enabled`` false).
+    A base URL alone is enough: local servers usually need no key."""
+
+    model_config = SettingsConfigDict(env_prefix="OUTREACH_LLM_", populate_by_name=True)
+
+    api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("api_key", "OPENAI_API_KEY")
+    )
+    base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("base_url", "OPENAI_BASE_URL")
+    )
+    model: str = Field(default="gpt-4o-mini", description="OUTREACH_LLM_MODEL")
+    timeout: float = Field(default=10.0, gt=0, description="seconds per request attempt")
+    max_retries: int = Field(default=2, ge=0, description="SDK retries, exponential backoff")
+    requests_per_minute: int = Field(default=60, ge=1)
+    daily_tokens: int = Field(default=1_000_000, ge=1, description="per UTC day, all calls")
+    record_text: bool = Field(default=False, description="keep full prompts and answers")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a model may be used at all (an empty variable counts as unset)."""
+        key = self.api_key.get_secret_value().strip() if self.api_key is not None else ""
+        return bool(key) or bool((self.base_url or "").strip())
+
+
+class LLMError(OutreachError):
+    """The model could not be used for this call; ``record`` is its audit record."""
+
+    def __init__(self, message: str, record: LLMCall) -> None:
+        super().__init__(message)
+        self.record = record
+
+    code = "llm_error"
+
+
+class LLMLimitError(LLMError):
+    """A local limit refused the call before any request was made."""
+
+
+class LLMRateLimitedError(LLMLimitError):
+    """The per-minute request cap is reached."""
+
+    code = "rate_limited"
+
+
+class LLMBudgetExhaustedError(LLMLimitError):
+    """The daily token budget is spent: deterministic mode until the next UTC day."""
+
+    code = "budget_exhausted"
+
+
+class LLMUnavailableError(LLMError):
+    """The server failed or answered unusably, after the SDK's retries."""
+
+
+class LLMTimeoutError(LLMUnavailableError):
+    """No answer within the timeout (after the SDK's retries)."""
+
+    code = "timeout"
+
+
+@dataclass
+class LLMCall:
+    """The audit record of one model call (``as_dict`` for the decision log)."""
+
+    purpose: str  # planner | composer | replies
+    model: str
+    at: str  # RFC 3339 UTC
+    prompt_sha256: str
+    response_sha256: str | None = None
+    prompt: str | None = None  # only with record_text
+    response: str | None = None  # only with record_text
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    outcome: str = "ok"  # ok | a fallback code
+    fallback_reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+    def fell_back(self, code: str, reason: str) -> None:
+        """Record that the caller did not use the answer, and why."""
+        self.outcome, self.fallback_reason = code, reason
+
+
+@dataclass(frozen=True)
+class LLMReply:
+    """A completion and its audit record."""
+
+    completion: ChatCompletion
+    record: LLMCall
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def answer_text(completion: ChatCompletion) -> str:
+    """The answer as recorded and hashed: content, refusal and tool calls of the first choice."""
+    if not completion.choices:
+        return _canonical({"choices": []})
+    message = completion.choices[0].message
+    calls = [
+        {"name": c.function.name, "arguments": c.function.arguments}
+        for c in (message.tool_calls or [])
+        if c.type == "function"
+    ]
+    return _canonical({"content": message.content, "refusal": message.refusal, "tools": calls})
+
+
+class LLMGateway:
+    """Makes model calls within the request cap and the token budget, recording each one.
+
+    ``clock`` (wall time, seconds) decides the UTC day of the token budget and the per-minute
+    window; latencies are measured, not decided, so they use ``time.perf_counter``. ``client``
+    defaults to ``OpenAI`` built from settings."""
+
+    def __init__(
+        self,
+        settings: LLMSettings,
+        client: OpenAI | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.client = client or OpenAI(
+            api_key=settings.api_key.get_secret_value() if settings.api_key else _LOCAL_KEY,
+            base_url=settings.base_url,
+            timeout=settings.timeout,
+            max_retries=settings.max_retries,
+        )
+        self._clock = clock
+        self._recent: deque[float] = deque()
+        self._day = ""
+        self._tokens = 0
+        self._alerted = ""
+
+    @property
+    def tokens_today(self) -> int:
+        """Tokens spent on the current UTC day."""
+        self._roll_day()
+        return self._tokens
+
+    def complete(
+        self,
+        purpose: str,
+        messages: Sequence[Mapping[str, Any]],
+        **request: Any,
+    ) -> LLMReply:
+        """One chat completion (``request``: tools, response_format, ...); raises ``LLMError``."""
+        prompt = _canonical({"messages": list(messages), **request})
+        record = LLMCall(
+            purpose=purpose,
+            model=self.settings.model,
+            at=datetime.fromtimestamp(self._clock(), UTC).isoformat().replace("+00:00", "Z"),
+            prompt_sha256=_digest(prompt),
+            prompt=prompt if self.settings.record_text else None,
+        )
+        self._admit(record)
+        started = time.perf_counter()
+        try:
+            completion = self.client.chat.completions.create(
+                model=self.settings.model,
+                messages=messages,  # type: ignore[arg-type]
+                **request,
+            )
+        except openai.APITimeoutError as exc:
+            raise self._failed(LLMTimeoutError, record, started, f"timed out: {exc}") from exc
+        except openai.OpenAIError as exc:
+            raise self._failed(LLMUnavailableError, record, started, _describe(exc)) from exc
+        record.latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        usage = completion.usage
+        if usage is not None:
+            record.prompt_tokens = usage.prompt_tokens
+            record.completion_tokens = usage.completion_tokens
+            self._tokens += usage.total_tokens
+        answer = answer_text(completion)
+        record.response_sha256 = _digest(answer)
+        record.response = answer if self.settings.record_text else None
+        return LLMReply(completion, record)
+
+    def _admit(self, record: LLMCall) -> None:
+        """Count the call against the cap and the budget, or refuse it."""
+        self._roll_day()
+        if self._tokens >= self.settings.daily_tokens:
+            why = (
+                f"daily token budget spent ({self._tokens} of {self.settings.daily_tokens} "
+                f"tokens on {self._day} UTC): deterministic mode until the next UTC day"
+            )
+            if self._alerted != self._day:
+                self._alerted = self._day
+                log.error("ALERT LLM budget exhausted: %s", why)
+            record.fell_back(LLMBudgetExhaustedError.code, why)
+            raise LLMBudgetExhaustedError(why, record)
+        now = self._clock()
+        while self._recent and self._recent[0] <= now - 60.0:
+            self._recent.popleft()
+        if len(self._recent) >= self.settings.requests_per_minute:
+            why = f"request cap reached ({self.settings.requests_per_minute} per minute)"
+            log.warning("LLM call refused: %s", why)
+            record.fell_back(LLMRateLimitedError.code, why)
+            raise LLMRateLimitedError(why, record)
+        self._recent.append(now)
+
+    def _roll_day(self) -> None:
+        day = datetime.fromtimestamp(self._clock(), UTC).date().isoformat()
+        if day != self._day:
+            self._day, self._tokens = day, 0
+
+    def _failed(self, kind: type[LLMError], record: LLMCall, started: float, why: str) -> LLMError:
+        record.latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        record.fell_back(kind.code, why)
+        log.warning("LLM call failed (%s): %s", record.purpose, why)
+        return kind(why, record)
+
+
+def _describe(exc: openai.OpenAIError) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code} from the model server: {str(exc)[:200]}"
+    if isinstance(exc, openai.APIConnectionError):
+        return f"cannot reach the model server: {exc}"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
