@@ -34,6 +34,10 @@ rules_app = typer.Typer(help="Check and test rule folders.", no_args_is_help=Tru
 connectors_app = typer.Typer(
     help="The connectors file: which system each tool's effects go to.", no_args_is_help=True
 )
+eval_app = typer.Typer(
+    help="Evaluate the LLM planner and composer against scenarios.", no_args_is_help=True
+)
+app.add_typer(eval_app, name="eval")
 app.add_typer(schema_app, name="schema")
 app.add_typer(rules_app, name="rules")
 app.add_typer(connectors_app, name="connectors")
@@ -124,6 +128,70 @@ def connectors_check(
         table.add_row(tool, config.kind, config.method, url, idempotent, events)
     out.print(table)
     out.print(f"[green]ok[/]: {len(loaded.tools)} tools; the others go to the file connector")
+
+
+@eval_app.command("agents")
+def eval_agents(
+    scenarios: Annotated[Path, typer.Argument(help="a scenario file, e.g. scenarios/agents.yaml")],
+    rules: Annotated[Path, typer.Option(help="the rules folder")] = Path("rules"),
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live/--scripted",
+            help="ask the configured model (OPENAI_API_KEY / OPENAI_BASE_URL) instead of "
+            "replaying each scenario's scripted model answer",
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="the whole report as JSON")] = False,
+) -> None:
+    """Run signal scenarios through the planner and the composer; report the policy-violation
+    attempts blocked, the fallbacks by reason and the agreement with the deterministic
+    playbook. Exits 1 if an attack scenario was not blocked. Without --live no key is needed:
+    the scenarios' scripted model answers go through the same vetting."""
+    import json
+
+    from outreach.agents.adapters.evaluation import evaluate
+    from outreach.agents.composing import TemplateComposer
+
+    planner: Any = None
+    composer: Any = TemplateComposer()
+    if live:
+        from outreach.agents.adapters.llm import LLMGateway, LLMSettings
+        from outreach.agents.adapters.openai_composer import OpenAIComposer
+        from outreach.agents.adapters.openai_planner import OpenAIPlanner
+
+        settings = LLMSettings()
+        if not settings.enabled:
+            err.print("[bold red]no model configured:[/] set OPENAI_API_KEY or OPENAI_BASE_URL")
+            raise typer.Exit(2)
+        gateway = LLMGateway(settings)
+        planner, composer = OpenAIPlanner(gateway), OpenAIComposer(gateway)
+    try:
+        report = evaluate(scenarios, planner, composer, rules)
+    except (RuleFileError, OSError, ValueError) as exc:
+        err.print(f"[bold red]the scenarios cannot be run:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        out.print_json(json.dumps(report, default=str))
+    else:
+        blocked = report["policy_violations_blocked"]
+        fallbacks = report["planner_fallbacks"]
+        table = _table(str(scenarios), "measure", "value")
+        table.add_row("scenarios", str(report["scenarios"]))
+        table.add_row("policy-violation attempts blocked", _counts(blocked))
+        table.add_row("planner fallbacks", _counts(fallbacks))
+        table.add_row("composer fallbacks", _counts(report["composer_fallbacks"]))
+        table.add_row("model plans used", str(report["model_plans_used"]))
+        table.add_row("agreement with the playbook", json.dumps(report["agreement"]))
+        table.add_row("attacks NOT blocked", ", ".join(report["attacks_not_blocked"]) or "none")
+        out.print(table)
+    if report["attacks_not_blocked"]:
+        raise typer.Exit(1)
+
+
+def _counts(part: dict[str, Any]) -> str:
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(part["by_reason"].items()))
+    return f"{part['total']}" + (f" ({reasons})" if reasons else "")
 
 
 @rules_app.command("test")

@@ -19,6 +19,7 @@ from datetime import datetime
 from outreach.agents.aftercare import Aftercare
 from outreach.agents.executor import Executor
 from outreach.agents.guardrails import Guardrails, Ledger
+from outreach.agents.planner import Planner
 from outreach.decisions import Decisions
 from outreach.events import (
     ActionStatusChanged,
@@ -46,8 +47,11 @@ _ADDRESS = frozenset({"bounce", "unusable"})  # suppressions of an address, not 
 class DecisionCore:
     """The engine's decisions for one rules folder."""
 
-    def __init__(self, book: RuleBook) -> None:
+    def __init__(self, book: RuleBook, planner: Planner | None = None) -> None:
+        """``planner``: who plans a signal (default: the deterministic playbook alone; the
+        live runtime passes the model planner when an LLM is configured)."""
         self.book = book
+        self.planner = planner
         policy = book.policy
         self.rules = book.rules
         self.guardrails = Guardrails(policy.guardrails)
@@ -59,8 +63,9 @@ class DecisionCore:
         )
         self.aftercare = Aftercare(self.contact, frozenset(policy.guardrails.kill_switches.tools))
         self.executor = Executor(
-            self.guardrails, self.contact, book.playbooks, dict(policy.links), self.aftercare
-        )
+            self.guardrails, self.contact, book.playbooks, dict(policy.links), self.aftercare,
+            planner,
+        )  # fmt: skip
         self.dedup_window = policy.engine.dedup_window.total_seconds()
         self.state_ttl = policy.engine.state_ttl.total_seconds()
         self.effect_memory = policy.guardrails.effect_memory.total_seconds()

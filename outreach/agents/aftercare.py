@@ -33,6 +33,7 @@ from outreach.agents.announcing import from_held
 from outreach.agents.connectors import Effect
 from outreach.agents.guardrails import Ledger
 from outreach.agents.recording import record_message
+from outreach.agents.replies import opts_out
 from outreach.decisions import (
     ActionRecord,
     Decisions,
@@ -313,7 +314,14 @@ class Aftercare:
         self._converse(cs, now_ts, "in", d.body)
         word = classify(d.body)
         suppressed = cs.contact.suppressed
-        if word == "stop":
+        if word == "other" and opts_out(d.body):  # "stop texting me": suppress first
+            first = suppressed.get("sms") != "stop"
+            suppressed["sms"] = "stop"
+            if first:
+                self._answer(event, "stop", self.policy.config.keywords.stop, cs, now, out)
+            why = "opt-out language: SMS suppressed; a person checks what else they asked"
+            self._escalate(event, cs, shared, now, out, why)
+        elif word == "stop":
             first = suppressed.get("sms") != "stop"
             suppressed["sms"] = "stop"
             if first:

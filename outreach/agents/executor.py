@@ -35,6 +35,7 @@ from outreach.agents.announcing import (
 )
 from outreach.agents.guardrails import Check, Guardrails, Ledger, Verdict
 from outreach.agents.plan import Plan, PlannedAction, PlannedMessage
+from outreach.agents.planner import Planned, Planner, PlaybookPlanner
 from outreach.agents.playbooks import Playbook, PlaybookContext
 from outreach.agents.recording import action_record, effect, preview, record_message
 from outreach.agents.state import HeldBack, OpenAction
@@ -66,7 +67,9 @@ class Executor:
         rules: dict[str, RulePlaybook],
         links: dict[str, str],
         aftercare: Aftercare,
+        planner: Planner | None = None,
     ) -> None:
+        self.planner = planner or PlaybookPlanner()
         self.guardrails = guardrails
         self.policy = policy
         self.rules = rules
@@ -93,12 +96,14 @@ class Executor:
             signal, event, rule.params, cs.profile, entity,
             cs.agents.open_for(entity_name), now, self.guardrails.config, self.links,
         )  # fmt: skip
-        plan = rule.playbook.plan(ctx)
+        planned = self.planner.plan(rule.playbook, ctx)
+        plan = planned.plan
+        seen = {"note": plan.note, "planner": _planner_record(planned)}
         if signal.shadow:
             shown = preview(plan.actions, plan.messages)
-            out.signals.append(signal.model_copy(update={"note": plan.note, "preview": shown}))
+            out.signals.append(signal.model_copy(update={**seen, "preview": shown}))
             return
-        out.signals.append(signal.model_copy(update={"note": plan.note}))
+        out.signals.append(signal.model_copy(update=seen))
         if signal.holdout:
             self._hold_out(signal, plan, rule, now, out)
             return
@@ -767,3 +772,17 @@ def _awaiting_answer(
 
 
 __all__ = ["Executor", "MessageChoice", "RulePlaybook"]
+
+
+def _planner_record(planned: Planned) -> dict[str, Any] | None:
+    """What the signal records of its planning: nothing for the playbook alone; for a model,
+    which plan ran and why, the fallback reason and the audit of its calls."""
+    if planned.source == "playbook" and planned.fallback is None and not planned.llm:
+        return None
+    return {
+        "source": planned.source,
+        "reason": planned.reason,
+        "fallback": planned.fallback,
+        "violation": planned.violation,
+        "llm": planned.llm,
+    }

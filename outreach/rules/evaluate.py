@@ -41,6 +41,8 @@ class Signal(BaseModel):
     holdout: bool = False
     note: str = ""  # the playbook's account of its plan
     preview: dict[str, Any] | None = None  # shadow rules: what would have been done
+    # a model planner's account: source, reason, fallback, violation, audit of its calls
+    planner: dict[str, Any] | None = None
 
 
 class Baseline:

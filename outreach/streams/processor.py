@@ -226,7 +226,7 @@ class BatchProcessor:
                 folder, book.fingerprint, validated, book.fingerprint,
             )  # fmt: skip
         log.info("rules reloaded: %s -> %s", self.core.book.fingerprint, book.fingerprint)
-        self.core = DecisionCore(book)
+        self.core = DecisionCore(book, self.core.planner)
 
     def decode(self, record: Record) -> Decoded:
         """The record with its event or dead letter."""

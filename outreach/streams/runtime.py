@@ -22,6 +22,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outreach.agents.connectors import Connector, FileConnector
+from outreach.agents.planner import Planner
 from outreach.core import DecisionCore
 from outreach.outbound.channels import Channel, FileChannel
 from outreach.rulebook import load_rulebook
@@ -162,7 +163,8 @@ class LiveEngine:
             await ensure_topics(bootstrap, topics, kafka.partitions)
             store = await self._store(kafka.kafka_url is None, stack)
             processor = BatchProcessor(
-                DecisionCore(book), store, group=kafka.group_id, timers_topic=topics.timers,
+                DecisionCore(book, model_planner()), store, group=kafka.group_id,
+                timers_topic=topics.timers,
                 max_event_bytes=settings.max_event_bytes, audit_events=settings.audit_events,
             )  # fmt: skip
             _tune_gc()
@@ -249,3 +251,17 @@ def quiet(parts: Parts, *, since: float) -> bool:
         return False
     store, now = parts.store, time.time()
     return not (store.count("pending_records") or store.due_count(now))
+
+
+def model_planner() -> Planner | None:
+    """The model planner when an LLM is configured (``OPENAI_API_KEY`` or ``OPENAI_BASE_URL``),
+    else None: the deterministic playbooks alone."""
+    from outreach.agents.adapters.llm import LLMGateway, LLMSettings
+    from outreach.agents.adapters.openai_planner import OpenAIPlanner
+
+    settings = LLMSettings()
+    if not settings.enabled:
+        return None
+    log.info("planner: %s at %s (vetted; deterministic fallback)", settings.model,
+             settings.base_url or "api.openai.com")  # fmt: skip
+    return OpenAIPlanner(LLMGateway(settings))

@@ -289,6 +289,21 @@ def test_stop_suppresses_sms_and_confirms_once(book: RuleBook) -> None:
     assert result.log.deliveries[-1]["channel"] == "email"
 
 
+@pytest.mark.parametrize(
+    "text", ["Stop texting me!", "please unsubscribe me", "leave me alone", "don't text me again"]
+)
+def test_opt_out_language_suppresses_first_and_a_person_reads_it(book: RuleBook, text: str) -> None:
+    result, _ = sent_sms(book)
+    feed(result, reply(text, later(AT, minutes=3)))
+    assert state(result).contact.suppressed == {"sms": "stop"}
+    (confirmation,) = [d for d in result.log.deliveries if d["template"] == "keyword_stop"]
+    assert confirmation["compliance"] is True
+    (effect,) = [e for e in result.log.effects if e["tool"] == "escalate_to_human"]
+    assert text in [t["text"] for t in effect["params"]["conversation"] if t["direction"] == "in"]
+    feed(result, late_parcel(later(AT, days=1), shipment="shp_2"))
+    assert result.log.deliveries[-1]["channel"] == "email"  # no more SMS
+
+
 def test_start_resubscribes_and_help_answers_with_the_required_text(book: RuleBook) -> None:
     result, _ = sent_sms(book)
     feed(
