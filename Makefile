@@ -52,6 +52,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check outreach tests bench
 	$(BIN)/ruff format --check outreach tests bench
 	$(BIN)/mypy
+	bash deploy/audit.sh $(BIN)/pip-audit
 
 bench: $(STAMP)
 	$(BIN)/python bench/replay_bench.py --workdir $(BENCH)
