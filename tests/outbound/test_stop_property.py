@@ -51,7 +51,9 @@ PROMISED = "2026-03-12T15:00:00Z"
 STOP_WORDS = ("stop", "stopall", "unsubscribe", "cancel", "end", "quit", "revoke", "optout")
 START_WORDS = ("start", "unstop")
 HELP_REPLIES = ("help", "Info", " HELP? ")
-OTHER_REPLIES = ("yes", "NO", "stop texting me", "STOP STOP", "stopp", "where is it?", "")
+OTHER_REPLIES = ("yes", "NO", "stopp", "where is it?", "")
+# opt-out language, not a keyword: suppressed and confirmed like STOP (then a person reads it)
+OPT_OUT_PHRASES = ("stop texting me", "STOP STOP", "please unsubscribe me", "leave me alone")
 CASES = {
     "lower": str.lower,
     "upper": str.upper,
@@ -94,6 +96,7 @@ replies = st.one_of(
     stops,  # twice as likely as each of the others
     keyword(START_WORDS).map(lambda body: ("start", body)),
     st.sampled_from(HELP_REPLIES).map(lambda body: ("help", body)),
+    st.sampled_from(OPT_OUT_PHRASES).map(lambda body: ("stop", body)),
     st.sampled_from(OTHER_REPLIES).map(lambda body: ("other", body)),
 )
 operations = st.one_of(

@@ -111,6 +111,7 @@ def test_every_event_type_has_its_topic() -> None:
         "message.received": "p.customers",
         "timer.fired": "p.timers",
         "approval.decided": "p.customers",
+        "action.status": "p.customers",
     }
     assert topics.topic_for("shipment.created") == "p.shipments"  # the engine dead-letters it
 
