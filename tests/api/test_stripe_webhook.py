@@ -204,7 +204,7 @@ def pay_client(
     contacts: Contacts, sink: FakeEventSink
 ) -> Iterator[tuple[TestClient, StripeDouble]]:
     with StripeDouble() as double:
-        billing = StripeBilling(StripeSection(api_key=API_KEY, api_base=double.url()))
+        billing = StripeBilling(StripeSection(api_key=API_KEY, api_base=double.url))
         app = create_app(ApiSettings(), contacts, sink, _replies(), brand="Acme",
                          billing=billing.client)  # fmt: skip
         with TestClient(app) as client:

@@ -1,7 +1,8 @@
 """A local double of the Stripe API, for the real stripe SDK (``api_base`` pointed here).
 
-A real HTTP server on 127.0.0.1 in a thread. It speaks the part of the API the billing
-connector uses, the way Stripe does:
+A real HTTP server on 127.0.0.1 in a thread (``HttpDouble``, the plumbing of the Twilio and
+SendGrid doubles). It speaks the part of the API the billing connector uses, the way Stripe
+does:
 
 - form-encoded bodies (``discounts[0][coupon]=...``), ``Authorization: Bearer sk_...``;
 - ``Idempotency-Key``: a key whose request began executing (a 200, or a 402 card decline) is
@@ -18,12 +19,15 @@ the client's read timeout) and ``hang()`` (never answers, nothing done) for the 
 from __future__ import annotations
 
 import json
-import threading
+import sys
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
-from urllib.parse import parse_qsl, urlsplit
+from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__":  # run by hand: the tests folder is where ``outbound`` lives
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from outbound.doubles import Answer, HttpDouble, Recorded  # noqa: E402
 
 API_KEY = "sk_test_outreach"
 HELD = 30.0
@@ -55,20 +59,6 @@ def hang() -> Fault:
     return Fault(hang="before")
 
 
-@dataclass(frozen=True)
-class Call:
-    """One request the double received."""
-
-    method: str
-    path: str
-    params: dict[str, str]  # form or query, flattened keys as sent
-    headers: dict[str, str]  # names lower-cased
-
-    @property
-    def key(self) -> str | None:
-        return self.headers.get("idempotency-key")
-
-
 @dataclass
 class Account:
     invoices: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -78,45 +68,16 @@ class Account:
     charges: list[str] = field(default_factory=list)  # invoice ids charged, in order
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that gave up (read timeout) is expected here."""
-
-
-class StripeDouble:
+class StripeDouble(HttpDouble):
     """The Stripe API, as far as the billing connector goes (see the module docstring)."""
 
     def __init__(self, port: int = 0, demo: bool = False) -> None:
+        super().__init__(port)
         self.demo = demo  # invent the sample's invoices and subscriptions on first sight
         self.account = Account()
-        self.calls: list[Call] = []
         self._faults: list[Fault] = []
         self._kept: dict[str, tuple[dict[str, str], int, bytes]] = {}
-        self._lock = threading.Lock()
-        self._released = threading.Event()
         self._ids = 0
-        double = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                double._serve(self)
-
-            do_POST = do_GET  # noqa: N815
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = _Server(("127.0.0.1", port), Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    # -- set-up -----------------------------------------------------------------------------
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     def invoice(
         self, invoice_id: str, customer: str, amount: int = 2999, state: str = "open", **extra: Any
@@ -141,87 +102,48 @@ class StripeDouble:
         return made
 
     def fail_next(self, *faults: Fault) -> None:
+        """Apply these faults to the next requests (see the module docstring)."""
         with self._lock:
             self._faults.extend(faults)
 
-    def writes(self) -> list[Call]:
-        """Every POST received, in order."""
-        return [c for c in self.calls if c.method == "POST"]
+    def authorized(self, request: Recorded) -> bool:
+        """``Authorization: Bearer <the secret key>``."""
+        return request.header("Authorization") == f"Bearer {API_KEY}"
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
+    def unauthorized(self) -> Answer:
+        """Stripe's 401."""
+        return Answer(401, _error("invalid_request_error", "api_key_invalid", "Invalid API Key"))
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:  # fmt: skip
-        self._released.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    # -- serving ----------------------------------------------------------------------------
-    def _serve(self, http: BaseHTTPRequestHandler) -> None:
-        parts = urlsplit(http.path)
-        raw = http.rfile.read(int(http.headers.get("Content-Length") or 0)).decode()
-        params = dict(parse_qsl(raw if http.command == "POST" else parts.query))
-        call = Call(
-            http.command, parts.path, params, {k.lower(): v for k, v in http.headers.items()}
-        )
-        with self._lock:
-            code, body, extra, hang_it = self._answer(call)
-        if hang_it:
-            self._released.wait(HELD)
-            return
-        data = json.dumps(body).encode()
-        try:
-            http.send_response(code)
-            for name, value in extra.items():
-                http.send_header(name, value)
-            http.send_header("Content-Type", "application/json")
-            http.send_header("Content-Length", str(len(data)))
-            http.send_header("Request-Id", f"req_{len(self.calls)}")
-            http.end_headers()
-            http.wfile.write(data)
-        except OSError:
-            pass
-
-    def _answer(self, call: Call) -> tuple[int, Any, dict[str, str], bool]:
-        self.calls.append(call)
-        if call.headers.get("authorization") != f"Bearer {API_KEY}":
-            return (
-                401,
-                _error("invalid_request_error", "api_key_invalid", "Invalid API Key"),
-                {},
-                False,
-            )
-        key = call.key
+    def handle(self, request: Recorded) -> Answer:
+        """Replay a kept key, or apply the next fault, or do what was asked."""
+        params = request.form if request.method == "POST" else _flat(request.query)
+        key = request.header("Idempotency-Key")
         if key is not None and key in self._kept:
-            params, code, body = self._kept[key]
-            if params != call.params:
+            kept_params, code, body = self._kept[key]
+            if kept_params != params:
                 message = "Keys for idempotent requests can only be used with the same parameters"
-                return 400, _error("idempotency_error", None, message), {}, False
-            return code, json.loads(body), {"Idempotent-Replayed": "true"}, False
+                return Answer(400, _error("idempotency_error", None, message))
+            return Answer(code, json.loads(body), {"Idempotent-Replayed": "true"})
         fault = Fault()
-        if self._faults and (call.method == "POST" or self._faults[0].status):
+        if self._faults and (request.method == "POST" or self._faults[0].status):
             fault = self._faults.pop(0)  # declines and hangs are for writes; errors for any
         if fault.status:
-            return fault.status, _error("api_error", None, f"HTTP {fault.status}"), {}, False
+            return Answer(fault.status, _error("api_error", None, f"HTTP {fault.status}"))
         if fault.hang == "before":
-            return 0, None, {}, True
+            return Answer(504, _error("api_error", None, "too late"), delay=HELD)
         try:
-            code, body = self._route(call, fault)
+            code, body = self._route(request.method, request.path, params, fault)
         except KeyError as exc:
-            return (
-                404,
-                _error("invalid_request_error", "resource_missing", f"No such {exc}"),
-                {},
-                False,
+            return Answer(
+                404, _error("invalid_request_error", "resource_missing", f"No such {exc}")
             )
-        if key is not None and call.method == "POST" and code in (200, 402):
-            self._kept[key] = (call.params, code, json.dumps(body).encode())
-        return code, body, {}, fault.hang == "after"
+        if key is not None and request.method == "POST" and code in (200, 402):
+            self._kept[key] = (params, code, json.dumps(body).encode())
+        return Answer(code, body, delay=HELD if fault.hang == "after" else 0.0)
+
+    def writes(self) -> list[Recorded]:
+        """Every POST received, in order."""
+        return [r for r in self.requests if r.method == "POST"]
 
     def _next(self, prefix: str) -> str:
         self._ids += 1
@@ -242,12 +164,14 @@ class StripeDouble:
             if not any(s["customer"] == customer for s in self.account.subscriptions.values()):
                 self.subscription(f"sub_{customer.removeprefix('cus_')}_0", customer)
 
-    def _route(self, call: Call, fault: Fault) -> tuple[int, Any]:
-        parts = call.path.strip("/").split("/")[1:]  # without "v1"
+    def _route(
+        self, method: str, path: str, params: dict[str, str], fault: Fault
+    ) -> tuple[int, Any]:
+        parts = path.strip("/").split("/")[1:]  # without "v1"
         if self.demo:
-            self._invent(parts, call.params)
+            self._invent(parts, params)
         acct = self.account
-        match call.method, parts:
+        match method, parts:
             case "GET", ["invoices", invoice_id]:
                 return 200, acct.invoices[invoice_id]
             case "POST", ["invoices", invoice_id, "pay"]:
@@ -266,29 +190,29 @@ class StripeDouble:
             case "POST", ["customers", customer, "balance_transactions"]:
                 made = {
                     "id": self._next("cbtxn"), "object": "customer_balance_transaction",
-                    "customer": customer, "amount": int(call.params["amount"]),
-                    "currency": call.params["currency"],
-                    "description": call.params.get("description"),
+                    "customer": customer, "amount": int(params["amount"]),
+                    "currency": params["currency"],
+                    "description": params.get("description"),
                 }  # fmt: skip
                 acct.balance.setdefault(customer, []).append(made)
                 return 200, made
             case "POST", ["coupons"]:
-                made = {"id": self._next("co"), "object": "coupon", **call.params}
+                made = {"id": self._next("co"), "object": "coupon", **params}
                 acct.coupons[made["id"]] = made
                 return 200, made
             case "GET", ["subscriptions", sub_id]:
                 return 200, acct.subscriptions[sub_id]
             case "POST", ["subscriptions", sub_id]:
                 sub = acct.subscriptions[sub_id]
-                coupon = call.params.get("discounts[0][coupon]")
+                coupon = params.get("discounts[0][coupon]")
                 if coupon is not None:
                     sub["discounts"] = [acct.coupons[coupon]]
                 return 200, sub
             case "GET", ["subscriptions"]:
                 rows = [
                     s for s in acct.subscriptions.values()
-                    if s["customer"] == call.params.get("customer")
-                    and s["status"] == call.params.get("status", s["status"])
+                    if s["customer"] == params.get("customer")
+                    and s["status"] == params.get("status", s["status"])
                 ]  # fmt: skip
                 return 200, {
                     "object": "list",
@@ -296,7 +220,7 @@ class StripeDouble:
                     "has_more": False,
                     "url": "/v1/subscriptions",
                 }
-        return 404, _error("invalid_request_error", None, f"Unrecognized request URL ({call.path})")
+        return 404, _error("invalid_request_error", None, f"Unrecognized request URL ({path})")
 
 
 def _error(kind: str, code: str | None, message: str, decline: str | None = None) -> dict[str, Any]:
@@ -306,6 +230,11 @@ def _error(kind: str, code: str | None, message: str, decline: str | None = None
     if decline is not None:
         error["decline_code"] = decline
     return {"error": error}
+
+
+def _flat(query: dict[str, list[str]]) -> dict[str, str]:
+    """A query string's values (the last of each)."""
+    return {k: v[-1] for k, v in query.items()}
 
 
 def main() -> None:
@@ -319,16 +248,17 @@ def main() -> None:
     parser.add_argument("--demo", action="store_true", help="invent the sample's objects")
     args = parser.parse_args()
     with StripeDouble(args.port, demo=args.demo) as double:
-        print(f"export STRIPE_API_KEY={API_KEY} STRIPE_API_BASE={double.url()}", flush=True)
+        print(f"export STRIPE_API_KEY={API_KEY} STRIPE_API_BASE={double.url}", flush=True)
         seen = 0
         try:
             while True:
                 time.sleep(0.5)
-                fresh = double.calls[seen:]
+                fresh = double.requests[seen:]
                 seen += len(fresh)
-                for call in fresh:
-                    if call.method == "POST":
-                        print(f"POST {call.path} key={call.key}", flush=True)
+                for request in fresh:
+                    if request.method == "POST":
+                        key = request.header("Idempotency-Key")
+                        print(f"POST {request.path} key={key}", flush=True)
         except KeyboardInterrupt:
             acct = double.account
             credits = sum(len(v) for v in acct.balance.values())

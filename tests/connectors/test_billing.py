@@ -56,7 +56,7 @@ def make(
     double: StripeDouble, key: str = API_KEY, clock: Clock | None = None, read: str = "1s"
 ) -> StripeBilling:
     section = StripeSection.model_validate(
-        {"api_key": key, "api_base": double.url(), "timeout": {"connect": "1s", "read": read},
+        {"api_key": key, "api_base": double.url, "timeout": {"connect": "1s", "read": read},
          "breaker": {"failures": 2, "cooldown": "60s"}}
     )  # fmt: skip
     return StripeBilling(section, clock=clock or Clock())
@@ -85,9 +85,13 @@ async def test_retry_pays_the_open_invoice_with_the_effects_idempotency_key(
     result = await billing.perform(retry("eff-42"))
     assert (result.status, result.external_id) == ("done", "in_1")
     assert stripe_api.account.charges == ["in_1"]
-    look, pay = stripe_api.calls
+    look, pay = stripe_api.requests
     assert (look.method, look.path) == ("GET", "/v1/invoices/in_1")
-    assert (pay.method, pay.path, pay.key) == ("POST", "/v1/invoices/in_1/pay", "eff-42")
+    assert (pay.method, pay.path, pay.header("Idempotency-Key")) == (
+        "POST",
+        "/v1/invoices/in_1/pay",
+        "eff-42",
+    )
     assert pay.headers["authorization"] == f"Bearer {API_KEY}"
     assert "stripe-version" in pay.headers
     (paid,) = result.events
@@ -191,7 +195,7 @@ async def test_a_pay_sent_again_carries_the_same_key_and_stripe_replays_it(
     assert result.status == "done"
     assert stripe_api.account.charges == ["in_1"]
     pays = [c for c in stripe_api.writes() if c.path.endswith("/pay")]
-    assert [c.key for c in pays] == ["k-fault", "k-fault"]
+    assert [c.header("Idempotency-Key") for c in pays] == ["k-fault", "k-fault"]
 
 
 # -- faults: rate limits, outages, keys ------------------------------------------------------
@@ -217,18 +221,18 @@ async def test_an_outage_opens_the_breaker_and_holds_every_billing_tool(
         for key in ("a", "b"):
             with pytest.raises(TransientConnectorError, match="50"):
                 await billing.perform(retry(key))
-        calls = len(stripe_api.calls)
+        calls = len(stripe_api.requests)
         credit = effect("grant_credit", "c1", amount=500, currency="USD", reason="late")
         with pytest.raises(ConnectorPaused):
             await billing.perform(credit)
-        assert len(stripe_api.calls) == calls  # held untried
+        assert len(stripe_api.requests) == calls  # held untried
         clock.now += 60
         assert (await billing.perform(credit)).status == "done"
     finally:
         await billing.aclose()
 
 
-async def test_stripe_unreachable_is_transient(tmp_path: Path) -> None:
+async def test_stripe_unreachable_is_transient() -> None:
     section = StripeSection(api_key=API_KEY, api_base="http://127.0.0.1:9")
     billing = StripeBilling(section)
     try:
@@ -274,8 +278,8 @@ async def test_a_credit_is_a_negative_balance_transaction_made_once(
     assert first.external_id == again.external_id == made["id"]
     (call, _) = stripe_api.writes()
     assert call.path == f"/v1/customers/{CUSTOMER}/balance_transactions"
-    assert call.key == "credit-1"
-    assert call.params["metadata[outreach_action]"] == "act_credit-1"
+    assert call.header("Idempotency-Key") == "credit-1"
+    assert call.form["metadata[outreach_action]"] == "act_credit-1"
 
 
 async def test_a_discount_is_a_repeating_coupon_on_the_subscription(
@@ -287,13 +291,18 @@ async def test_a_discount_is_a_repeating_coupon_on_the_subscription(
     result = await billing.perform(offer)
     assert (result.status, result.external_id) == ("done", "sub_1")
     coupon_call, update = stripe_api.writes()
-    assert coupon_call.path == "/v1/coupons" and coupon_call.key == "offer-1:coupon"
-    assert coupon_call.params["percent_off"] == "20.0"
-    assert coupon_call.params["duration"] == "repeating"
-    assert coupon_call.params["duration_in_months"] == "3"
-    assert update.path == "/v1/subscriptions/sub_1" and update.key == "offer-1"
+    assert (
+        coupon_call.path == "/v1/coupons"
+        and coupon_call.header("Idempotency-Key") == "offer-1:coupon"
+    )
+    assert coupon_call.form["percent_off"] == "20.0"
+    assert coupon_call.form["duration"] == "repeating"
+    assert coupon_call.form["duration_in_months"] == "3"
+    assert (
+        update.path == "/v1/subscriptions/sub_1" and update.header("Idempotency-Key") == "offer-1"
+    )
     (coupon,) = stripe_api.account.coupons
-    assert update.params["discounts[0][coupon]"] == coupon
+    assert update.form["discounts[0][coupon]"] == coupon
     assert stripe_api.account.subscriptions["sub_1"]["discounts"][0]["id"] == coupon
     await billing.perform(offer)  # a retry: Stripe replays both, nothing new
     assert len(stripe_api.account.coupons) == 1
@@ -342,7 +351,7 @@ stripe:
   api_key: "${STRIPE_API_KEY}"
   api_base: "${STRIPE_API_BASE}"
 """)  # fmt: skip
-    loaded = load_connectors(path, {"STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": stripe_api.url()})
+    loaded = load_connectors(path, {"STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": stripe_api.url})
     from outreach.agents.connectors import FakeConnector
 
     default = FakeConnector()

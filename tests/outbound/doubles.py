@@ -179,6 +179,7 @@ class HttpDouble(abc.ABC):
         if answer is None or answer.perform:
             with self._lock:
                 answer = self.handle(request) if self.authorized(request) else self.unauthorized()
+            delay = max(delay, answer.delay)  # ``handle`` may hold its own answer too
         self._released.wait(delay)
         request.answered = answer.status
         body = b"" if answer.body is None else json.dumps(answer.body).encode()
