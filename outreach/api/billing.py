@@ -35,7 +35,7 @@ from pydantic import SecretStr
 
 from outreach.api.inbox import Inbox
 from outreach.connectors.stripe_events import WEBHOOK_TYPES, engine_event
-from outreach.events import InvalidEventError, event_from_obj
+from outreach.events import event_from_obj
 from outreach.streams.codec import Record, dead_letter_value
 
 log = logging.getLogger(__name__)
@@ -109,22 +109,16 @@ def pay_router(client: stripe.StripeClient, brand: str = "") -> APIRouter:
 
 
 async def _take(inbox: Inbox, event: dict[str, Any], raw: bytes) -> None:
-    """Publish the engine event for ``event``, or dead-letter it with the reason."""
+    """Publish the engine event for ``event`` (one of ``WEBHOOK_TYPES``), or dead-letter it
+    with the reason."""
+    made: dict[str, Any] | None = None
     try:
         made = engine_event(event)
+        engine = event_from_obj(made)  # InvalidEventError is a ValueError
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        made, why = None, f"Stripe {event.get('type')} does not fit: {exc!r}"
+        why = f"Stripe {event.get('type')} {event['id']} does not fit the contract: {exc}"
     else:
-        why = ""
-    if made is not None:
-        try:
-            engine = event_from_obj(made)
-        except InvalidEventError as exc:
-            why = f"Stripe {event.get('type')} {event['id']} does not fit the contract: {exc}"
-        else:
-            await inbox.emit([engine])
-            return
-    elif not why:
+        await inbox.emit([engine])
         return
     log.error("api: %s; dead-lettered", why)
     customer = made["customer_id"] if made else None

@@ -320,7 +320,7 @@ def _report(
     detail: str,
     now: float,
     reason: str | None = None,
-) -> tuple[str, bytes | None, bytes] | None:
+) -> tuple[str, bytes | None, bytes]:
     """The event telling the core a delivery or an effect failed for good (a record for the
     relay: logical topic, key, value): ``message.status`` for a delivery, ``action.status``
     for an effect. ``code``: the provider's error code, or ``suppressed`` (``reason``: the
