@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from outreach.agents.aftercare import Aftercare
+from outreach.agents.composing import Composer, policy_hook
 from outreach.agents.executor import Executor
 from outreach.agents.guardrails import Guardrails, Ledger
 from outreach.agents.planner import Planner
@@ -47,9 +48,12 @@ _ADDRESS = frozenset({"bounce", "unusable"})  # suppressions of an address, not 
 class DecisionCore:
     """The engine's decisions for one rules folder."""
 
-    def __init__(self, book: RuleBook, planner: Planner | None = None) -> None:
-        """``planner``: who plans a signal (default: the deterministic playbook alone; the
-        live runtime passes the model planner when an LLM is configured)."""
+    def __init__(
+        self, book: RuleBook, planner: Planner | None = None, composer: Composer | None = None
+    ) -> None:
+        """``planner``: who plans a signal (default: the deterministic playbook alone);
+        ``composer``: who words a message that goes (default: the template text). The live
+        runtime passes the model's when an LLM is configured; replay never does."""
         self.book = book
         self.planner = planner
         policy = book.policy
@@ -60,6 +64,7 @@ class DecisionCore:
             book.templates,
             frozenset(policy.guardrails.kill_switches.channels),
             policy.brand.model_dump(),
+            policy_hook(composer, book.templates) if composer is not None else None,
         )
         self.aftercare = Aftercare(self.contact, frozenset(policy.guardrails.kill_switches.tools))
         self.executor = Executor(

@@ -72,6 +72,8 @@ class MessageRecord(BaseModel):
     segments: int | None = None
     encoding: str | None = None
     checks: list[dict[str, str]] = []
+    # a model composer's account: source, reason, fallback, audit of its calls
+    composer: dict[str, Any] | None = None
 
 
 class DeliveryRecord(BaseModel):

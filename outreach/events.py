@@ -252,8 +252,22 @@ class MessageStatusData(Model):
     detail: Annotated[str, StringConstraints(max_length=1024)] | None = None
 
 
+class ReplyUnderstandingData(Model):
+    """What the inbound webhook understood a free-text reply to mean, so that the core (and
+    its replay) acts on the same reading: ``intent`` (``human``: not sure enough, a person
+    reads it), how sure, who read it (``keywords`` or ``model``), why, and why a model's
+    reading was not used (``fallback``)."""
+
+    intent: Literal["accept", "decline", "question", "complaint", "opt_out", "human"]
+    confidence: Annotated[float, Field(ge=0, le=1)]
+    source: Literal["keywords", "model"]
+    reason: Annotated[str, StringConstraints(max_length=512)]
+    fallback: Text | None = None
+
+
 class MessageReceivedData(Model):
-    """A message the customer sent us (an SMS reply)."""
+    """A message the customer sent us (an SMS reply); ``understanding``: what it was read to
+    mean when it arrived (absent: the core reads it by keywords)."""
 
     channel: Literal["sms"]
     from_address: Text
@@ -261,6 +275,7 @@ class MessageReceivedData(Model):
     body: Annotated[str, StringConstraints(max_length=1600)]
     provider: Text
     provider_id: Text | None = None
+    understanding: ReplyUnderstandingData | None = None
 
 
 class TimerFiredData(Model):

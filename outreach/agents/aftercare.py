@@ -15,9 +15,14 @@ hours, kill switches) but not dedup, priority or caps: those judged it when it f
 Replies (``message.received``): STOP words suppress SMS and send one confirmation (the first
 time; a number already stopped gets nothing more); START/UNSTOP resubscribe and confirm;
 HELP/INFO answer with the help text; YES/NO answer the latest offer awaiting acceptance
-(the executor applies it through the guardrails, or cancels it) and are acknowledged; anything
-else, and a YES or NO when no offer awaits one, goes to a person (``escalate_to_human`` with
-the conversation attached). Keyword answers are compliance replies: they go even to a
+(the executor applies it through the guardrails, or cancels it) and are acknowledged. Free
+text is acted on by what it was understood to mean (``understood``: the reading the inbound
+webhook attached to the event, by a model or by keywords, else keywords here): opt-out
+language ("stop texting me") suppresses SMS and confirms first, whatever a model read, then
+goes to a person; an acceptance or refusal answers the offer awaiting one like YES or NO; a
+question, a complaint, a reading not sure enough (``human``), and a YES or NO when no offer
+awaits one go to a person (``escalate_to_human`` with the conversation and the reading
+attached). Keyword answers are compliance replies: they go even to a
 suppressed number and in quiet hours, because the customer just wrote to us; the answer to a
 YES or NO is not, and is not sent to a number that opted out.
 
@@ -33,7 +38,7 @@ from outreach.agents.announcing import from_held
 from outreach.agents.connectors import Effect
 from outreach.agents.guardrails import Ledger
 from outreach.agents.recording import record_message
-from outreach.agents.replies import opts_out
+from outreach.agents.replies import opts_out, understand_by_keywords
 from outreach.decisions import (
     ActionRecord,
     Decisions,
@@ -42,7 +47,12 @@ from outreach.decisions import (
     MessageRecord,
     Timer,
 )
-from outreach.events import MessageReceived, MessageStatus
+from outreach.events import (
+    MessageReceived,
+    MessageReceivedData,
+    MessageStatus,
+    ReplyUnderstandingData,
+)
 from outreach.ids import make_id
 from outreach.outbound.feedback import MAX_CARRIER_RETRIES, dropped_suppression, twilio_reaction
 from outreach.outbound.keywords import classify
@@ -314,18 +324,8 @@ class Aftercare:
         self._converse(cs, now_ts, "in", d.body)
         word = classify(d.body)
         suppressed = cs.contact.suppressed
-        if word == "other" and opts_out(d.body):  # "stop texting me": suppress first
-            first = suppressed.get("sms") != "stop"
-            suppressed["sms"] = "stop"
-            if first:
-                self._answer(event, "stop", self.policy.config.keywords.stop, cs, now, out)
-            why = "opt-out language: SMS suppressed; a person checks what else they asked"
-            self._escalate(event, cs, shared, now, out, why)
-        elif word == "stop":
-            first = suppressed.get("sms") != "stop"
-            suppressed["sms"] = "stop"
-            if first:
-                self._answer(event, "stop", self.policy.config.keywords.stop, cs, now, out)
+        if word == "stop":
+            self._stop(event, cs, now, out)
         elif word == "start":
             if suppressed.get("sms") in ("stop", "unusable"):
                 del suppressed["sms"]
@@ -338,8 +338,63 @@ class Aftercare:
             and self._answered(event, word == "yes", offers, cs, shared, now, out)
         ):
             return
+        elif word in ("yes", "no"):
+            self._escalate(event, cs, shared, now, out, f"{word.upper()} but no offer awaits one")
         else:
-            self._escalate(event, cs, shared, now, out)
+            self._free_text(event, cs, shared, now, out, offers)
+
+    def _free_text(
+        self,
+        event: MessageReceived,
+        cs: CustomerState,
+        shared: Ledger,
+        now: datetime,
+        out: Decisions,
+        offers: Offers | None,
+    ) -> None:
+        """A reply that is no keyword, by what it was understood to mean: opt-out language
+        suppresses first (whatever a model thought), an acceptance or refusal answers the
+        offer awaiting one, anything else goes to a person with the reading attached."""
+        d = event.data
+        reading = understood(d)
+        if opts_out(d.body) or reading.intent == "opt_out":  # suppress first, ask later
+            self._stop(event, cs, now, out)
+            why = "opt-out language: SMS suppressed; a person checks what else they asked"
+            self._escalate(event, cs, shared, now, out, why, reading)
+            return
+        if (
+            reading.intent in ("accept", "decline")
+            and offers is not None
+            and self._answered(
+                event,
+                reading.intent == "accept",
+                offers,
+                cs,
+                shared,
+                now,
+                out,
+                f"free text read as {reading.intent} by {reading.source}, {reading.confidence:.2f}",
+            )
+        ):
+            return
+        why = {
+            "accept": "reads as an acceptance, but no offer awaits one",
+            "decline": "reads as a refusal, but no offer awaits one",
+            "question": "a question",
+            "complaint": "a complaint",
+            "human": "not understood surely enough",
+        }[reading.intent]
+        self._escalate(event, cs, shared, now, out, f"customer reply: {why}", reading)
+
+    def _stop(
+        self, event: MessageReceived, cs: CustomerState, now: datetime, out: Decisions
+    ) -> None:
+        """Suppress SMS and confirm it the first time (a stopped number hears nothing more)."""
+        suppressed = cs.contact.suppressed
+        first = suppressed.get("sms") != "stop"
+        suppressed["sms"] = "stop"
+        if first:
+            self._answer(event, "stop", self.policy.config.keywords.stop, cs, now, out)
 
     def _answered(
         self,
@@ -350,9 +405,12 @@ class Aftercare:
         shared: Ledger,
         now: datetime,
         out: Decisions,
+        how: str = "",
     ) -> bool:
-        """A YES or NO to an offer awaiting one: applied or declined, and acknowledged."""
-        outcome = offers.answer_offer(cs, shared, now, out, accepted, event.event_id)
+        """A YES or NO to an offer awaiting one: applied or declined, and acknowledged
+        (``how``: how a free-text answer was read)."""
+        source = f"{event.event_id}; {how}" if how else event.event_id
+        outcome = offers.answer_offer(cs, shared, now, out, accepted, source)
         if outcome is None:
             return False
         texts = self.policy.config.keywords
@@ -429,11 +487,12 @@ class Aftercare:
         now: datetime,
         out: Decisions,
         reason: str = "the customer replied with something we do not answer automatically",
+        reading: ReplyUnderstandingData | None = None,
     ) -> None:
         # the customer in the ids: customers sharing a number get the same inbound event id
         action_id = make_id("act", cs.customer_id, event.event_id, ESCALATE)
         key = make_id("eff", cs.customer_id, event.event_id, ESCALATE)
-        params = {
+        params: dict[str, object] = {
             "reason": reason,
             "reply": event.data.body,
             "conversation": [
@@ -441,6 +500,8 @@ class Aftercare:
                 for at, way, text in cs.contact.conversation
             ],
         }
+        if reading is not None:
+            params["understanding"] = reading.model_dump(exclude_none=True)
         stopped = ESCALATE in self.killed_tools or shared.control("tool", ESCALATE)
         status = "blocked" if stopped else "executed"
         reason = "kill switch" if stopped else "customer reply needs a person"
@@ -499,3 +560,15 @@ def _backoff(message_id: str, retry: int) -> float:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def understood(data: MessageReceivedData) -> ReplyUnderstandingData:
+    """What a free-text reply means: the webhook's reading carried by the event, else the
+    keyword reading (an event recorded before readings existed, or published by hand)."""
+    if data.understanding is not None:
+        return data.understanding
+    found = understand_by_keywords(data.body)
+    return ReplyUnderstandingData(
+        intent=found.intent, confidence=found.confidence, source=found.source,
+        reason=found.reason[:512],
+    )  # fmt: skip

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
+from outreach.outbound.policy import ComposeHook, Composition, OutboundMessage
 from outreach.outbound.segments import count_segments
+from outreach.outbound.templates import Rendered, TemplateCatalog
 
 Channel = Literal["sms", "email"]
 SLOT_NAMES = ("greeting", "apology", "explanation")
@@ -89,6 +91,36 @@ class TemplateComposer:
     def compose(self, draft: Draft) -> Composed:
         """The template's text."""
         return Composed(draft.body, "template", "template text")
+
+
+def policy_hook(composer: Composer, templates: TemplateCatalog) -> ComposeHook:
+    """The contact policy's ``compose`` step for ``composer``: the message that goes, worded
+    (model slots that passed ``check``) or as the template has it, the ``composer`` check,
+    and the account the message record keeps (source, reason, fallback, LLM audit).
+
+    The draft names no actions: a slot may promise nothing (the decision's own promises,
+    amounts and dates are already in the template text)."""
+
+    def hook(msg: OutboundMessage, rendered: Rendered) -> Composition:
+        draft = Draft(
+            template=msg.template, channel=rendered.channel, locale=rendered.locale,
+            body=rendered.body, subject=rendered.subject,
+            max_segments=templates.max_segments(msg.template), context=msg.context,
+        )  # fmt: skip
+        composed = composer.compose(draft)
+        account = {
+            "source": composed.source, "reason": composed.reason,
+            "fallback": composed.fallback, "llm": composed.llm,
+        }  # fmt: skip
+        if composed.source != "model" or composed.body == rendered.body:
+            detail = f"template text ({composed.fallback or 'kept'}: {composed.reason})"
+            return rendered, {"check": "composer", "result": "template", "detail": detail}, account
+        segments = count_segments(composed.body) if rendered.channel == "sms" else None
+        worded = replace(rendered, body=composed.body, segments=segments)
+        check = {"check": "composer", "result": "model", "detail": composed.reason}
+        return worded, check, account
+
+    return hook
 
 
 _STOP_TAIL = re.compile(r"\s*((?:Reply|Répondez|Repondez)\s+STOP\b[^\n]*)$", re.IGNORECASE)

@@ -69,6 +69,7 @@ def record_message(
 ) -> None:
     """Append the message's new status, and its delivery if it is sent now (``attempt``:
     the how-manieth time; ``marketing_list``: the email list of marketing mail)."""
+    decision.finish()
     rendered = decision.rendered
     segments = rendered.segments if rendered else None
     out.messages.append(
@@ -91,6 +92,7 @@ def record_message(
             segments=segments.segments if segments else None,
             encoding=segments.encoding if segments else None,
             checks=decision.checks,
+            composer=decision.composer,
         )  # fmt: skip
     )
     if decision.status == "sent" and rendered is not None and decision.to is not None:

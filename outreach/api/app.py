@@ -17,11 +17,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from stripe import StripeClient
 
 from outreach import __version__
+from outreach.agents.replies import ReplyReader
 from outreach.api.billing import pay_router, stripe_router
 from outreach.api.inbox import Clock, Inbox, utc_now
 from outreach.api.metrics import LagProbe, Metrics
 from outreach.api.operator import LoadedRules, operator_router
 from outreach.api.pages import unsubscribe_router
+from outreach.api.reading import reply_reader
 from outreach.api.settings import ApiSettings
 from outreach.api.sink import EventSink
 from outreach.api.webhooks import KeywordReplies, TwilioSignature, sendgrid_router, twilio_router
@@ -43,13 +45,16 @@ def create_app(
     rules: LoadedRules | None = None,
     lag: LagProbe | None = None,
     billing: StripeClient | None = None,
+    reader: ReplyReader | None = None,
 ) -> FastAPI:
     """The HTTP app: provider webhooks, one-click unsubscribe, the operator API (``/v1``,
     with ``rules``: the rules folder it validated), ``/healthz``, ``/readyz`` and
     ``/metrics`` (``lag``: how to measure consumer lag; none: not reported), the Stripe
     webhook and, with ``billing`` (the Stripe account), the ``/pay/<invoice>`` links.
 
-    ``replies``: what to text back to STOP/START/HELP from an unknown number; ``brand``: the
+    ``replies``: what to text back to STOP/START/HELP from an unknown number; ``reader``:
+    what a customer's free-text reply means (default ``reply_reader()``: the model's when
+    configured, else keywords); ``brand``: the
     sender's name on the unsubscribe pages; ``lifespan``: starts and stops the sink (the
     Kafka one must start inside the server's event loop). A bad SendGrid key raises
     ``ValueError`` here, before anything listens."""
@@ -72,7 +77,7 @@ def create_app(
     metrics = Metrics(operator, lag)
     app.add_middleware(_Wrap, wrap=metrics.middleware)
     signature = TwilioSignature(settings.twilio_auth_token, settings.public_url)
-    app.include_router(twilio_router(inbox, signature, replies))
+    app.include_router(twilio_router(inbox, signature, replies, reader or reply_reader()))
     app.include_router(
         sendgrid_router(inbox, settings.sendgrid_webhook_public_key, settings.sendgrid_max_skew)
     )

@@ -33,6 +33,7 @@ from twilio.twiml.messaging_response import (  # type: ignore[import-untyped,unu
     MessagingResponse,
 )
 
+from outreach.agents.replies import ReplyReader
 from outreach.api.inbox import (
     Clock,
     Inbox,
@@ -41,6 +42,7 @@ from outreach.api.inbox import (
     some,
     text_field,
 )
+from outreach.api.reading import read_reply
 from outreach.events import Event
 from outreach.outbound.feedback import TWILIO_STATUSES, SendGridOutcome, sendgrid_outcome
 from outreach.outbound.keywords import Keyword, classify
@@ -128,8 +130,11 @@ class TwilioSignature:
         return form
 
 
-async def take_inbound(inbox: Inbox, form: FormData, replies: KeywordReplies) -> Response:
-    """An SMS to one of our numbers: STOP/START at once, then ``message.received``."""
+async def take_inbound(
+    inbox: Inbox, form: FormData, replies: KeywordReplies, reader: ReplyReader | None = None
+) -> Response:
+    """An SMS to one of our numbers: STOP/START at once, then ``message.received``; a reply
+    from a customer that is no keyword carries ``reader``'s reading of it (``reading``)."""
     sid = text_field(form.get("MessageSid")) or text_field(form.get("SmsSid"))
     sender, body = text_field(form.get("From")), form.get("Body")
     if sid is None or sender is None:
@@ -144,10 +149,12 @@ async def take_inbound(inbox: Inbox, form: FormData, replies: KeywordReplies) ->
         elif keyword == "start":
             await inbox.call(inbox.contacts.unsuppress, "sms", sender)
         customers = await inbox.call(inbox.contacts.customers_for, "sms", sender)
-        data = {
+        data: dict[str, Any] = {
             "channel": "sms", "from_address": sender, "to_address": text_field(form.get("To")),
             "body": text, "provider": "twilio", "provider_id": sid,
         }  # fmt: skip
+        if customers and keyword == "other" and reader is not None:
+            data["understanding"] = await read_reply(reader, text)
         now = inbox.clock()
         made = (
             make_event("message.received", f"twilio:{sid}", c, now, "twilio", data)
@@ -187,14 +194,20 @@ async def take_status(inbox: Inbox, form: FormData, query: Mapping[str, str]) ->
             await inbox.emit(some([event]))
 
 
-def twilio_router(inbox: Inbox, signature: TwilioSignature, replies: KeywordReplies) -> APIRouter:
-    """``POST /webhooks/twilio/inbound`` and ``POST /webhooks/twilio/status``."""
+def twilio_router(
+    inbox: Inbox,
+    signature: TwilioSignature,
+    replies: KeywordReplies,
+    reader: ReplyReader | None = None,
+) -> APIRouter:
+    """``POST /webhooks/twilio/inbound`` and ``POST /webhooks/twilio/status`` (``reader``:
+    what a free-text reply means; none: the core reads it by keywords)."""
     router = APIRouter(prefix="/webhooks/twilio")
 
     @router.post("/inbound")
     async def inbound(request: Request) -> Response:
         """An inbound SMS; answered with TwiML."""
-        return await take_inbound(inbox, await signature.signed_form(request), replies)
+        return await take_inbound(inbox, await signature.signed_form(request), replies, reader)
 
     @router.post("/status")
     async def status(request: Request) -> Response:

@@ -12,7 +12,7 @@ Must not import: faust, aiokafka, twilio, sendgrid, openai, fastapi, sqlalchemy.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any, Literal, Protocol
@@ -150,11 +150,28 @@ class MessageDecision:
     send_at: datetime
     rendered: Rendered | None = None
     checks: list[dict[str, str]] = field(default_factory=list)
+    compose: Callable[[], Composition] | None = None  # the composer, not yet asked
+    composer: dict[str, Any] | None = None  # what it did (a model composer's account)
 
     @property
     def deliverable(self) -> bool:
         """Sent now or certain to be judged again later (deferred)."""
         return self.status in ("sent", "deferred")
+
+    def finish(self) -> None:
+        """Let the composer word a message that goes now (once; the policy may judge a
+        message several times before one verdict is recorded, so it is asked only here)."""
+        if self.compose is None:
+            return
+        hook, self.compose = self.compose, None
+        if self.status == "sent" and self.rendered is not None:
+            self.rendered, check, self.composer = hook()
+            self.checks.append(check)
+
+
+# what a composer gives back: the text that goes, the check it passed or failed, its account
+Composition = tuple[Rendered, dict[str, str], dict[str, Any] | None]
+ComposeHook = Callable[[OutboundMessage, Rendered], Composition]
 
 
 @functools.lru_cache(maxsize=512)
@@ -171,11 +188,15 @@ class ContactPolicy:
         templates: TemplateCatalog,
         killed_channels: frozenset[str],
         brand: dict[str, Any],
+        compose: ComposeHook | None = None,
     ) -> None:
+        """``compose``: words a message that goes (``composing.policy_hook``); none: the
+        template text as it is."""
         self.config = config
         self.templates = templates
         self.killed = killed_channels
         self.brand = brand
+        self.compose = compose
 
     def timezone(self, profile: Profile) -> ZoneInfo:
         """The recipient's timezone, or the configured default."""
@@ -236,7 +257,10 @@ class ContactPolicy:
             if capped:
                 checks.append({"check": "frequency_cap", "result": "fail", "detail": capped})
                 return MessageDecision("capped", channel, to, capped, now, rendered, checks)
-        return MessageDecision("sent", channel, to, "sent", now, rendered, checks)
+        compose = None
+        if self.compose is not None and rendered is not None:
+            compose = functools.partial(self.compose, msg, rendered)
+        return MessageDecision("sent", channel, to, "sent", now, rendered, checks, compose)
 
     def _after_service_failure(self, contact: ContactState, now: float) -> str:
         """Why marketing must wait for a service-failure message, or an empty string."""

@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from outreach.agents.composing import Composer
 from outreach.agents.connectors import Connector, FileConnector
 from outreach.agents.planner import Planner
 from outreach.core import DecisionCore
@@ -163,7 +164,7 @@ class LiveEngine:
             await ensure_topics(bootstrap, topics, kafka.partitions)
             store = await self._store(kafka.kafka_url is None, stack)
             processor = BatchProcessor(
-                DecisionCore(book, model_planner()), store, group=kafka.group_id,
+                DecisionCore(book, *model_parts()), store, group=kafka.group_id,
                 timers_topic=topics.timers,
                 max_event_bytes=settings.max_event_bytes, audit_events=settings.audit_events,
             )  # fmt: skip
@@ -253,15 +254,21 @@ def quiet(parts: Parts, *, since: float) -> bool:
     return not (store.count("pending_records") or store.due_count(now))
 
 
-def model_planner() -> Planner | None:
-    """The model planner when an LLM is configured (``OPENAI_API_KEY`` or ``OPENAI_BASE_URL``),
-    else None: the deterministic playbooks alone."""
+def model_parts() -> tuple[Planner | None, Composer | None]:
+    """The model planner and composer, each when an LLM is configured (``OPENAI_API_KEY`` or
+    ``OPENAI_BASE_URL``) and used for it (``OUTREACH_LLM_USES``); else None: the playbooks
+    and templates alone. Both share one gateway, so one request cap and token budget."""
     from outreach.agents.adapters.llm import LLMGateway, LLMSettings
+    from outreach.agents.adapters.openai_composer import OpenAIComposer
     from outreach.agents.adapters.openai_planner import OpenAIPlanner
 
     settings = LLMSettings()
-    if not settings.enabled:
-        return None
-    log.info("planner: %s at %s (vetted; deterministic fallback)", settings.model,
-             settings.base_url or "api.openai.com")  # fmt: skip
-    return OpenAIPlanner(LLMGateway(settings))
+    if not (settings.used_for("planner") or settings.used_for("composer")):
+        return None, None
+    gateway = LLMGateway(settings)
+    uses = sorted(settings.uses - {"replies"})
+    log.info("LLM: %s at %s for %s (vetted; deterministic fallback)", settings.model,
+             settings.base_url or "api.openai.com", ", ".join(uses))  # fmt: skip
+    planner = OpenAIPlanner(gateway) if settings.used_for("planner") else None
+    composer = OpenAIComposer(gateway) if settings.used_for("composer") else None
+    return planner, composer

@@ -271,3 +271,66 @@ def test_an_offer_approved_by_a_person_still_waits_for_the_customers_yes(
     assert final["status"] == "executed", list(history(result))
     assert {"check": "approval", "result": "pass", "detail": "approved by alice"} in final["checks"]
     assert [e["tool"] for e in result.log.effects] == ["offer_discount"]
+
+
+# -- free-text answers, read when they arrived (keywords or a model: the event says) ----------
+
+
+def read_reply(
+    body: str, at: str, intent: str, confidence: float, source: str = "model"
+) -> dict[str, Any]:
+    event = reply(body, at)
+    event["data"]["understanding"] = {
+        "intent": intent, "confidence": confidence, "source": source, "reason": f"{source} read",
+    }  # fmt: skip
+    return event
+
+
+def test_a_free_text_acceptance_read_by_the_model_applies_the_offer(asking: RuleBook) -> None:
+    result = offered(asking)
+    feed(
+        result, read_reply("that works for me, thanks", later(OFFERED_AT, hours=2), "accept", 0.93)
+    )
+    (offer,) = offers(result)
+    assert offer["status"] == "executed"
+    assert "free text read as accept by model, 0.93" in offer["reason"]
+    (effect,) = result.log.effects
+    assert effect["tool"] == "offer_discount"  # through the same guardrails as a YES
+    assert answers(result) == ["Acme: done, your offer is applied. Reply STOP to opt out."]
+
+
+def test_a_free_text_refusal_declines_and_an_unsure_reading_goes_to_a_person(
+    asking: RuleBook,
+) -> None:
+    result = offered(asking)
+    feed(result, read_reply("hmm maybe later", later(OFFERED_AT, hours=1), "human", 0.4))
+    (offer,) = offers(result)
+    assert offer["status"] == "scheduled"  # still waiting for a sure answer
+    (handoff,) = [e for e in result.log.effects if e["tool"] == "escalate_to_human"]
+    assert handoff["params"]["understanding"]["intent"] == "human"
+    assert handoff["params"]["reason"] == "customer reply: not understood surely enough"
+    feed(result, read_reply("no thank you", later(OFFERED_AT, hours=2), "decline", 0.9))
+    (offer,) = offers(result)
+    assert offer["status"] == "cancelled"
+    assert "free text read as decline by model, 0.90" in offer["reason"]
+
+
+def test_a_model_reading_of_accept_cannot_outvote_opt_out_language(asking: RuleBook) -> None:
+    result = offered(asking)
+    feed(result, read_reply("yes, stop texting me", later(OFFERED_AT, hours=1), "accept", 0.99))
+    (offer,) = offers(result)
+    assert offer["status"] == "scheduled"  # not applied: the opt-out comes first
+    assert state_of(result).contact.suppressed == {"sms": "stop"}
+    (handoff,) = [e for e in result.log.effects if e["tool"] == "escalate_to_human"]
+    assert handoff["params"]["reason"].startswith("opt-out language")
+
+
+def test_a_reply_without_a_reading_is_read_by_keywords_in_the_core(asking: RuleBook) -> None:
+    result = offered(asking, reply("sounds good", later(OFFERED_AT, hours=1)))
+    (offer,) = offers(result)
+    assert offer["status"] == "executed"
+    assert "free text read as accept by keywords, 0.80" in offer["reason"]
+
+
+def state_of(result: Run) -> Any:
+    return result.replayer.states[CUS]

@@ -351,3 +351,36 @@ def test_leaving_the_marketing_list_stops_marketing_email_only(book: RuleBook) -
     assert state(result).contact.lists == {"marketing": "unsubscribe"}
     assert state(result).contact.suppressed == {}
     assert [m["status"] for m in result.messages] == ["sent"]
+
+
+@pytest.mark.parametrize(
+    ("intent", "why"),
+    [("question", "a question"), ("complaint", "a complaint"),
+     ("accept", "reads as an acceptance, but no offer awaits one")],
+)  # fmt: skip
+def test_a_read_reply_goes_to_a_person_with_its_reading(
+    book: RuleBook, intent: str, why: str
+) -> None:
+    result, _ = sent_sms(book)
+    event = reply("so what now", later(AT, minutes=3))
+    reading = {"intent": intent, "confidence": 0.91, "source": "model", "reason": "model: x"}
+    event["data"]["understanding"] = reading
+    feed(result, event)
+    (effect,) = [e for e in result.log.effects if e["tool"] == "escalate_to_human"]
+    assert effect["params"]["reason"] == f"customer reply: {why}"
+    assert effect["params"]["understanding"] == reading
+    assert state(result).contact.suppressed == {}
+
+
+def test_a_model_reading_of_opt_out_suppresses_first(book: RuleBook) -> None:
+    result, _ = sent_sms(book)
+    event = reply("I am done with all of you", later(AT, minutes=3))
+    event["data"]["understanding"] = {
+        "intent": "opt_out", "confidence": 0.95, "source": "model", "reason": "model: opt_out",
+    }  # fmt: skip
+    feed(result, event)
+    assert state(result).contact.suppressed == {"sms": "stop"}
+    (confirmation,) = [d for d in result.log.deliveries if d["template"] == "keyword_stop"]
+    assert confirmation["compliance"] is True
+    (effect,) = [e for e in result.log.effects if e["tool"] == "escalate_to_human"]
+    assert effect["params"]["understanding"]["intent"] == "opt_out"

@@ -79,7 +79,7 @@ def test_a_stop_keyword_suppresses_the_number_and_reaches_every_customer_of_it(
     assert event.source == "twilio" and event.occurred_at == now
     assert event.data.model_dump() == {
         "channel": "sms", "from_address": NUMBER, "to_address": OURS, "body": body,
-        "provider": "twilio", "provider_id": "SM0001",
+        "provider": "twilio", "provider_id": "SM0001", "understanding": None,
     }  # fmt: skip
 
 

@@ -29,18 +29,19 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import openai
 from openai import OpenAI
 from openai.types.chat import ChatCompletion
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from outreach.errors import OutreachError
 
 log = logging.getLogger("outreach.llm")
 
+USES = ("planner", "composer", "replies")  # OUTREACH_LLM_USES: what the model does
 _LOCAL_KEY = "not-needed"  # many local OpenAI-compatible servers ignore the key
 
 
@@ -65,11 +66,31 @@ class LLMSettings(BaseSettings):
     daily_tokens: int = Field(default=1_000_000, ge=1, description="per UTC day, all calls")
     record_text: bool = Field(default=False, description="keep full prompts and answers")
 
+    uses: Annotated[frozenset[str], NoDecode] = Field(
+        default=frozenset(USES),
+        description="what the model is used for: planner, composer, replies (comma-separated)",
+    )
+
+    @field_validator("uses", mode="before")
+    @classmethod
+    def _uses(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = {part.strip().lower() for part in value.split(",") if part.strip()}
+        if isinstance(value, (set, frozenset, list, tuple)):
+            unknown = sorted(str(v) for v in value if v not in USES)
+            if unknown:
+                raise ValueError(f"unknown use {', '.join(unknown)}; choose from {', '.join(USES)}")
+        return value
+
     @property
     def enabled(self) -> bool:
         """Whether a model may be used at all (an empty variable counts as unset)."""
         key = self.api_key.get_secret_value().strip() if self.api_key is not None else ""
         return bool(key) or bool((self.base_url or "").strip())
+
+    def used_for(self, use: str) -> bool:
+        """Whether the model is on and used for ``use`` (planner, composer or replies)."""
+        return self.enabled and use in self.uses
 
 
 class LLMError(OutreachError):
