@@ -332,6 +332,24 @@ def test_no_personal_data_reaches_the_model(api: OpenAIDouble, gateway: Gateway)
     assert "[redacted]" in json.dumps(api.completions()[0].json)
 
 
+def test_fields_the_operator_names_never_reach_the_model(
+    api: OpenAIDouble, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evidence = {"account_holder": "Ann Lee", "nested": [{"Loyalty_ID": "LY-778"}], "kept": "ok"}
+    monkeypatch.setenv("OUTREACH_LLM_REDACT_FIELDS", " account_holder, loyalty_id ")
+    hidden = LLMSettings().redact_fields
+    assert hidden == frozenset({"account_holder", "loyalty_id"})
+    monkeypatch.delenv("OUTREACH_LLM_REDACT_FIELDS")
+    api.script(calls(("rebook_shipment", REBOOK)), calls(("rebook_shipment", REBOOK)))
+    run(gateway(redact_fields=hidden), shipment(evidence=evidence))
+    run(gateway(), shipment(evidence=evidence))  # not configured: the fields go
+    configured, default = (json.dumps(r.json) for r in api.completions())
+    assert "Ann Lee" not in configured and "LY-778" not in configured
+    seen = json.loads(api.completions()[0].json["messages"][1]["content"])
+    assert seen["signal"]["evidence"] == {"nested": [{}], "kept": "ok"}
+    assert "Ann Lee" in default and "LY-778" in default
+
+
 # -- configuration ----------------------------------------------------------------------------
 
 

@@ -66,10 +66,24 @@ class LLMSettings(BaseSettings):
     daily_tokens: int = Field(default=1_000_000, ge=1, description="per UTC day, all calls")
     record_text: bool = Field(default=False, description="keep full prompts and answers")
 
+    redact_fields: Annotated[frozenset[str], NoDecode] = Field(
+        default=frozenset(),
+        description="field names never shown to the model, beyond the built-in PII ones "
+        "(comma-separated, any depth; OUTREACH_LLM_REDACT_FIELDS)",
+    )
     uses: Annotated[frozenset[str], NoDecode] = Field(
         default=frozenset(USES),
         description="what the model is used for: planner, composer, replies (comma-separated)",
     )
+
+    @field_validator("redact_fields", mode="before")
+    @classmethod
+    def _fields(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(part.strip().lower() for part in value.split(",") if part.strip())
+        if isinstance(value, (set, frozenset, list, tuple)):
+            return frozenset(str(part).strip().lower() for part in value)
+        return value
 
     @field_validator("uses", mode="before")
     @classmethod

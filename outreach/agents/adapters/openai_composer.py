@@ -73,7 +73,12 @@ class OpenAIComposer:
         }
         messages = [
             {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": json.dumps(scrub(data), ensure_ascii=False)},
+            {
+                "role": "user",
+                "content": json.dumps(
+                    scrub(data, self.gateway.settings.redact_fields), ensure_ascii=False
+                ),
+            },
         ]
         try:
             reply = self.gateway.complete(

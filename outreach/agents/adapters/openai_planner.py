@@ -62,12 +62,18 @@ _PHONE = re.compile(r"\+\d{8,15}\b|\(?\b\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}\b")
 REDACTED = "[redacted]"
 
 
-def scrub(value: Any) -> Any:
-    """``value`` without personal data: PII keys dropped, email- and phone-like text redacted."""
+def scrub(value: Any, hidden: frozenset[str] = frozenset()) -> Any:
+    """``value`` without personal data: PII keys (and the ``hidden`` ones, lower case:
+    ``OUTREACH_LLM_REDACT_FIELDS``) dropped at any depth, email- and phone-like text
+    redacted."""
     if isinstance(value, dict):
-        return {k: scrub(v) for k, v in value.items() if str(k).lower() not in PII_KEYS}
+        return {
+            k: scrub(v, hidden)
+            for k, v in value.items()
+            if str(k).lower() not in PII_KEYS and str(k).lower() not in hidden
+        }
     if isinstance(value, list | tuple):
-        return [scrub(v) for v in value]
+        return [scrub(v, hidden) for v in value]
     if isinstance(value, str):
         return _PHONE.sub(REDACTED, _EMAIL.sub(REDACTED, value))
     return value
@@ -100,8 +106,11 @@ def function_tool(name: str) -> dict[str, Any]:
     }
 
 
-def planning_context(plan: Plan, ctx: PlaybookContext, tools: list[str]) -> dict[str, Any]:
-    """What the model sees: signal, evidence, tier and the planned actions; never PII."""
+def planning_context(
+    plan: Plan, ctx: PlaybookContext, tools: list[str], hidden: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """What the model sees: signal, evidence, tier and the planned actions; never PII (nor
+    the ``hidden`` fields)."""
     options = [
         {
             "ref": a.ref,
@@ -125,7 +134,8 @@ def planning_context(plan: Plan, ctx: PlaybookContext, tools: list[str]) -> dict
             "customer": {"tier": ctx.profile.tier},
             "playbook_note": plan.note,
             "options": options,
-        }
+        },
+        hidden,
     )
     return context
 
@@ -144,9 +154,11 @@ class OpenAIPlanner:
         if not tools:
             why = "nothing for a model to choose: no allowed action planned"
             return Planned(deterministic, "playbook", deterministic, why)
+        hidden = self.gateway.settings.redact_fields
+        context = planning_context(deterministic, ctx, tools, hidden)
         messages = [
             {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": json.dumps(planning_context(deterministic, ctx, tools))},
+            {"role": "user", "content": json.dumps(context)},
         ]
         try:
             reply = self.gateway.complete(
