@@ -14,7 +14,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from outreach.cli_operator import approvals_app, audit_app, explain, keys_app, scheduler
+from outreach.cli_operator import (
+    LogFormatOption,
+    MetricsPortOption,
+    approvals_app,
+    audit_app,
+    explain,
+    keys_app,
+    scheduler,
+    serve_metrics,
+    setup_logging,
+)
 from outreach.errors import OutreachError
 from outreach.events import json_schemas
 from outreach.rulebook import RuleBook, describe, load_rulebook
@@ -49,6 +59,14 @@ app.command()(scheduler)
 
 out = Console()
 err = Console(stderr=True)
+
+
+@app.callback()
+def _every_command() -> None:
+    """Event-driven proactive outreach: detect risk, fix what is allowed, tell customers first."""
+    # every command logs through one handler (format, secrets cut, personal data masked);
+    # the long-running ones configure it again with their --log-level and --log-format
+    setup_logging("warning")
 
 
 def _table(title: str, first: str, *headers: str) -> Table:
@@ -428,12 +446,13 @@ def worker(
         ),
     ] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "warning",
+    log_format: LogFormatOption = None,
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Run a live worker: consume the input topics, decide, write the store, relay decisions
     to the output topics, and perform due effects and messages (file connector and file
     channel by default). With no Kafka URL an embedded broker is started. Ctrl-C stops it."""
     import asyncio
-    import logging
 
     from pydantic import ValidationError
 
@@ -444,12 +463,11 @@ def worker(
     from outreach.streams.console import run_worker
     from outreach.streams.runtime import WorkerSettings
     from outreach.streams.topics import KafkaSettings
+    from outreach.telemetry.redact import register_settings, register_url
 
-    logging.basicConfig(  # force: importing faust has already configured the root logger
-        force=True,
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # after importing faust, which configured the root logger: this replaces its handler
+    telemetry = setup_logging(log_level, log_format)
+    register_url(database_url or "")
     given = {
         "rules": rules, "database_url": database_url, "data_dir": data_dir, "runtime": runtime,
         "export": export or None, "dispatch": None if dispatch else False,
@@ -468,9 +486,10 @@ def worker(
         err.print(f"[bold red]cannot read the events file {publish}[/]")
         raise typer.Exit(2)
     try:  # a channel without its credentials fails here, before anything starts
-        outbound = OutboundSettings()
-        channel = build_channel(outbound, TwilioSettings(), SendGridSettings(), settings.data_dir)
+        outbound, twilio, sendgrid = OutboundSettings(), TwilioSettings(), SendGridSettings()
         connectors = ConnectorsSettings()
+        register_settings(settings, kafka, outbound, twilio, sendgrid, connectors)
+        channel = build_channel(outbound, twilio, sendgrid, settings.data_dir)
         connector = build_connector(settings.data_dir, connectors, outbound.public_url)
     except ValidationError as exc:
         err.print(f"[bold red]invalid outbound setting:[/] {exc}", highlight=False)
@@ -481,6 +500,7 @@ def worker(
     except OutreachError as exc:
         err.print(f"[bold red]the worker cannot start:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    serve_metrics(metrics_port, telemetry)
     try:
         parts = asyncio.run(
             run_worker(
@@ -528,28 +548,27 @@ def api(
         Path | None, typer.Option(help="rules folder, for the brand (default: $OUTREACH_RULES)")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_format: LogFormatOption = None,
 ) -> None:
     """Serve the operator API (/v1: events, approvals, timelines, rules, kill switches; API
     keys from `outreach keys`), /healthz, /readyz, /metrics, the provider webhooks (Twilio,
     SendGrid) and the one-click unsubscribe links; every fact and decision is published to
     Kafka for the workers. OpenAPI at /openapi.json, docs at /docs. Ctrl-C stops it."""
-    import logging
-
     import uvicorn
     from pydantic import ValidationError
 
     from outreach.api import ApiSettings, KafkaEventSink, KeywordReplies, create_app
-    from outreach.api.logs import uvicorn_log_config
+    from outreach.api.logs import uvicorn_root_config
     from outreach.api.metrics import kafka_lag
     from outreach.api.operator import LoadedRules
     from outreach.store import Store, StoreSettings
     from outreach.store.contacts import Contacts
     from outreach.store.operator import Operator
     from outreach.streams.topics import KafkaSettings, Topics
+    from outreach.telemetry.redact import register_settings, register_url
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(log_level, log_format)
+    register_url(database_url or "")
     given: dict[str, Any] = {"host": host, "port": port, "rules": rules}
     try:
         settings = ApiSettings(**{k: v for k, v in given.items() if v is not None})
@@ -559,6 +578,7 @@ def api(
     except (ValidationError, ValueError) as exc:
         err.print(f"[bold red]invalid setting:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    register_settings(settings, store_settings, kafka)
     url = kafka_url or kafka.kafka_url
     if not url:
         err.print(
@@ -598,7 +618,7 @@ def api(
     try:
         uvicorn.run(
             web, host=settings.host, port=settings.port, log_level=log_level.lower(),
-            log_config=uvicorn_log_config(),
+            log_config=uvicorn_root_config(),
         )  # fmt: skip
     finally:
         store.close()

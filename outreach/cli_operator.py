@@ -33,6 +33,50 @@ DatabaseOption = Annotated[
     str | None,
     typer.Option(help="the store (default: $OUTREACH_DATABASE_URL or sqlite:///outreach.db)"),
 ]
+LogFormatOption = Annotated[
+    str | None,
+    typer.Option(help="log lines as json or text (default: $OUTREACH_LOG_FORMAT or text)"),
+]
+MetricsPortOption = Annotated[
+    int | None,
+    typer.Option(
+        min=0, max=65535,
+        help="serve this process's Prometheus metrics at :PORT/metrics "
+        "(default: $OUTREACH_METRICS_PORT; unset: not served)",
+    ),
+]  # fmt: skip
+
+
+def setup_logging(level: str, fmt: str | None = None) -> Any:
+    """``outreach.telemetry.logs.configure_logging`` for a command (JSON or text, secrets cut,
+    personal data masked); exits 2 on an invalid format or redaction setting. Returns the
+    command's ``TelemetrySettings``."""
+    from pydantic import ValidationError
+
+    from outreach.telemetry.logs import TelemetrySettings, configure_logging
+
+    try:
+        settings = TelemetrySettings()
+        configure_logging(level, fmt, settings=settings)
+    except (ValidationError, ValueError) as exc:
+        err.print(f"[bold red]invalid logging setting:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    return settings
+
+
+def serve_metrics(port: int | None, settings: Any) -> None:
+    """Start this process's metrics endpoint if ``port`` (else ``OUTREACH_METRICS_PORT``) is
+    set; exits 2 if the port cannot be bound."""
+    from outreach.telemetry.metrics import serve
+
+    chosen = port if port is not None else settings.metrics_port
+    if chosen is None:
+        return
+    try:
+        serve(chosen)
+    except OSError as exc:
+        err.print(f"[bold red]cannot serve metrics on port {chosen}:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _operator(database_url: str | None) -> Operator:
@@ -316,6 +360,8 @@ def scheduler(
     database_url: DatabaseOption = None,
     kafka_url: KafkaOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_format: LogFormatOption = None,
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Run the timer scheduler on its own: payment retries, deferred messages, follow-ups and
     approval expiries come due here and are produced to the timers topic for the workers.
@@ -325,7 +371,6 @@ def scheduler(
     One scheduler is active per store; start more as hot standbys (each waits for the active
     one's lock and takes over within a second of its death). Workers run one in-process unless
     started with --no-scheduler. Ctrl-C or SIGTERM stops it."""
-    import logging
     import signal
 
     from pydantic import ValidationError
@@ -333,12 +378,9 @@ def scheduler(
     from outreach.scheduling import SchedulerSettings, TimerScheduler
     from outreach.store import Store, StoreSettings
     from outreach.streams.topics import KafkaSettings, Topics
+    from outreach.telemetry.redact import register_settings, register_url
 
-    logging.basicConfig(
-        force=True,
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    telemetry = setup_logging(log_level, log_format)
     kafka = KafkaSettings()
     url = kafka_url or kafka.kafka_url
     if not url:
@@ -348,11 +390,15 @@ def scheduler(
         )
         raise typer.Exit(2)
     try:
-        options = SchedulerSettings().options()
+        scheduler_settings, store_settings = SchedulerSettings(), StoreSettings()
+        options = scheduler_settings.options()
     except ValidationError as exc:
         err.print(f"[bold red]invalid setting:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    store = Store(database_url or StoreSettings().database_url)
+    register_settings(scheduler_settings, store_settings, kafka)
+    register_url(database_url or "")
+    serve_metrics(metrics_port, telemetry)
+    store = Store(database_url or store_settings.database_url)
 
     async def run() -> None:
         stop = asyncio.Event()

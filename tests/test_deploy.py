@@ -160,6 +160,22 @@ def test_compose_passes_only_variables_the_engine_reads(compose):
         assert "@postgres:5432/" in env["OUTREACH_DATABASE_URL"], name
 
 
+def test_compose_engine_logs_json_and_processes_serve_the_metrics_prometheus_scrapes(compose):
+    services = compose["services"]
+    for name in (*ENGINE_SERVICES, "init"):
+        assert services[name]["environment"]["OUTREACH_LOG_FORMAT"].endswith("json}"), name
+    prometheus = _yaml(DEPLOY / "prometheus" / "prometheus.yml")
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    for job, names in (
+        ("outreach-workers", ("worker-1", "worker-2")),
+        ("outreach-schedulers", ("scheduler-a", "scheduler-b")),
+    ):
+        targets = {t for c in jobs[job]["static_configs"] for t in c["targets"]}
+        for name in names:
+            port = services[name]["environment"]["OUTREACH_METRICS_PORT"]
+            assert f"{name}:{port}" in targets, f"{job} does not scrape {name}:{port}"
+
+
 def test_compose_healthchecks_name_checks_the_script_has(compose):
     checks = _load(DEPLOY / "healthcheck.py").CHECKS
     for name in ENGINE_SERVICES:
@@ -312,6 +328,14 @@ def test_the_scanner_finds_the_engine_metrics(series):
     assert series["outreach_actions_total"] == {"type", "status"}
     assert series["outreach_consumer_lag"] == {"topic", "partition"}
     assert "outreach_events" not in series, "a counter is exposed as <name>_total only"
+    # the processes' own (outreach/telemetry/metrics.py) and the complaint tally
+    assert series["outreach_complaints_total"] == {"channel"}
+    assert series["outreach_dispatch_attempts_total"] == {"kind", "target", "outcome"}
+    assert series["outreach_provider_errors_total"] == {"provider", "class"}
+    assert series["outreach_dispatch_perform_seconds_count"] == {"kind", "target", "provider"}
+    assert series["outreach_scheduler_active"] == set()
+    assert series["outreach_worker_batch_seconds_bucket"] == {"le"}
+    assert series["outreach_llm_calls_total"] == {"purpose", "outcome"}
     assert "outreach_outbox_rows_total" not in series, "a gauge has no _total"
 
 
@@ -353,6 +377,9 @@ def test_promql_references_reads_names_labels_and_grouping():
     assert grouping == {"le", "route"}
 
 
+_TARGET_LABELS = {"instance", "job"}  # Prometheus adds them to every scraped series
+
+
 def _check_expressions(exprs: dict[str, str], series: dict[str, set[str]], allowed=()) -> None:
     assert exprs, "no expressions found"
     problems = []
@@ -366,7 +393,7 @@ def _check_expressions(exprs: dict[str, str], series: dict[str, set[str]], allow
         for name, labels in matched.items():
             if name in series and labels - series[name]:
                 problems.append(f"{where}: {name} has no label {sorted(labels - series[name])}")
-        known = set().union(*(series.get(n, set()) for n in names))
+        known = set().union(*(series.get(n, set()) for n in names)) | _TARGET_LABELS
         if names <= set(series) and grouping - known:
             problems.append(f"{where}: grouping by unknown labels {sorted(grouping - known)}")
     assert not problems, "\n".join(problems)
@@ -414,8 +441,23 @@ def test_alerts_cover_the_operational_signals(alert_rules):
         'outreach_actions_total{status="blocked"}',
         "outreach_decision_latency_seconds_bucket",
         'outreach_outbox_rows{status="failed"}',
+        'outreach_complaints_total{channel="email"}',
+        "outreach_provider_errors_total",
+        "outreach_scheduler_active",
     ):
         assert needed in text, f"no alert reads {needed}"
+
+
+def test_complaint_alerts_hold_the_bulk_sender_thresholds(alert_rules):
+    by_name = {rule["alert"]: rule for rule in alert_rules}
+    for name, threshold, severity in (
+        ("OutreachEmailComplaintRateHigh", "> 0.001", "warning"),
+        ("OutreachEmailComplaintRateCritical", "> 0.003", "critical"),
+    ):
+        rule = by_name[name]
+        assert threshold in rule["expr"] and "[1d]" in rule["expr"], name
+        assert 'outreach_messages_total{channel="email", status="sent"}' in rule["expr"], name
+        assert rule["labels"]["severity"] == severity, name
 
 
 def test_alert_rules_read_only_metrics_the_engine_registers(alert_rules, series):
@@ -480,6 +522,9 @@ def test_dashboard_reads_only_metrics_the_engine_registers(dashboard, series):
     text = " ".join(exprs.values())
     assert "outreach_decision_latency_seconds_bucket" in text
     assert "outreach_consumer_lag" in text
+    for needed in ("outreach_complaints_total", "outreach_provider_errors_total",
+                   "outreach_dispatch_attempts_total", "outreach_scheduler_active"):  # fmt: skip
+        assert needed in text, f"no panel reads {needed}"
 
 
 def test_promtool_parses_every_dashboard_query(dashboard, tmp_path):
@@ -497,8 +542,8 @@ def test_promtool_parses_every_dashboard_query(dashboard, tmp_path):
 
 
 def test_scanner_and_checks_fail_on_a_metric_that_does_not_exist(series):
-    with pytest.raises(AssertionError, match="outreach_complaints_total is not registered"):
-        _check_expressions({"x": "rate(outreach_complaints_total[5m])"}, series)
+    with pytest.raises(AssertionError, match="outreach_unicorns_total is not registered"):
+        _check_expressions({"x": "rate(outreach_unicorns_total[5m])"}, series)
     with pytest.raises(AssertionError, match="has no label"):
         _check_expressions({"x": 'outreach_consumer_lag{provider="twilio"}'}, series)
 

@@ -1,5 +1,7 @@
-"""Logging of ``outreach api``: uvicorn's own configuration, with the unsubscribe tokens cut
-out of the access log.
+"""Logging of ``outreach api``: uvicorn's configuration, with the unsubscribe tokens cut
+out of the access log. ``outreach api`` uses ``uvicorn_root_config`` (uvicorn's records go
+through the root handler of ``outreach.telemetry.logs``: JSON or text, redacted);
+``uvicorn_log_config`` is uvicorn's own configuration with the token filter, for embedding.
 
 A token in ``/unsubscribe/{token}`` names the recipient and unsubscribes them in one click for
 whoever holds it, so it is a credential: the access log shows ``/unsubscribe/<token>``.
@@ -44,3 +46,19 @@ def uvicorn_log_config() -> dict[str, Any]:
     for handler in config["handlers"].values():
         handler.setdefault("filters", []).append("redact_tokens")
     return config
+
+
+def uvicorn_root_config() -> dict[str, Any]:
+    """uvicorn's loggers without handlers of their own: their records propagate to the root
+    handler of ``outreach.telemetry.logs.configure_logging`` (one format, correlation ids,
+    redaction), with ``RedactTokens`` on each logger besides."""
+    loggers = ("uvicorn", "uvicorn.error", "uvicorn.access")
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"redact_tokens": {"()": RedactTokens}},
+        "loggers": {
+            name: {"handlers": [], "propagate": True, "filters": ["redact_tokens"]}
+            for name in loggers
+        },
+    }

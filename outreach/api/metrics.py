@@ -1,13 +1,19 @@
 """``GET /metrics``: Prometheus metrics of the API and of the engine as the store records it.
 
-The API's own: requests by route and status, request latency, events ingested. The engine's,
+The API's own: requests by route and status, request latency, events ingested, and this
+process's model calls (``outreach_llm_*`` of ``outreach.telemetry.metrics``, when replies are
+read by a model). The engine's,
 read from the store at scrape time (so they are right however many workers there are and
 survive restarts): events applied / duplicate / dead-lettered, signals per rule, actions per
-type and status, messages per channel and status and the decision latency histogram (a
+type and status, messages per channel and status, spam complaints per channel and the decision
+latency histogram (a
 record's Kafka timestamp to the batch that applied it, see ``outreach.streams.latency``): running
 totals the workers add to in each batch's transaction; the outbox by kind and status, actions
 waiting for approval, and the consumer lag per partition (Kafka's end offset minus the store's
 applied position).
+
+Every request runs with a ``request_id`` bound for its log lines (``outreach.telemetry.logs``):
+the caller's ``X-Request-ID`` when it sends a sane one, else a new one; the answer carries it.
 
 Must not import: faust, the decision core.
 """
@@ -17,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -36,10 +44,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from outreach.store.operator import Operator
 from outreach.streams import latency
+from outreach.telemetry import metrics as telemetry
+from outreach.telemetry.logs import correlate
 
 log = logging.getLogger(__name__)
 Lag = dict[tuple[str, int], int]
 LagProbe = Callable[[], Awaitable[Lag]]
+_REQUEST_ID = re.compile(r"[\w.:@/+=-]+")
 
 
 class EngineCollector(Collector):
@@ -69,6 +80,11 @@ class EngineCollector(Collector):
             "outreach_messages", "Message status records", labels=["channel", "status"]
         )
         timers = CounterMetricFamily("outreach_timers_fired", "Scheduled work that fell due")
+        complaints = CounterMetricFamily(
+            "outreach_complaints",
+            "Spam complaints reported by a provider (the address is suppressed)",
+            labels=["channel"],
+        )
         for (name, label), value in sorted(tallies.items()):
             if name == "events":
                 events.add_metric([label], value)
@@ -80,7 +96,9 @@ class EngineCollector(Collector):
                 messages.add_metric(label.split(":", 1), value)
             elif name == "timers":
                 timers.add_metric([], value)
-        yield from (events, signals, actions, messages, timers)
+            elif name == "complaints":
+                complaints.add_metric([label], value)
+        yield from (events, signals, actions, messages, timers, complaints)
         buckets, seconds = latency.read(tallies)
         yield HistogramMetricFamily(
             "outreach_decision_latency_seconds",
@@ -125,6 +143,8 @@ class Metrics:
             "outreach_api_events", "Events posted to /v1/events", ["result"],
             registry=self.registry,
         )  # fmt: skip
+        for shared in (telemetry.LLM_CALLS, telemetry.LLM_TOKENS, telemetry.LLM_SECONDS):
+            self.registry.register(shared)  # this process's model calls (reading replies)
         self.engine = EngineCollector(operator) if operator is not None else None
         if self.engine is not None:
             self.registry.register(self.engine)
@@ -151,15 +171,19 @@ class Metrics:
                 return
             started = time.perf_counter()
             status = 500
+            request_id = request_id_of(scope)
 
             async def sending(message: Message) -> None:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
+                    headers = [h for h in message.get("headers", []) if h[0] != b"x-request-id"]
+                    message["headers"] = [*headers, (b"x-request-id", request_id.encode())]
                 await send(message)
 
             try:
-                await app(scope, receive, sending)
+                with correlate(request_id=request_id):
+                    await app(scope, receive, sending)
             finally:
                 route = scope.get("route")
                 template = getattr(route, "path", None) or "unmatched"
@@ -167,6 +191,17 @@ class Metrics:
                 self.latency.labels(template).observe(time.perf_counter() - started)
 
         return wrapped
+
+
+def request_id_of(scope: Scope) -> str:
+    """The caller's ``X-Request-ID`` (printable, at most 128 characters), or a new one."""
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            given = bytes(value).decode("latin-1").strip()
+            if 0 < len(given) <= 128 and _REQUEST_ID.fullmatch(given):
+                return given
+            break
+    return uuid.uuid4().hex
 
 
 async def kafka_lag(bootstrap: str, operator: Operator, group: str) -> Lag:

@@ -30,12 +30,20 @@ and the file channel/connector keep each key once, so the second call changes no
 customer sees. A provider with no idempotency key of its own must be reconciled by its
 channel (look the key up before sending again); the window that remains is documented in the
 README.
+
+Logs and metrics. Each row is performed with its ids bound for log lines (``kind``,
+``idempotency_key``, ``customer_id``, and ``action_id``/``tool``/``signal_id`` or
+``message_id``/``channel``: ``outreach.telemetry.logs.correlate``). Each attempt counts in
+this process's metrics (``outreach.telemetry.metrics``): its outcome, the provider call's
+time, and a failed call's provider and class (timeout, connect, 429, 5xx, 4xx); the circuit
+breakers of the connectors are exported too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -68,6 +76,8 @@ from outreach.store import OutboxRow, Store
 from outreach.store.contacts import Contacts
 from outreach.streams.codec import Record, dead_letter_value
 from outreach.streams.topics import logical_topic
+from outreach.telemetry import metrics
+from outreach.telemetry.logs import correlate
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +129,7 @@ class Dispatcher:
         self.contacts = Contacts(store)
         self._switches: dict[tuple[str, str], str] = {}
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        metrics.watch_circuits(connector)
 
     def backoff(self, attempts: int, retry_after: float | None) -> float:
         """Seconds before the next attempt: full jitter over an exponential cap, and never
@@ -137,8 +148,38 @@ class Dispatcher:
         if rows:  # switched off since the rows were decided: hold them, do not perform
             self._switches = await asyncio.to_thread(self.contacts.controls)
         for row in rows:
-            await self._perform(row, at)
+            with correlate(
+                kind=row.kind, idempotency_key=row.idempotency_key, customer_id=row.customer_id
+            ):
+                await self._counted(row, at)
         return len(rows)
+
+    async def _counted(self, row: OutboxRow, now: float) -> None:
+        """Perform ``row`` and count the attempt's outcome (read off the stats it moved)."""
+        before = dataclasses.replace(self.stats, by_kind={})
+        target, outcome = _target(row), "error"  # error: the store failed us (run() logs it)
+        try:
+            await self._perform(row, now)
+            outcome = _outcome(before, self.stats)
+        finally:
+            metrics.DISPATCH_ATTEMPTS.labels(row.kind, target, outcome).inc()
+
+    def _provider(self, request: Effect | Delivery) -> str:
+        """The provider label of the connector or channel that performs ``request``."""
+        if isinstance(request, Effect):
+            routes = getattr(self.connector, "routes", None)
+            default = getattr(self.connector, "default", self.connector)
+            if isinstance(routes, dict):
+                return metrics.provider_of(routes.get(request.tool, default))
+            return metrics.provider_of(self.connector)
+        pick = getattr(self.channel, "channel_for", None)
+        try:
+            return metrics.provider_of(pick(request) if pick is not None else self.channel)
+        except Exception:  # no channel for it: the error itself says so
+            return "none"
+
+    def _provider_error(self, request: Effect | Delivery, exc: BaseException) -> None:
+        metrics.PROVIDER_ERRORS.labels(self._provider(request), metrics.error_class(exc)).inc()
 
     async def _held(self, row: OutboxRow, request: Effect | Delivery, now: float) -> bool:
         """Whether a kill switch holds ``row`` (its tool or channel is switched off); it is
@@ -179,14 +220,28 @@ class Dispatcher:
         except ValidationError as exc:  # cannot succeed however often it is tried
             await self._finish(row, "failed", None, f"permanent: unreadable payload: {exc}")
             return
+        ids = (
+            {"action_id": request.action_id, "tool": request.tool,
+             "signal_id": request.signal_id or None}
+            if isinstance(request, Effect)
+            else {"message_id": request.message_id, "channel": request.channel}
+        )  # fmt: skip
+        with correlate(**ids):
+            await self._attempt(row, request, now)
+
+    async def _attempt(self, row: OutboxRow, request: Effect | Delivery, now: float) -> None:
         if await self._held(row, request, now):
             return
         if isinstance(request, Delivery) and await self._refused(row, request, now):
             return
         records: list[tuple[str, bytes | None, bytes]] = []
+        target = request.tool if isinstance(request, Effect) else request.channel
+        timed = partial(_timed, row.kind, target, self._provider(request))
+        started = time.perf_counter()
         try:
             if isinstance(request, Effect):
                 effect = await self.connector.perform(request)
+                timed(started)
                 replayed, result = effect.replayed, effect.model_dump_json().encode()
                 records = _reported(request, effect, now)
                 self.stats.reported += len(records)
@@ -198,6 +253,7 @@ class Dispatcher:
             else:
                 retry = row.attempts > 1  # an earlier try may have reached the provider
                 sent = await self.channel.send(request, row.idempotency_key, retry=retry)
+                timed(started)
                 replayed, result = sent.replayed, sent.model_dump_json().encode()
         except ConnectorPaused as exc:
             self.stats.paused += 1
@@ -210,14 +266,20 @@ class Dispatcher:
             )  # fmt: skip
             return
         except (PermanentConnectorError, PermanentDeliveryError) as exc:
+            timed(started)
+            self._provider_error(request, exc)
             code = exc.code if isinstance(exc, PermanentDeliveryError) else None
             report = _report(row, request, code, str(exc), now)
             await self._finish(row, "failed", None, f"permanent: {exc}", report)
             return
         except (TransientConnectorError, TransientDeliveryError) as exc:
+            timed(started)
+            self._provider_error(request, exc)
             await self._retry(row, now, str(exc), exc.retry_after, request)
             return
         except Exception as exc:  # an unexpected error is treated as transient, and logged
+            timed(started)
+            self._provider_error(request, exc)
             log.exception("dispatcher: %s %s raised", row.kind, row.idempotency_key)
             await self._retry(row, now, f"{type(exc).__name__}: {exc}", None, request)
             return
@@ -285,6 +347,37 @@ class Dispatcher:
         await asyncio.to_thread(
             partial(self.store.retry_later, row.id, at, error, claim=row.attempts)
         )
+
+
+def _target(row: OutboxRow) -> str:
+    """The tool (effect) or channel (delivery) a row goes to, for the attempts' labels."""
+    try:
+        payload = orjson.loads(row.payload)
+    except orjson.JSONDecodeError:
+        return "unknown"
+    if not isinstance(payload, dict):
+        return "unknown"
+    name = payload.get("tool" if row.kind == "effect" else "channel")
+    return name if isinstance(name, str) and name else "unknown"
+
+
+def _timed(kind: str, target: str, provider: str, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    metrics.DISPATCH_SECONDS.labels(kind, target, provider).observe(elapsed)
+
+
+def _outcome(before: DispatchStats, after: DispatchStats) -> str:
+    """What one attempt ended in, from the stats it moved: done, failed (suppressed ones
+    included), retry, held (a kill switch or an open circuit) or lost (re-claimed)."""
+    if after.done > before.done:
+        return "done"
+    if after.failed > before.failed:
+        return "failed"
+    if after.retried > before.retried:
+        return "retry"
+    if after.held > before.held or after.paused > before.paused:
+        return "held"
+    return "lost"
 
 
 def _reported(

@@ -19,6 +19,15 @@ batch is applied (``self.clock()``, once per batch, just before the transaction 
 added to a histogram in the tallies (``outreach.streams.latency`` says what is measured and what
 is not: redeliveries, records without a timestamp and the timers topic's records are not).
 
+Complaints. A ``contact.suppressed`` event with reason ``complaint`` (a spam report, see
+``outreach.outbound.feedback``) adds to the tally ``("complaints", channel)``, which the API
+exports as ``outreach_complaints_total`` for the complaint-rate alerts.
+
+Logs and metrics. Each event is evaluated with its ``event_id`` and ``customer_id`` bound for
+log lines (``outreach.telemetry.logs.correlate``); a dead letter is logged with its topic,
+partition and offset. Each applied batch adds to this process's metrics
+(``outreach.telemetry.metrics``: batches, apply time, records by result).
+
 This module is the runtime glue shared by every driver (aiokafka loop, Faust agent): it has no
 Kafka client of its own.
 """
@@ -37,7 +46,7 @@ import msgspec
 
 from outreach.core import DecisionCore
 from outreach.decisions import Decisions
-from outreach.events import Event, TimerFired, TimerFiredData, is_engine_type
+from outreach.events import ContactSuppressed, Event, TimerFired, TimerFiredData, is_engine_type
 from outreach.rulebook import load_rulebook
 from outreach.rules.yamlfile import RuleFileError
 from outreach.state import CustomerState
@@ -45,6 +54,8 @@ from outreach.store import ApprovalRow, AuditRow, Batch, Store, TimerRow
 from outreach.store.contacts import address_rows
 from outreach.streams.codec import DeadLetter, Record, dead_letter_value, decode, record_value
 from outreach.streams.latency import add_latencies
+from outreach.telemetry import metrics
+from outreach.telemetry.logs import correlate, rebind
 
 log = logging.getLogger(__name__)
 Decoded = tuple[Record, Event | DeadLetter]
@@ -141,7 +152,10 @@ class _Collected:
                 )
             )
             if receipt.alert:
-                log.warning("ALERT for %s: %s", receipt.customer_id, receipt.reaction)
+                log.warning(
+                    "ALERT for %s: %s", receipt.customer_id, receipt.reaction,
+                    extra={"customer_id": receipt.customer_id, "message_id": receipt.message_id},
+                )  # fmt: skip
         for effect in decisions.effects:
             self.outbox.append((
                 effect.idempotency_key, "effect", effect.customer_id, effect.action_id,
@@ -158,8 +172,9 @@ class _Collected:
             )
         for error in decisions.errors:
             log.warning(
-                "rule %s raised on event %s: %s", error.rule_id, error.event_id, error.error
-            )
+                "rule %s raised on event %s: %s", error.rule_id, error.event_id, error.error,
+                extra={"event_id": error.event_id, "rule_id": error.rule_id},
+            )  # fmt: skip
         result.signals += len(decisions.signals)
         result.effects += len(decisions.effects)
         result.deliveries += len(decisions.deliveries)
@@ -242,7 +257,10 @@ class BatchProcessor:
         """Apply already decoded records, in the order given (per partition: offset order)."""
         if not items:
             return BatchResult()
-        return self.store.run(lambda batch: self._apply(batch, items))
+        started = time.perf_counter()
+        result = self.store.run(lambda batch: self._apply(batch, items))
+        metrics.observe_batch(result, time.perf_counter() - started)
+        return result
 
     def _apply(self, batch: Batch, items: Sequence[Decoded]) -> BatchResult:
         self._reload_rules(batch)
@@ -267,6 +285,11 @@ class BatchProcessor:
             if isinstance(event, DeadLetter):
                 out.records.append(("dlq", record.key, dead_letter_value(record, str(event))))
                 result.dead_letters += 1
+                log.info(
+                    "dead letter: %s", event,
+                    extra={"topic": record.topic, "partition": record.partition,
+                           "offset": record.offset},
+                )  # fmt: skip
             else:
                 events.append((event, record.value))
         customers = dict.fromkeys(e.customer_id for e, _ in events)  # arrival order
@@ -283,8 +306,9 @@ class BatchProcessor:
             timers_before[customer_id] = set(state.timers)
             clock.watch(state)
         events.sort(key=lambda item: item[0].occurred_at)  # stable: ties keep arrival order
-        for event, raw in events:
-            clock.evaluate(event, states[event.customer_id], raw)
+        with correlate():  # each evaluation rebinds its event's ids; restored after the loop
+            for event, raw in events:
+                clock.evaluate(event, states[event.customer_id], raw)
         batch.save_states({c: self._encode(s) for c, s in states.items()})
         gone: list[dict[str, str]] = []
         added: list[dict[str, str]] = []
@@ -384,6 +408,7 @@ class _Clock:
             if ref is None or ref.due != due:
                 continue  # fired or cancelled meanwhile
             fired = timer_event(timer_id, customer_id, due, "worker")
+            rebind(event_id=timer_id, customer_id=customer_id)
             decisions = self.core.evaluate(fired, owner, self.batch.ledger, fired.occurred_at, due)
             out.fired.append(timer_id)
             out.result.timers_fired += 1
@@ -393,8 +418,15 @@ class _Clock:
             out.fired.append(event.data.timer_id)
         else:  # the event first in the trail, then what it caused
             out.audit.append(AuditRow(event.customer_id, stamp, "event", event.event_id, None, raw))
+        rebind(event_id=event.event_id, customer_id=event.customer_id)
         decisions = self.core.evaluate(event, state, self.batch.ledger, event.occurred_at, stamp)
         out.result.events += 1
+        if (
+            not decisions.duplicate
+            and isinstance(event, ContactSuppressed)
+            and event.data.reason == "complaint"
+        ):  # spam complaints, against messages sent: the bulk-sender thresholds
+            out.tallies["complaints", event.data.channel] += 1
         if decisions.duplicate:
             out.result.duplicates += 1
             out.audit.pop()  # a redelivered copy: already in the trail

@@ -38,6 +38,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from outreach.errors import OutreachError
+from outreach.telemetry import metrics
 
 log = logging.getLogger("outreach.llm")
 
@@ -65,7 +66,6 @@ class LLMSettings(BaseSettings):
     requests_per_minute: int = Field(default=60, ge=1)
     daily_tokens: int = Field(default=1_000_000, ge=1, description="per UTC day, all calls")
     record_text: bool = Field(default=False, description="keep full prompts and answers")
-
     redact_fields: Annotated[frozenset[str], NoDecode] = Field(
         default=frozenset(),
         description="field names never shown to the model, beyond the built-in PII ones "
@@ -266,6 +266,10 @@ class LLMGateway:
         answer = answer_text(completion)
         record.response_sha256 = _digest(answer)
         record.response = answer if self.settings.record_text else None
+        metrics.LLM_CALLS.labels(purpose, "ok").inc()
+        metrics.LLM_SECONDS.labels(purpose).observe(record.latency_ms / 1000)
+        metrics.LLM_TOKENS.labels(purpose, "prompt").inc(record.prompt_tokens)
+        metrics.LLM_TOKENS.labels(purpose, "completion").inc(record.completion_tokens)
         return LLMReply(completion, record)
 
     def _admit(self, record: LLMCall) -> None:
@@ -280,6 +284,7 @@ class LLMGateway:
                 self._alerted = self._day
                 log.error("ALERT LLM budget exhausted: %s", why)
             record.fell_back(LLMBudgetExhaustedError.code, why)
+            metrics.LLM_CALLS.labels(record.purpose, LLMBudgetExhaustedError.code).inc()
             raise LLMBudgetExhaustedError(why, record)
         now = self._clock()
         while self._recent and self._recent[0] <= now - 60.0:
@@ -288,6 +293,7 @@ class LLMGateway:
             why = f"request cap reached ({self.settings.requests_per_minute} per minute)"
             log.warning("LLM call refused: %s", why)
             record.fell_back(LLMRateLimitedError.code, why)
+            metrics.LLM_CALLS.labels(record.purpose, LLMRateLimitedError.code).inc()
             raise LLMRateLimitedError(why, record)
         self._recent.append(now)
 
@@ -299,6 +305,8 @@ class LLMGateway:
     def _failed(self, kind: type[LLMError], record: LLMCall, started: float, why: str) -> LLMError:
         record.latency_ms = round((time.perf_counter() - started) * 1000, 1)
         record.fell_back(kind.code, why)
+        metrics.LLM_CALLS.labels(record.purpose, kind.code).inc()
+        metrics.LLM_SECONDS.labels(record.purpose).observe(record.latency_ms / 1000)
         log.warning("LLM call failed (%s): %s", record.purpose, why)
         return kind(why, record)
 

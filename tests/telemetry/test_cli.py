@@ -1,0 +1,56 @@
+"""The commands' logging and metrics options: --log-format, OUTREACH_LOG_FORMAT,
+--metrics-port / OUTREACH_METRICS_PORT."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from outreach.cli import app
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port something already listens on."""
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))  # noqa: S104 - where the metrics server binds
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_the_scheduler_serves_metrics_on_the_port_asked_or_says_why_not(
+    tmp_path: Path, busy_port: int
+) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["scheduler", "--kafka-url", "127.0.0.1:1", "--database-url",
+         f"sqlite:///{tmp_path}/s.db", "--metrics-port", str(busy_port)],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert f"cannot serve metrics on port {busy_port}" in result.stderr
+
+
+def test_the_worker_reads_the_metrics_port_from_the_environment(
+    tmp_path: Path, busy_port: int
+) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["worker", "--data-dir", str(tmp_path / "data"), "--database-url",
+         f"sqlite:///{tmp_path}/w.db", "--until-idle"],
+        env={"OUTREACH_KAFKA_URL": "127.0.0.1:1", "OUTREACH_METRICS_PORT": str(busy_port)},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert f"cannot serve metrics on port {busy_port}" in result.stderr
+
+
+def test_every_command_refuses_an_unknown_log_format(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["schema", "export", str(tmp_path)], env={"OUTREACH_LOG_FORMAT": "xml"}
+    )
+    assert result.exit_code == 2
+    assert "invalid logging setting" in result.stderr
+    assert not list(tmp_path.iterdir())
