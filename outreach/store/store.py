@@ -88,6 +88,7 @@ class OutboxRow:
     ref: str
     payload: bytes
     attempts: int
+    created_at: float = 0.0  # when the core decided it (wall clock, epoch seconds)
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ class Store:
             )
         return [
             OutboxRow(r["id"], r["idempotency_key"], r["kind"], r["customer_id"], r["ref"],
-                      bytes(r["payload"]), r["attempts"] + 1)
+                      bytes(r["payload"]), r["attempts"] + 1, r["created_at"])
             for r in rows
         ]  # fmt: skip
 

@@ -2,8 +2,11 @@
 
 Each round claims due rows (leased, so a crashed dispatcher's rows come back after the lease),
 performs them, and marks them ``done``; a transient failure puts the row back with exponential
-backoff and full jitter (or the provider's ``retry_after``) until ``max_attempts``; a permanent
-failure marks it ``failed`` and is never retried.
+backoff and full jitter (or the provider's ``retry_after``) until it has been tried
+``max_attempts`` times AND ``retry_for`` seconds have passed since it was decided (so a
+provider down for minutes delays messages, it does not lose them); a permanent failure marks
+it ``failed`` and is never retried. The database away: each round is retried with backoff,
+and the outage is logged once when it starts and once when it ends.
 
 Before a delivery goes, the address is checked against the store's suppressions (written by
 the webhooks the moment a STOP, bounce or unsubscribe arrives), so a message decided before
@@ -75,6 +78,7 @@ from outreach.outbound.channels import Channel
 from outreach.store import OutboxRow, Store
 from outreach.store.contacts import Contacts
 from outreach.streams.codec import Record, dead_letter_value
+from outreach.streams.outage import Outage, unavailable
 from outreach.streams.topics import logical_topic
 from outreach.telemetry import metrics
 from outreach.telemetry.logs import correlate
@@ -88,7 +92,8 @@ class DispatcherOptions:
 
     batch: int = 100
     lease: float = 60.0  # a claimed row is due again if not marked within this
-    max_attempts: int = 8
+    max_attempts: int = 8  # a transient failure gives up only past both of these: at
+    retry_for: float = 3600.0  # least this many attempts and this many seconds since decided
     backoff_base: float = 1.0
     backoff_max: float = 600.0
     poll: float = 0.2
@@ -201,16 +206,22 @@ class Dispatcher:
         return True
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Dispatch until ``stop`` is set."""
+        """Dispatch until ``stop`` is set (a database outage: logged once, waited out)."""
+        outage = Outage("dispatcher", log)
         while not stop.is_set():
+            wait = self.options.poll
             try:
                 handled = await self.run_once()
-            except Exception:  # the database may be away: wait and try again
-                log.exception("dispatcher: round failed; retrying")
+                outage.recovered()
+            except Exception as exc:
+                if unavailable(exc):
+                    wait = max(wait, outage.failed(exc))
+                else:  # a bug or bad data: logged in full, and the next round goes on
+                    log.exception("dispatcher: round failed; retrying")
                 handled = 0
             if handled < self.options.batch:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.options.poll)
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
 
     async def _perform(self, row: OutboxRow, now: float) -> None:
         try:
@@ -337,7 +348,9 @@ class Dispatcher:
         retry_after: float | None,
         request: Effect | Delivery,
     ) -> None:
-        if row.attempts >= self.options.max_attempts:
+        opts = self.options
+        trying_for = max(0.0, now - row.created_at)  # clocks of two hosts may disagree
+        if row.attempts >= opts.max_attempts and trying_for >= opts.retry_for:
             why = f"gave up after {row.attempts} attempts: {error}"
             report = _report(row, request, "gave_up", why, now)
             await self._finish(row, "failed", None, why, report)

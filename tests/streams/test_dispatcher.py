@@ -248,7 +248,9 @@ async def test_a_permanent_error_fails_the_row_and_it_is_never_retried(
 async def test_a_row_that_keeps_failing_transiently_is_failed_after_max_attempts(
     store: Store, tmp_path: Path
 ) -> None:
-    setup = Setup(store, tmp_path, max_attempts=3, backoff_base=1.0, backoff_max=1.0)
+    setup = Setup(
+        store, tmp_path, max_attempts=3, retry_for=0.0, backoff_base=1.0, backoff_max=1.0
+    )
     queue_effect(store, effect(), 0.0)
     setup.connector.fail_next(*(TransientConnectorError(f"503 #{i}") for i in (1, 2, 3)))
     now = time.time()
@@ -261,6 +263,43 @@ async def test_a_row_that_keeps_failing_transiently_is_failed_after_max_attempts
     assert (setup.dispatcher.stats.retried, setup.dispatcher.stats.failed) == (2, 1)
     assert await setup.dispatcher.run_once(now + 10 * 86400) == 0
     assert setup.effects.read_bytes() == b""
+
+
+@SQLITE_ONLY
+async def test_a_provider_down_for_minutes_delays_a_row_but_does_not_lose_it(
+    store: Store, tmp_path: Path
+) -> None:
+    # the reliability suite's finding: 8 attempts of 1 s-based backoff are spent within about
+    # a minute; a row keeps its retries for retry_for seconds since it was decided
+    setup = Setup(
+        store, tmp_path, max_attempts=3, retry_for=600.0, backoff_base=1.0, backoff_max=1.0
+    )
+    decided = time.time()
+    queue_delivery(store, delivery(), decided)
+    setup.channel.fail_next(*(TransientDeliveryError(f"503 #{i}") for i in range(1, 7)))
+    for attempt, at in enumerate((10, 20, 30, 300, 590, 599), start=1):  # 6 > max_attempts
+        assert await setup.dispatcher.run_once(decided + at) == 1, attempt
+        assert only_row(store)["status"] == "pending", attempt
+    assert await setup.dispatcher.run_once(decided + 700) == 1  # the provider is back
+    assert only_row(store)["status"] == "done"
+    assert taken_records(store) == []  # never reported as failed
+    assert len(setup.messages.read_bytes().splitlines()) == 1
+
+
+@SQLITE_ONLY
+async def test_past_both_limits_a_row_gives_up(store: Store, tmp_path: Path) -> None:
+    setup = Setup(
+        store, tmp_path, max_attempts=2, retry_for=600.0, backoff_base=1.0, backoff_max=1.0
+    )
+    decided = time.time()
+    queue_delivery(store, delivery(), decided)
+    setup.channel.fail_next(*(TransientDeliveryError(f"503 #{i}") for i in range(1, 4)))
+    assert await setup.dispatcher.run_once(decided + 10) == 1
+    assert await setup.dispatcher.run_once(decided + 20) == 1  # 2 attempts, 20 s: retried
+    assert only_row(store)["status"] == "pending"
+    assert await setup.dispatcher.run_once(decided + 601) == 1  # 3 attempts, 601 s: given up
+    assert only_row(store)["status"] == "failed"
+    assert only_report(store).data.detail == "gave up after 3 attempts: 503 #3"
 
 
 # -- the backoff itself ----------------------------------------------------------------------
@@ -502,7 +541,9 @@ async def test_a_permanent_connector_error_reports_the_action_failed(
 
 @SQLITE_ONLY
 async def test_giving_up_on_a_delivery_reports_gave_up_once(store: Store, tmp_path: Path) -> None:
-    setup = Setup(store, tmp_path, max_attempts=2, backoff_base=1.0, backoff_max=1.0)
+    setup = Setup(
+        store, tmp_path, max_attempts=2, retry_for=0.0, backoff_base=1.0, backoff_max=1.0
+    )
     queue_delivery(store, delivery(), 0.0)
     setup.channel.fail_next(*(TransientDeliveryError(f"timeout #{i}") for i in (1, 2)))
     now = time.time()

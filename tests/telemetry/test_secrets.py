@@ -174,7 +174,7 @@ async def run_dispatcher(store: Store, tmp_path: Path, planted: dict[str, str]) 
         ), links)  # fmt: skip
         dispatcher = Dispatcher(
             store, connector, ChannelRouter(sms_channel, email_channel),
-            DispatcherOptions(max_attempts=1), random.Random(1),
+            DispatcherOptions(max_attempts=1, retry_for=0.0), random.Random(1),
         )  # fmt: skip
         rebook = Effect(idempotency_key="eff:1", action_id="act_1", customer_id="cus_1",
                         tool="rebook_shipment", params={"shipment_id": "shp_1"})  # fmt: skip
