@@ -34,6 +34,7 @@ from outreach.streams.dispatcher import Dispatcher, DispatcherOptions
 from outreach.streams.embedded import EmbeddedBroker
 from outreach.streams.export import DecisionExporter
 from outreach.streams.faust_app import make_app
+from outreach.streams.outage import unavailable
 from outreach.streams.processor import BatchProcessor, BatchResult
 from outreach.streams.relay import Relay
 from outreach.streams.topics import KafkaSettings, Topics, ensure_topics
@@ -238,7 +239,8 @@ def _ended(task: asyncio.Task[None], parts: Parts, stop: asyncio.Event) -> None:
 
 def quiet(parts: Parts, *, since: float) -> bool:
     """Whether nothing is left to do now: every fetched record applied and relayed, no due
-    outbox row, no due timer, and no new batch for ``since`` seconds."""
+    outbox row, no due timer, and no new batch for ``since`` seconds (never while the
+    database cannot be asked)."""
     worker = parts.worker
     if worker is not None and (not worker.caught_up or worker.aligner.buffered or worker.applying):
         return False
@@ -251,7 +253,12 @@ def quiet(parts: Parts, *, since: float) -> bool:
     if time.monotonic() - last < since:
         return False
     store, now = parts.store, time.time()
-    return not (store.count("pending_records") or store.due_count(now))
+    try:
+        return not (store.count("pending_records") or store.due_count(now))
+    except Exception as exc:  # the database away is not "idle": wait for it like the rest
+        if unavailable(exc):
+            return False
+        raise
 
 
 def model_parts() -> tuple[Planner | None, Composer | None]:
