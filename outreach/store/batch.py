@@ -8,6 +8,7 @@ workers touching one customer or one partition apply one after the other.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -151,6 +152,20 @@ class Batch:
             ),
             rows,
         )
+
+    def _append(
+        self, table: sa.Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+    ) -> None:
+        """Insert plain rows (values in ``columns`` order). On SQLite straight through the
+        driver's ``executemany``: SQLAlchemy's per-row parameter handling cost ~8 µs a row
+        against ~3 µs, and the audit trail takes a row per event. PostgreSQL keeps
+        SQLAlchemy's batched multi-row ``INSERT``."""
+        if not rows:
+            return
+        if self.postgres:
+            self.conn.execute(sa.insert(table), [dict(zip(columns, r, strict=True)) for r in rows])
+            return
+        self.conn.exec_driver_sql(_sqlite_insert(table, columns), rows)
 
     def _insert_new(self, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]) -> int:
         insert = postgresql.insert(table) if self.postgres else sqlite.insert(table)
@@ -301,27 +316,15 @@ class Batch:
 
     def add_records(self, rows: Iterable[tuple[str, bytes | None, bytes]]) -> None:
         """Queue (logical topic, key, value) records for the relay to Kafka, in order."""
-        values = [{"topic": t, "key": k, "value": v} for t, k, v in rows]
-        if values:
-            self.conn.execute(sa.insert(pending_records), values)
+        self._append(pending_records, ("topic", "key", "value"), list(rows))
 
     def add_audit(self, rows: Sequence[AuditRow]) -> None:
         """Append to the customers' audit trails, in order."""
-        if rows:
-            self.conn.execute(
-                sa.insert(audit),
-                [
-                    {
-                        "customer_id": r.customer_id,
-                        "at": r.at,
-                        "kind": r.kind,
-                        "ref": r.ref,
-                        "status": r.status,
-                        "body": r.body,
-                    }
-                    for r in rows
-                ],  # fmt: skip
-            )
+        self._append(
+            audit,
+            ("customer_id", "at", "kind", "ref", "status", "body"),
+            [(r.customer_id, r.at, r.kind, r.ref, r.status, r.body) for r in rows],
+        )
 
     def track_approvals(self, rows: Sequence[ApprovalRow]) -> None:
         """Keep the approvals queue: ``rows`` are this batch's action records in order; a
@@ -381,3 +384,10 @@ class Batch:
         )
         row = self.conn.execute(query).first()
         return (float(row[0]), str(row[1])) if row is not None else None
+
+
+@functools.lru_cache(maxsize=32)
+def _sqlite_insert(table: sa.Table, columns: tuple[str, ...]) -> str:
+    """SQLAlchemy's ``INSERT`` of ``columns`` into ``table``, compiled for SQLite (``?``)."""
+    insert = sa.insert(table).compile(dialect=sqlite.dialect(), column_keys=list(columns))
+    return str(insert)
