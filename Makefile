@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := .demo
 BENCH  := .bench
 
-.PHONY: demo test lint bench clean help
+.PHONY: demo test lint bench reliability reliability-fast clean help
 
 help:
 	@echo "make demo   sample traffic -> embedded broker -> live worker (live summary) -> decision log;"
@@ -20,6 +20,10 @@ help:
 	@echo "make bench  replay throughput and peak memory on outreach sample --customers 20000 --days 30;"
 	@echo "            then the live engine on one embedded broker: raw consume ceiling, worker and"
 	@echo "            Faust throughput, p50/p99 event->decision latency at 1,000 events/s, peak RSS"
+	@echo "make reliability  the reliability suite (docs/reliability.md): hostile input, SIGKILLs of"
+	@echo "            worker and scheduler, broker, database and provider outages, sustained load;"
+	@echo "            prints what was tried and what held (~15 min; ARGS='--only load' to pick)"
+	@echo "make reliability-fast  every scenario at a small scale (CI; ~5 min; same as FAST=1)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed; set PYTHON=/path/to/python3.11")'
@@ -49,8 +53,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check outreach tests bench
-	$(BIN)/ruff format --check outreach tests bench
+	$(BIN)/ruff check outreach tests bench reliability
+	$(BIN)/ruff format --check outreach tests bench reliability
 	$(BIN)/mypy
 	bash deploy/audit.sh $(BIN)/pip-audit
 
@@ -58,5 +62,16 @@ bench: $(STAMP)
 	$(BIN)/python bench/replay_bench.py --workdir $(BENCH)
 	$(BIN)/python bench/live_bench.py --workdir $(BENCH)
 
+# PostgreSQL as for `make test` (the database outage needs it; the faults run on it too)
+reliability: $(STAMP)
+	@if [ -z "$${OUTREACH_TEST_POSTGRES_URL:-}" ]; then \
+	    OUTREACH_TEST_POSTGRES_URL="$$(bash scripts/postgres.sh)" || exit $$?; \
+	    export OUTREACH_TEST_POSTGRES_URL; \
+	fi; \
+	$(BIN)/python -m reliability $(if $(FAST),--fast) $(ARGS)
+
+reliability-fast:
+	@$(MAKE) --no-print-directory reliability FAST=1
+
 clean:
-	rm -rf $(VENV) $(DEMO) $(BENCH) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(DEMO) $(BENCH) .reliability .pytest_cache .mypy_cache .ruff_cache *.egg-info

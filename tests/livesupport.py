@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections import defaultdict
@@ -221,3 +225,119 @@ def expected_keys(replay_folder: Path) -> tuple[set[str], set[str]]:
         if r["status"] == "sent"
     }  # fmt: skip
     return effects, deliveries
+
+
+# -- a TCP proxy that can be cut (database outages) ------------------------------------------
+
+
+class CutProxy:
+    """A TCP proxy on ``127.0.0.1:<port>`` to ``upstream`` that can be cut and restored: cut,
+    it refuses new connections (nothing listens) and drops the ones it carries (RST), like a
+    database that went away; restored, it listens on the same port again. Only what goes
+    through it is disturbed. Use as a context manager."""
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = int(probe.getsockname()[1])
+        probe.close()
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self.accepted = 0
+        self.dropped = 0
+
+    def __enter__(self) -> CutProxy:
+        self.restore()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._closed.set()
+        self.cut()
+        self._thread.join(timeout=5)
+
+    @property
+    def is_cut(self) -> bool:
+        """Whether the proxy refuses connections now."""
+        return self._listener is None
+
+    def url_for(self, url: str) -> str:
+        """``url`` (a SQLAlchemy URL of the upstream) pointed at this proxy instead."""
+        return (
+            sa.engine.make_url(url)
+            .set(host="127.0.0.1", port=self.port)
+            .render_as_string(hide_password=False)
+        )
+
+    def cut(self) -> None:
+        """Stop listening and reset every carried connection."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, set()
+        if listener is not None:
+            listener.close()
+        for conn in conns:
+            with contextlib.suppress(OSError):  # RST rather than FIN: a connection lost
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):  # wakes the pump blocked in recv (close would not)
+                conn.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                conn.close()
+        self.dropped += len(conns) // 2
+
+    def restore(self) -> None:
+        """Listen again on the same port."""
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        listener.settimeout(0.05)
+        with self._lock:
+            self._listener = listener
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            listener = self._listener
+            if listener is None:
+                self._closed.wait(0.05)
+                continue
+            try:
+                client, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            client.settimeout(None)
+            with self._lock:
+                if self._listener is not listener:  # cut meanwhile
+                    client.close()
+                    server.close()
+                    continue
+                self._conns |= {client, server}
+                self.accepted += 1
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                target.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for conn in (source, target):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                gone = {source, target} & self._conns
+                self._conns -= gone
+            for conn in gone:
+                conn.close()

@@ -57,8 +57,10 @@ from outreach.scheduling.webhook import ApprovalsWebhook
 from outreach.store import Claim, Store, StoreBusyError
 from outreach.store.operator import Operator
 from outreach.store.schedule import DueTimer, Schedule
+from outreach.streams.outage import Outage, unavailable
 from outreach.streams.processor import timer_event
 from outreach.streams.topics import Topics
+from outreach.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,9 @@ class SchedulerOptions:
     sweep_every: float = 5.0  # seconds between removals of cancelled timers' jobs
     redeliver_after: float = 60.0  # a produced timer no worker applied is produced again
     clock_ttl: float = 30.0  # a worker silent this long no longer holds timers back
+    outage_grace: float = 3.0  # after a database outage, seconds for the workers to report
+    # their clocks again before anything is armed (their last reports may be older than
+    # clock_ttl only because the database was away: they would not hold timers back)
     threads: int = 4  # jobs producing at once
     chunk: int = 2000  # timers armed per look
     audit_retention: float | None = None  # seconds of audit trail to keep (None: all)
@@ -192,28 +197,49 @@ class TimerScheduler:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Wait on standby for the claim, then schedule until ``stop`` (or the claim is lost,
-        then wait again)."""
+        then wait again). The database away: an active scheduler steps down, and every
+        scheduler waits with backoff until it is back (one log line each way), then competes
+        for the claim again; the one that wins re-arms what the outage interrupted."""
         self._loop = asyncio.get_running_loop()
         said_standby = False
+        outage = Outage("scheduler", log)
         while not stop.is_set():
+            wait = self.options.standby_poll
             try:
                 claim = await _settled(lambda: self.store.hold_exclusive(CLAIM))
             except StoreBusyError:
+                outage.recovered()
                 if not said_standby:
                     log.info("scheduler: standby (another scheduler is active on this store)")
                     said_standby = True
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.options.standby_poll)
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
                 continue
+            except Exception as exc:
+                if not unavailable(exc):
+                    raise
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=outage.failed(exc))
+                continue
+            outage.recovered()
             said_standby = False
             try:
-                await self._run_active(stop, claim)
+                grace = self.options.outage_grace if outage.outages else 0.0
+                await self._run_active(stop, claim, grace)
+            except Exception as exc:
+                if not unavailable(exc):
+                    raise
+                wait = outage.failed(exc)  # stepped down; the claim goes with the session
             finally:
-                await asyncio.to_thread(claim.release)
+                with contextlib.suppress(Exception):  # a dead session has released it already
+                    await asyncio.to_thread(claim.release)
+            if outage.ongoing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
         if self.webhook is not None:
             self.webhook.close()
 
-    async def _run_active(self, stop: asyncio.Event, claim: Claim) -> None:
+    async def _run_active(self, stop: asyncio.Event, claim: Claim, grace: float = 0.0) -> None:
         global _active
         if _active is not None:
             raise RuntimeError("only one active scheduler per process")
@@ -221,7 +247,11 @@ class TimerScheduler:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False, linger_ms=2
         )
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except BaseException:  # Kafka away: close what start() opened, or it leaks
+            await self._producer.stop()
+            raise
         # its own engine on the same database (the job store disposes of it at shutdown)
         jobs_store = Store(self.store.url.render_as_string(hide_password=False), pool_size=2)
         self._jobs = SQLAlchemyJobStore(engine=jobs_store.engine, tablename=JOB_TABLE)
@@ -233,6 +263,7 @@ class TimerScheduler:
         )
         _active = self
         self.active = True
+        metrics.SCHEDULER_ACTIVE.set(1)
         self.stats.takeovers += 1
         try:
             await asyncio.to_thread(aps.start)
@@ -240,8 +271,10 @@ class TimerScheduler:
             self.stats.recovered += recovered
             log.info("scheduler: active (%d timers re-armed from a previous scheduler)", recovered)
             swept = pruned = announced = 0.0
+            arm_from = time.monotonic() + grace
             while not stop.is_set():
-                await _settled(self.sync)
+                if time.monotonic() >= arm_from:
+                    await _settled(self.sync)
                 if self.webhook and time.monotonic() - announced >= opts.announce_every:
                     announced = time.monotonic()
                     await _settled(self.announce)
@@ -254,10 +287,17 @@ class TimerScheduler:
                     if not await _settled(claim.alive):
                         log.error("scheduler: lost the claim on the store; back to standby")
                         return
+                    thread = getattr(aps, "_thread", None)
+                    if thread is not None and not thread.is_alive():
+                        # APScheduler 3's loop thread dies on a database error between jobs
+                        # (get_next_run_time): no job would run again; start afresh
+                        log.error("scheduler: APScheduler's thread died; restarting it")
+                        return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=opts.sync_every)
         finally:
             self.active = False
+            metrics.SCHEDULER_ACTIVE.set(0)
             with contextlib.suppress(Exception):
                 await _settled(lambda: aps.shutdown(True) if aps.running else None)
             jobs_store.close()
@@ -288,6 +328,7 @@ class TimerScheduler:
                 break
         self.stats.armed += total
         self.stats.rounds += 1
+        metrics.SCHEDULER_ROUNDS.inc()
         return total
 
     def sweep(self) -> None:
@@ -297,6 +338,7 @@ class TimerScheduler:
             with contextlib.suppress(JobLookupError):
                 self._aps.remove_job(job_id)
                 self.stats.cancelled += 1
+        metrics.SCHEDULER_SWEEPS.inc()
         again = self.schedule.redeliver(time.time(), self.options.redeliver_after)
         if again:
             log.warning("scheduler: %d timers produced but never applied; producing again", again)
@@ -342,9 +384,13 @@ class TimerScheduler:
         try:
             asyncio.run_coroutine_threadsafe(send, loop).result(timeout=60)
         except Exception:  # Kafka away: the job is gone, so the row goes back to be re-armed
-            log.warning("scheduler: producing timer %s failed; will retry", timer_id, exc_info=True)
+            log.warning(
+                "scheduler: producing timer %s failed; will retry", timer_id, exc_info=True,
+                extra={"timer_id": timer_id, "customer_id": customer_id},
+            )  # fmt: skip
             self.schedule.disarm(timer_id)
             return
         self.schedule.mark_published(timer_id, time.time())
         self.stats.produced += 1
         self.stats.last_produced = time.monotonic()
+        metrics.SCHEDULER_PRODUCED.inc()

@@ -25,6 +25,7 @@ from typing import Any
 import faust
 
 from outreach.streams.codec import Record
+from outreach.streams.outage import Outage, unavailable
 from outreach.streams.processor import BatchProcessor, BatchResult
 from outreach.streams.relay import Relay
 from outreach.streams.topics import Topics
@@ -66,11 +67,22 @@ def make_app(
         key_serializer="raw", value_serializer="raw",
     )  # fmt: skip
 
+    outage = Outage("faust worker", log)
+
     @app.agent(source, name="apply")
     async def apply(stream: Any) -> None:
         async for events in stream.take_events(batch_max, within=within):
             records = [_record(e.message) for e in events]
-            result = await asyncio.to_thread(processor.apply, records)
+            while True:  # the database away: the same batch again, unacked, after a backoff
+                try:
+                    result = await asyncio.to_thread(processor.apply, records)
+                except Exception as exc:
+                    if not unavailable(exc):
+                        raise
+                    await asyncio.sleep(outage.failed(exc))
+                    continue
+                outage.recovered()
+                break
             totals.add(result)
             relay.wake()
 

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from outreach.store import PendingRecord, Store
+from outreach.streams.outage import Outage, unavailable
 from outreach.streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Relay:
         self.relayed = 0
         self.last_published = 0.0  # time.monotonic() of the last record produced
         self._wake = asyncio.Event()
+        self.outage = Outage("relay", log)  # the database away: records wait in the store
         self._loop: asyncio.AbstractEventLoop | None = None
         self._names = {
             "signals": topics.signals, "actions": topics.actions,
@@ -60,6 +62,10 @@ class Relay:
         """Relay what is left, then disconnect."""
         try:
             await self.relay_once()
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            log.warning("relay: stopping with the database away; its records wait in the store")
         finally:
             await self.producer.stop()
 
@@ -90,18 +96,24 @@ class Relay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay records when woken (or every second) until ``stop``."""
+        wait = 1.0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
             self._wake.clear()
+            wait = 1.0
             try:
                 await self.relay_once()
+                self.outage.recovered()
             except KafkaError as exc:
                 if not exc.retriable:  # e.g. a record too large, no authorisation: say so, stop
                     raise
                 log.warning("relay: producing records failed (%r); will retry", exc)
-            except Exception:  # the records stay in the store; the next round retries them
-                log.exception("relay: producing records failed; will retry")
+            except Exception as exc:  # the records stay in the store; the next round retries
+                if unavailable(exc):  # one line per outage, not one per second
+                    wait = max(wait, self.outage.failed(exc))
+                else:
+                    log.exception("relay: producing records failed; will retry")
 
 
 async def _drain(take: Callable[[], int]) -> int:

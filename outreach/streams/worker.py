@@ -13,6 +13,11 @@ Beside the loop:
 - the clock: every ``beat_every`` seconds the worker reports in the store the latest event
   time it has applied while catching up (none once idle). The scheduler releases a timer only
   when every live worker's clock has reached it (``outreach.scheduling``).
+
+The database away (``outreach.streams.outage``): a batch that cannot be applied is tried again,
+the SAME batch, with capped backoff, while the consumer stays in its group with every partition
+paused (it keeps polling, so Kafka does not think it dead) and no offset is committed; one log
+line when the outage starts, one when it ends. Other database errors still stop the worker.
 """
 
 from __future__ import annotations
@@ -38,9 +43,11 @@ from outreach.store import Store
 from outreach.store.schedule import Schedule
 from outreach.streams.align import Aligner
 from outreach.streams.codec import DeadLetter, Record
-from outreach.streams.processor import BatchProcessor, BatchResult
+from outreach.streams.outage import Outage, unavailable
+from outreach.streams.processor import BatchProcessor, BatchResult, Decoded
 from outreach.streams.relay import Relay
 from outreach.streams.topics import Topics
+from outreach.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        inputs = set(self.worker.topics.inputs)
+        metrics.WORKER_PARTITIONS.set(sum(1 for tp in assigned if tp.topic in inputs))
         await self.worker.assigned(assigned)
 
 
@@ -110,6 +119,13 @@ class Worker:
         self._consumer: AIOKafkaConsumer | None = None
         self.caught_up = False  # every assigned partition fetched to its high watermark
         self.applying = False  # a batch is being applied right now
+        self.outage = Outage("worker", log)  # applying batches while the database is away
+        # a short cap: the scheduler waits a few seconds after an outage for clocks to come back
+        self._beat_outage = Outage("worker clock", log, cap=1.0)
+        self._stop = asyncio.Event()  # the run's stop event (set by ``run``)
+        # seconds spent paused in database outages: the aligner's clock leaves them out, or
+        # every partition (paused by us, not stalled) would look stuck and alignment be dropped
+        self._paused = 0.0
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         """Commit Kafka offsets: a hint only (the store's positions are the truth), so a
@@ -144,9 +160,21 @@ class Worker:
         self.aligner.assign((tp.topic, tp.partition) for tp in partitions)
         self.watermark = float("-inf")  # new partitions may hold older events: hold timers
         wanted = [(tp.topic, tp.partition) for tp in partitions]
-        positions = await asyncio.to_thread(
-            self.store.run, lambda batch: batch.positions(self.group, wanted)
-        )
+        try:
+            positions = await asyncio.to_thread(
+                self.store.run, lambda batch: batch.positions(self.group, wanted)
+            )
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            # waiting here would hold up the rebalance (and the group's heartbeats): start
+            # from Kafka's committed offsets instead, which are never ahead of the store's
+            # positions (committed after the batch); the store skips what it applied
+            log.warning(
+                "worker: assigned %s; the database is unavailable, so starting from Kafka's "
+                "committed offsets", sorted(f"{t}[{p}]" for t, p in wanted),
+            )  # fmt: skip
+            return
         fresh = []
         for tp in partitions:
             at = positions.get((tp.topic, tp.partition))
@@ -175,6 +203,7 @@ class Worker:
             max_partition_fetch_bytes=opts.fetch_max_bytes // 4,
         )
         self._consumer = consumer
+        self._stop = stop
         consumer.subscribe([*self.topics.inputs, self.topics.timers], listener=_Rebalance(self))
         relaying: asyncio.Future[tuple[None, None]] | None = None
         try:
@@ -201,14 +230,20 @@ class Worker:
 
     async def _beat(self, stop: asyncio.Event) -> None:
         """Report this worker's clock (``timer_limit``) to the store until ``stop``."""
+        outage = self._beat_outage
         while not stop.is_set():
+            wait = self.options.beat_every
             try:
                 limit = self.timer_limit()
                 await asyncio.to_thread(self.schedule.beat, self.group, self.member, limit)
-            except Exception:  # the database is away: the scheduler treats us as silent
-                log.exception("worker: reporting the clock failed; will retry")
+                outage.recovered()
+            except Exception as exc:  # the database is away: the scheduler treats us as silent
+                if not unavailable(exc):
+                    log.exception("worker: reporting the clock failed; will retry")
+                else:
+                    wait = max(wait, outage.failed(exc))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.options.beat_every)
+                await asyncio.wait_for(stop.wait(), timeout=wait)
 
     async def _step(self) -> None:
         consumer = self._consumer
@@ -224,11 +259,7 @@ class Worker:
         if full:
             consumer.pause(*full)
         fetched = await consumer.getmany(timeout_ms=wait, max_records=self.options.batch_max)
-        if fetched:
-            decode = self.processor.decode
-            batches = {tp: [decode(_record(m)) for m in msgs] for tp, msgs in fetched.items()}
-            for tp, items in batches.items():
-                self.aligner.add((tp.topic, tp.partition), items)
+        self._buffer(fetched)
         caught_up = set()
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
@@ -236,14 +267,17 @@ class Worker:
                 caught_up.add((tp.topic, tp.partition))
         assignment = consumer.assignment()
         self.caught_up = bool(assignment) and len(caught_up) == len(assignment)
-        ready = self.aligner.release(caught_up, time.monotonic(), self.options.batch_max)
+        now = time.monotonic() - self._paused
+        ready = self.aligner.release(caught_up, now, self.options.batch_max)
         if not ready:
             return
         self.applying = True
         try:
-            result = await asyncio.to_thread(self.processor.apply_decoded, ready)
+            result = await self._apply(consumer, ready)
         finally:
             self.applying = False
+        if result is None:  # stopped during a database outage: nothing applied or committed
+            return
         for _, event in reversed(ready):
             if not isinstance(event, DeadLetter):
                 self.watermark = max(self.watermark, event.occurred_at.timestamp())
@@ -256,6 +290,38 @@ class Worker:
         self.stats.totals.add(result)
         self.stats.batches += 1
         self.relay.wake()
+
+    async def _apply(self, consumer: AIOKafkaConsumer, ready: list[Decoded]) -> BatchResult | None:
+        """Apply ``ready`` in one transaction; while the database is away, try the same batch
+        again with backoff (None if ``stop`` came first). Meanwhile every partition is paused
+        and the consumer keeps polling, so it stays in its group without fetching more."""
+        began = time.monotonic()
+        while True:
+            try:
+                result = await asyncio.to_thread(self.processor.apply_decoded, ready)
+            except Exception as exc:
+                if not unavailable(exc):
+                    raise
+                delay = self.outage.failed(exc)
+            else:
+                if self.outage.ongoing:
+                    self._paused += time.monotonic() - began
+                self.outage.recovered()
+                return result
+            if self._stop.is_set():
+                return None
+            consumer.pause(*consumer.assignment())
+            # a rebalance meanwhile may hand over new partitions (not paused yet): keep what
+            # they bring in the aligner rather than dropping it
+            self._buffer(await consumer.getmany(timeout_ms=int(delay * 1000)))
+            if self._stop.is_set():
+                return None
+
+    def _buffer(self, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """Decode fetched messages into the aligner."""
+        decode = self.processor.decode
+        for tp, msgs in fetched.items():
+            self.aligner.add((tp.topic, tp.partition), [decode(_record(m)) for m in msgs])
 
 
 def _record(message: ConsumerRecord[bytes, bytes]) -> Record:

@@ -248,9 +248,7 @@ async def test_a_permanent_error_fails_the_row_and_it_is_never_retried(
 async def test_a_row_that_keeps_failing_transiently_is_failed_after_max_attempts(
     store: Store, tmp_path: Path
 ) -> None:
-    setup = Setup(
-        store, tmp_path, max_attempts=3, retry_for=0.0, backoff_base=1.0, backoff_max=1.0
-    )
+    setup = Setup(store, tmp_path, max_attempts=3, retry_for=0.0, backoff_base=1.0, backoff_max=1.0)
     queue_effect(store, effect(), 0.0)
     setup.connector.fail_next(*(TransientConnectorError(f"503 #{i}") for i in (1, 2, 3)))
     now = time.time()
@@ -541,9 +539,7 @@ async def test_a_permanent_connector_error_reports_the_action_failed(
 
 @SQLITE_ONLY
 async def test_giving_up_on_a_delivery_reports_gave_up_once(store: Store, tmp_path: Path) -> None:
-    setup = Setup(
-        store, tmp_path, max_attempts=2, retry_for=0.0, backoff_base=1.0, backoff_max=1.0
-    )
+    setup = Setup(store, tmp_path, max_attempts=2, retry_for=0.0, backoff_base=1.0, backoff_max=1.0)
     queue_delivery(store, delivery(), 0.0)
     setup.channel.fail_next(*(TransientDeliveryError(f"timeout #{i}") for i in (1, 2)))
     now = time.time()
