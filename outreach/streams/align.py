@@ -7,8 +7,11 @@ fetched and releases records in ``occurred_at`` order up to a horizon: the earli
 time seen" among partitions that still have records to fetch. A partition that is caught up
 (its buffer is empty and the consumer is at its high watermark) does not hold anything back,
 so live traffic is never delayed; a partition that has not answered yet holds records back until
-the horizon has not moved for ``max_wait`` seconds (a partition that makes no progress does
-not stall the others for ever).
+the horizon has not moved for ``max_wait`` seconds while records kept arriving from the others
+(a partition that makes no progress does not stall the others for ever). When nothing arrives
+from any partition (the broker hung or restarting, the network away), releasing what is
+buffered would only apply it out of order with what the stalled partitions hold, so the wait
+is ``max_stall`` instead: long enough for a broker to come back, bounded all the same.
 
 Pure: no Kafka client here; the driver tells it which partitions are caught up.
 """
@@ -30,9 +33,14 @@ _Item = tuple[float, int, Decoded]  # (occurred_at or -inf, arrival seq, item)
 class Aligner:
     """Buffers decoded records per partition and releases them in event-time order."""
 
-    def __init__(self, *, max_wait: float = 2.0, max_buffered: int = 100_000) -> None:
+    def __init__(
+        self, *, max_wait: float = 2.0, max_stall: float = 60.0, max_buffered: int = 100_000
+    ) -> None:
         self.max_wait = max_wait
+        self.max_stall = max(max_stall, max_wait)
         self.max_buffered = max_buffered
+        self._arrived = False  # records were added since the last release
+        self._arrived_at = float("-inf")  # the release clock when records last arrived
         self._buffers: dict[TopicPartition, deque[_Item]] = {}
         self._latest: dict[TopicPartition, float] = {}  # newest event time fetched per partition
         self._seq = 0
@@ -63,6 +71,7 @@ class Aligner:
             buffer.append((stamp, self._seq, item))
             if stamp > self._latest.get(tp, float("-inf")):
                 self._latest[tp] = stamp
+        self._arrived = self._arrived or len(buffer) > before
         self.buffered += len(buffer) - before
 
     def release(
@@ -74,10 +83,19 @@ class Aligner:
         for tp in self._buffers:
             if tp not in caught_up:  # more may come from it, no older than what it gave last
                 horizon = min(horizon, self._latest.get(tp, float("-inf")))
+        if self._arrived:
+            self._arrived, self._arrived_at = False, now
         if self._stuck_since is None or horizon > self._horizon or not self.buffered:
             self._stuck_since = now  # time is moving (or nothing waits): not stuck
         self._horizon = horizon
-        if now - self._stuck_since >= self.max_wait or self.buffered >= self.max_buffered:
+        stuck = now - self._stuck_since
+        # records arrived while the horizon stood still: a partition lags behind the others
+        others_moved = self._arrived_at > self._stuck_since
+        if (
+            (others_moved and stuck >= self.max_wait)
+            or stuck >= self.max_stall
+            or self.buffered >= self.max_buffered
+        ):
             horizon = float("inf")  # a partition makes no progress: stop waiting for it
         keys = list(self._buffers)
         streams = [_tagged(self._buffers[tp], index, horizon) for index, tp in enumerate(keys)]

@@ -62,6 +62,7 @@ class WorkerOptions:
     poll_ms: int = 100  # getmany wait when nothing is buffered
     fetch_max_wait_ms: int = 100  # the broker's long-poll; aiokafka's 500 ms default sets p99
     align_wait: float = 2.0  # see Aligner.max_wait
+    align_stall: float = 60.0  # see Aligner.max_stall
     beat_every: float = 0.5  # seconds between reports of the worker's clock to the store
     idle_after: float = 2.0  # caught up with nothing applied for this long: wall-clock timers
     session_timeout_ms: int = 10_000
@@ -111,7 +112,7 @@ class Worker:
         self.group = group
         self.options = options or WorkerOptions()
         self.stats = WorkerStats()
-        self.aligner = Aligner(max_wait=self.options.align_wait)
+        self.aligner = Aligner(max_wait=self.options.align_wait, max_stall=self.options.align_stall)
         self.relay = Relay(store, topics, bootstrap)
         self.schedule = Schedule(store)
         self.member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -100,9 +100,10 @@ def test_a_silent_partition_holds_all_but_dead_letters_until_max_wait_passes() -
     aligner.assign([PAY, CUS])
     aligner.add(PAY, fetched(PAY, None, 1, 2))
     assert seconds(aligner.release(set(), now=100.0)) == [None]  # nothing to wait for
+    aligner.add(PAY, fetched(PAY, 3, start=3))  # payments keeps coming; customers says nothing
     assert aligner.release(set(), now=101.9) == []
     assert aligner.first_unreleased() == {PAY: 1}
-    assert seconds(aligner.release(set(), now=102.0)) == [1, 2]
+    assert seconds(aligner.release(set(), now=102.0)) == [1, 2, 3]
     assert aligner.buffered == 0
 
 
@@ -113,8 +114,33 @@ def test_the_wait_starts_again_whenever_the_horizon_moves() -> None:
     assert aligner.release(set(), now=100.0) == []
     aligner.add(CUS, fetched(CUS, 3))
     assert seconds(aligner.release(set(), now=101.0)) == [1, 3]  # the horizon moved to 3
+    aligner.add(PAY, fetched(PAY, 9, start=3))
     assert aligner.release(set(), now=102.5) == []  # 1.5 s since it moved
-    assert seconds(aligner.release(set(), now=103.0)) == [5, 8]
+    assert seconds(aligner.release(set(), now=103.0)) == [5, 8, 9]
+
+
+def test_when_nothing_arrives_from_anywhere_order_is_kept_until_max_stall() -> None:
+    """A hung broker: what was buffered before it stopped answering is not released out of
+    order with what the other partitions will bring when it is back (bounded by max_stall)."""
+    aligner = Aligner(max_wait=2.0, max_stall=60.0)
+    aligner.assign([PAY, CUS])
+    aligner.add(PAY, fetched(PAY, 1, 5))
+    aligner.add(CUS, fetched(CUS, 2))
+    assert seconds(aligner.release(set(), now=100.0)) == [1, 2]
+    assert aligner.release(set(), now=102.0) == []  # max_wait passed, but nothing moves at all
+    assert aligner.release(set(), now=159.9) == []
+    aligner.add(CUS, fetched(CUS, 3, start=1))  # the broker is back: the order is kept
+    assert seconds(aligner.release(set(), now=160.5)) == [3]
+    assert seconds(aligner.release(set(), now=220.5)) == [5]  # bounded: max_stall again
+
+
+def test_a_stall_of_max_stall_releases_everything() -> None:
+    aligner = Aligner(max_wait=2.0, max_stall=60.0)
+    aligner.assign([PAY, CUS])
+    aligner.add(PAY, fetched(PAY, 1, 5))
+    assert aligner.release(set(), now=100.0) == []
+    assert aligner.release(set(), now=159.9) == []
+    assert seconds(aligner.release(set(), now=160.0)) == [1, 5]
 
 
 def test_a_full_buffer_is_released_without_waiting() -> None:
