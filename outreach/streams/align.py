@@ -7,8 +7,9 @@ fetched and releases records in ``occurred_at`` order up to a horizon: the earli
 time seen" among partitions that still have records to fetch. A partition that is caught up
 (its buffer is empty and the consumer is at its high watermark) does not hold anything back,
 so live traffic is never delayed; a partition that has not answered yet holds records back until
-the horizon has not moved for ``max_wait`` seconds while records kept arriving from the others
-(a partition that makes no progress does not stall the others for ever). When nothing arrives
+the horizon has not moved for ``max_wait`` seconds while records still arrive from the others
+(within the last quarter of ``max_wait``: a partition that makes no progress does not stall the
+others for ever). When nothing arrives
 from any partition (the broker hung or restarting, the network away), releasing what is
 buffered would only apply it out of order with what the stalled partitions hold, so the wait
 is ``max_stall`` instead: long enough for a broker to come back, bounded all the same.
@@ -89,8 +90,10 @@ class Aligner:
             self._stuck_since = now  # time is moving (or nothing waits): not stuck
         self._horizon = horizon
         stuck = now - self._stuck_since
-        # records arrived while the horizon stood still: a partition lags behind the others
-        others_moved = self._arrived_at > self._stuck_since
+        # records are arriving right now while the horizon stands still: a partition lags
+        # behind the others. (Not "arrived since it stood still": when a broker hangs, what
+        # the client had prefetched still trickles in for a moment, then nothing.)
+        others_moved = now - self._arrived_at <= self.max_wait / 4
         if (
             (others_moved and stuck >= self.max_wait)
             or stuck >= self.max_stall

@@ -134,6 +134,21 @@ def test_when_nothing_arrives_from_anywhere_order_is_kept_until_max_stall() -> N
     assert seconds(aligner.release(set(), now=220.5)) == [5]  # bounded: max_stall again
 
 
+def test_what_trickles_in_as_a_broker_hangs_does_not_end_the_wait() -> None:
+    """The client's prefetched records still arrive for a moment after the broker stops
+    answering; that is not a partition lagging behind live ones."""
+    aligner = Aligner(max_wait=2.0, max_stall=60.0)
+    aligner.assign([PAY, CUS])
+    aligner.add(PAY, fetched(PAY, 1, 5))
+    aligner.add(CUS, fetched(CUS, 2))
+    assert seconds(aligner.release(set(), now=100.0)) == [1, 2]
+    aligner.add(PAY, fetched(PAY, 7, start=2))  # prefetched, delivered as the broker hangs
+    assert aligner.release(set(), now=100.1) == []
+    assert aligner.release(set(), now=102.1) == []  # stuck 2 s, but nothing arrives now
+    assert aligner.release(set(), now=130.0) == []
+    assert seconds(aligner.release(set(), now=160.0)) == [5, 7]
+
+
 def test_a_stall_of_max_stall_releases_everything() -> None:
     aligner = Aligner(max_wait=2.0, max_stall=60.0)
     aligner.assign([PAY, CUS])
