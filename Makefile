@@ -50,6 +50,10 @@ test: $(STAMP)
 	    OUTREACH_TEST_POSTGRES_URL="$$(bash scripts/postgres.sh)" || exit $$?; \
 	    export OUTREACH_TEST_POSTGRES_URL; \
 	fi; \
+	if [ -z "$${OUTREACH_PROMTOOL:-}" ]; then \
+	    OUTREACH_PROMTOOL="$$(bash scripts/promtool.sh)" || true; \
+	    export OUTREACH_PROMTOOL; \
+	fi; \
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -275,26 +275,26 @@ class Providers:
         return seen
 
 
-class _FlakyTwilio(TwilioDouble):
+class _Flaky:
+    """A provider double that answers 503 until ``failing_until`` and holds each answer at
+    least ``delay`` seconds (mixed in before the double it changes)."""
+
     failing_until = 0.0
     delay = 0.0
 
     def handle(self, request: Any) -> Answer:
         if time.monotonic() < self.failing_until:
             return status(503)
-        answer = super().handle(request)
+        answer: Answer = super().handle(request)  # type: ignore[misc]
         return Answer(answer.status, answer.body, answer.headers, max(answer.delay, self.delay))
 
 
-class _FlakySendGrid(SendGridDouble):
-    failing_until = 0.0
-    delay = 0.0
+class _FlakyTwilio(_Flaky, TwilioDouble):
+    pass
 
-    def handle(self, request: Any) -> Answer:
-        if time.monotonic() < self.failing_until:
-            return status(503)
-        answer = super().handle(request)
-        return Answer(answer.status, answer.body, answer.headers, max(answer.delay, self.delay))
+
+class _FlakySendGrid(_Flaky, SendGridDouble):
+    pass
 
 
 # -- the outcome: per customer, what replay decided, performed once --------------------------

@@ -467,9 +467,19 @@ def test_alert_rules_read_only_metrics_the_engine_registers(alert_rules, series)
 
 
 def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+    """``OUTREACH_PROMTOOL`` (``make test`` sets it from ``scripts/promtool.sh``), else one on
+    PATH; without either the promtool checks skip, unless ``OUTREACH_REQUIRE_PROMTOOL=1``
+    (CI), where a missing promtool fails instead of passing quietly."""
+    path = os.environ.get("OUTREACH_PROMTOOL") or shutil.which("promtool")
+    if not path:
+        if os.environ.get("OUTREACH_REQUIRE_PROMTOOL") == "1":
+            pytest.fail(
+                "promtool is required here (OUTREACH_REQUIRE_PROMTOOL=1): run "
+                "scripts/promtool.sh or install Debian's prometheus package"
+            )
+        pytest.skip(
+            "promtool is not installed (scripts/promtool.sh, or apt-get install prometheus)"
+        )
     return path
 
 
