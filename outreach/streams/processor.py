@@ -368,7 +368,14 @@ def _addresses(state: CustomerState) -> list[tuple[str, str]]:
 
 class _Clock:
     """Replay's event-time clock over the customers of one batch: before each event, every
-    timer of these customers due at or before its time fires, in due order, at its due time."""
+    timer of its customer due at or before its time fires, in due order, at its due time.
+
+    Per customer, not across the batch: a customer's decisions depend on the order of its own
+    events and timers only, and that order holds whatever order the batch's customers come in.
+    A batch-wide clock fired a customer's timer as soon as *another* customer's later event
+    passed it, so when the batch ran ahead of one partition (a backlog delivered after a
+    broker outage) a payment retry ran before the failure that precedes it in event time. A
+    timer with no later event of its customer in the batch waits for the scheduler."""
 
     def __init__(
         self, core: DecisionCore, batch: Batch, out: _Collected, audit_all: bool = True
@@ -377,39 +384,39 @@ class _Clock:
         self.audit_all = audit_all
         self.batch = batch
         self.out = out
-        self.heap: list[tuple[float, int, str, str]] = []  # (due, seq, timer id, customer)
-        self.states: dict[str, CustomerState] = {}
+        self.heaps: dict[str, list[tuple[float, int, str]]] = {}  # (due, seq, timer id)
         self._seq = 0
 
     def watch(self, state: CustomerState) -> None:
         """Take the customer's pending timers into the clock."""
-        self.states[state.customer_id] = state
-        for timer_id, ref in sorted(state.timers.items(), key=lambda item: item[1].due):
-            self._push(ref.due, timer_id, state.customer_id)
-
-    def _push(self, due: float, timer_id: str, customer_id: str) -> None:
-        self._seq += 1
-        heapq.heappush(self.heap, (due, self._seq, timer_id, customer_id))
+        heap = self.heaps[state.customer_id] = []
+        for timer_id, ref in state.timers.items():
+            self._seq += 1
+            heap.append((ref.due, self._seq, timer_id))
+        heapq.heapify(heap)
 
     def _take(self, decisions: Decisions, at: float) -> None:
         for timer in decisions.timers:
-            if timer.customer_id in self.states:
-                self._push(timer.due_at.timestamp(), timer.timer_id, timer.customer_id)
+            heap = self.heaps.get(timer.customer_id)
+            if heap is not None:
+                self._seq += 1
+                heapq.heappush(heap, (timer.due_at.timestamp(), self._seq, timer.timer_id))
         self.out.take(decisions, at)
 
     def evaluate(self, event: Event, state: CustomerState, raw: bytes) -> None:
-        """Fire what is due, then evaluate ``event`` (``raw``: its JSON) at its own time."""
+        """Fire the customer's timers that are due, then evaluate ``event`` (``raw``: its
+        JSON) at its own time."""
         stamp = event.occurred_at.timestamp()
-        heap, out = self.heap, self.out
+        out, customer_id = self.out, event.customer_id
+        heap = self.heaps[customer_id]
         while heap and heap[0][0] <= stamp:
-            due, _, timer_id, customer_id = heapq.heappop(heap)
-            owner = self.states[customer_id]
-            ref = owner.timers.get(timer_id)
+            due, _, timer_id = heapq.heappop(heap)
+            ref = state.timers.get(timer_id)
             if ref is None or ref.due != due:
                 continue  # fired or cancelled meanwhile
             fired = timer_event(timer_id, customer_id, due, "worker")
             rebind(event_id=timer_id, customer_id=customer_id)
-            decisions = self.core.evaluate(fired, owner, self.batch.ledger, fired.occurred_at, due)
+            decisions = self.core.evaluate(fired, state, self.batch.ledger, fired.occurred_at, due)
             out.fired.append(timer_id)
             out.result.timers_fired += 1
             if decisions:

@@ -178,6 +178,39 @@ def test_records_applied_in_event_time_order_within_a_batch(book: RuleBook, stor
     assert messages and all(m["to"] for m in messages)
 
 
+def test_a_customers_timers_fire_only_before_its_own_events(book: RuleBook, store: Store) -> None:
+    """Another customer's later event does not fire a customer's timers: a batch can run
+    ahead of the partition that still holds this customer's next event (a backlog after a
+    broker outage), and replay would run that event first. The timers fire before the
+    customer's own next event, in due order, at their due times."""
+    feed = Feed()
+    apply = processor(book, store).apply
+    apply([
+        feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1"))),
+        feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_1"))),
+    ])  # fmt: skip
+
+    def pending() -> dict[str, float]:
+        state = msgspec.json.decode(store.load_state("cus_1") or b"", type=CustomerState)
+        return {timer_id: ref.due for timer_id, ref in state.timers.items()}
+
+    retries = pending()
+    assert retries, "a soft decline schedules retries"
+    last = datetime.fromtimestamp(max(retries.values()), UTC)
+    apply([
+        feed.line(line(profile("2026-10-01T11:00:00Z", "cus_1"))),
+        feed.line(line(profile((last + timedelta(days=1)).isoformat(), "cus_2"))),
+    ])  # fmt: skip
+    assert pending() == retries, "cus_2's event fired cus_1's timers"
+    assert store.count("timers") == len(retries)
+    apply([feed.line(line(profile((last + timedelta(hours=1)).isoformat(), "cus_1")))])
+    assert pending() == {}
+    actions = [orjson.loads(v) for v in drain_records(store)["actions"]]
+    retried = [a for a in actions if a["type"] == "retry_payment" and a["status"] == "executed"]
+    at = [datetime.fromisoformat(a["at"]).timestamp() for a in retried]
+    assert len(at) == 3 and at == sorted(at) and set(at) <= set(retries.values())
+
+
 def test_decision_latency_is_tallied_once_per_applied_record(book: RuleBook, store: Store) -> None:
     """Apply time minus Kafka timestamp, in non-cumulative buckets (``le``: at most the bound),
     with the count and the sum in ms; redeliveries, records without a timestamp and timer
