@@ -7,12 +7,14 @@ fetched and releases records in ``occurred_at`` order up to a horizon: the earli
 time seen" among partitions that still have records to fetch. A partition that is caught up
 (its buffer is empty and the consumer is at its high watermark) does not hold anything back,
 so live traffic is never delayed; a partition that has not answered yet holds records back until
-the horizon has not moved for ``max_wait`` seconds while records still arrive from the others
-(within the last quarter of ``max_wait``: a partition that makes no progress does not stall the
-others for ever). When nothing arrives
-from any partition (the broker hung or restarting, the network away), releasing what is
-buffered would only apply it out of order with what the stalled partitions hold, so the wait
-is ``max_stall`` instead: long enough for a broker to come back, bounded all the same.
+the horizon has stood still for ``max_wait`` seconds *while records kept arriving from the
+others* (each within the last quarter of ``max_wait``: a partition that makes no progress does
+not stall the others for ever). When nothing arrives from any partition (the broker hung or
+restarting, the network away), releasing what is buffered would only apply it out of order with
+what the stalled partitions hold, so the wait is ``max_stall`` instead: long enough for a
+broker to come back, bounded all the same. The stall's time does not count towards
+``max_wait``: when the broker is back, the partition holding the horizon gets ``max_wait`` for
+its own fetch. ``unaligned`` says why the last release was not in event-time order.
 
 Pure: no Kafka client here; the driver tells it which partitions are caught up.
 """
@@ -47,7 +49,10 @@ class Aligner:
         self._seq = 0
         self._horizon = float("-inf")
         self._stuck_since: float | None = None
+        self._lag_since = float("-inf")  # since when the horizon stood still while others moved
         self.buffered = 0
+        # why the last release did not keep event-time order (None: it did), for the log
+        self.unaligned: str | None = None
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """The partitions this worker now owns. Every buffer is dropped: after a rebalance the
@@ -80,25 +85,44 @@ class Aligner:
     ) -> list[Decoded]:
         """The records that can be applied now, in event-time order, at most ``limit`` (each
         partition's released records are a prefix of it, in offset order)."""
-        horizon = float("inf")
+        horizon, holder = float("inf"), None
         for tp in self._buffers:
             if tp not in caught_up:  # more may come from it, no older than what it gave last
-                horizon = min(horizon, self._latest.get(tp, float("-inf")))
+                latest = self._latest.get(tp, float("-inf"))
+                if latest < horizon or holder is None:
+                    horizon, holder = min(horizon, latest), tp
         if self._arrived:
+            if now - self._arrived_at > self.max_wait:
+                # the first records after a silence (the driver may not have asked meanwhile,
+                # its fetch blocked): a lag can only start now
+                self._lag_since = now
             self._arrived, self._arrived_at = False, now
         if self._stuck_since is None or horizon > self._horizon or not self.buffered:
             self._stuck_since = now  # time is moving (or nothing waits): not stuck
+            self._lag_since = now
         self._horizon = horizon
         stuck = now - self._stuck_since
         # records are arriving right now while the horizon stands still: a partition lags
         # behind the others. (Not "arrived since it stood still": when a broker hangs, what
-        # the client had prefetched still trickles in for a moment, then nothing.)
+        # the client had prefetched still trickles in for a moment, then nothing.) Only time
+        # spent arriving counts: a stall of every partition (a hung broker) is not the
+        # holder's lag, or the first records after the stall would end the wait at once
+        # while the holder's own fetch is still on its way.
         others_moved = now - self._arrived_at <= self.max_wait / 4
-        if (
-            (others_moved and stuck >= self.max_wait)
-            or stuck >= self.max_stall
-            or self.buffered >= self.max_buffered
-        ):
+        if not others_moved:
+            self._lag_since = now
+        lag = now - self._lag_since
+        self.unaligned = None
+        if lag >= self.max_wait or stuck >= self.max_stall or self.buffered >= self.max_buffered:
+            if holder is not None and self.buffered:
+                why = (
+                    f"{self.buffered:,} records buffered (max_buffered)"
+                    if self.buffered >= self.max_buffered
+                    else f"no progress for {lag:.1f} s while the others delivered"
+                    if lag >= self.max_wait
+                    else f"nothing from any partition for {stuck:.1f} s (max_stall)"
+                )
+                self.unaligned = f"{holder[0]}[{holder[1]}] held the horizon: {why}"
             horizon = float("inf")  # a partition makes no progress: stop waiting for it
         keys = list(self._buffers)
         streams = [_tagged(self._buffers[tp], index, horizon) for index, tp in enumerate(keys)]

@@ -118,7 +118,11 @@ class Worker:
         self.member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.watermark = float("-inf")  # the latest occurred_at applied since the assignment
         self._consumer: AIOKafkaConsumer | None = None
-        self.caught_up = False  # every assigned partition fetched to its high watermark
+        # every assigned partition fetched to its high watermark, by a fetch answered lately
+        self.caught_up = False
+        self._quiet_since: float | None = None  # monotonic start of the current caught-up spell
+        self._unaligned: str | None = None  # why the aligner's last release was out of order
+        self._unaligned_logged = float("-inf")  # when that was last logged as a warning
         self.applying = False  # a batch is being applied right now
         self.outage = Outage("worker", log)  # applying batches while the database is away
         # a short cap: the scheduler waits a few seconds after an outage for clocks to come back
@@ -146,11 +150,20 @@ class Worker:
         event applied since its last assignment (nothing before a partition it was just given
         has been applied yet); unlimited (the wall clock rules) once idle for ``idle_after``
         seconds."""
-        idle = time.monotonic() - max(self.stats.totals.last_applied, self.stats.started)
-        quiet = self.caught_up and not self.aligner.buffered and not self.applying
-        if quiet and idle >= self.options.idle_after:
-            return float("inf")
-        return self.watermark
+        since = self._quiet_since
+        if since is None or not self.caught_up or self.aligner.buffered or self.applying:
+            return self.watermark
+        idle = time.monotonic() - max(self.stats.totals.last_applied, self.stats.started, since)
+        return float("inf") if idle >= self.options.idle_after else self.watermark
+
+    def _fresh(self, consumer: AIOKafkaConsumer, tp: TopicPartition, now_ms: float) -> bool:
+        """Whether ``tp``'s high watermark comes from a fetch the broker answered lately. A
+        hung or unreachable broker leaves the last one standing, which looks caught up: the
+        worker then passed for idle and the scheduler fired by the wall clock timers that the
+        records still to come (published through the same outage) precede in event time."""
+        polled = consumer.last_poll_timestamp(tp)
+        limit = self.options.fetch_max_wait_ms + 1000  # a long-poll, plus a busy event loop
+        return polled is not None and now_ms - polled <= limit
 
     async def assigned(self, partitions: list[TopicPartition]) -> None:
         """Seek every assigned partition to what the store says was applied (the beginning if
@@ -262,14 +275,23 @@ class Worker:
         fetched = await consumer.getmany(timeout_ms=wait, max_records=self.options.batch_max)
         self._buffer(fetched)
         caught_up = set()
+        now_ms = time.time() * 1000
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
             if high is not None and await consumer.position(tp) >= high:
                 caught_up.add((tp.topic, tp.partition))
         assignment = consumer.assignment()
-        self.caught_up = bool(assignment) and len(caught_up) == len(assignment)
+        self.caught_up = (
+            bool(assignment) and len(caught_up) == len(assignment)
+            and all(self._fresh(consumer, tp, now_ms) for tp in assignment)
+        )  # fmt: skip
+        if not self.caught_up or self.aligner.buffered:
+            self._quiet_since = None
+        elif self._quiet_since is None:
+            self._quiet_since = time.monotonic()
         now = time.monotonic() - self._paused
         ready = self.aligner.release(caught_up, now, self.options.batch_max)
+        self._note_alignment()
         if not ready:
             return
         self.applying = True
@@ -291,6 +313,22 @@ class Worker:
         self.stats.totals.add(result)
         self.stats.batches += 1
         self.relay.wake()
+
+    def _note_alignment(self) -> None:
+        """Log when the aligner stops keeping event-time order (decisions taken meanwhile may
+        differ from replay's, docs/live-runtime.md) and when it keeps it again; at most one
+        warning a minute, the others at debug level."""
+        why, was = self.aligner.unaligned, self._unaligned
+        self._unaligned = why
+        if why is not None and was is None:
+            now = time.monotonic()
+            loud = now - self._unaligned_logged >= 60.0
+            if loud:
+                self._unaligned_logged = now
+            log.log(logging.WARNING if loud else logging.DEBUG,
+                    "worker: applying records out of event-time order: %s", why)  # fmt: skip
+        elif why is None and was is not None:
+            log.debug("worker: event-time order kept again")
 
     async def _apply(self, consumer: AIOKafkaConsumer, ready: list[Decoded]) -> BatchResult | None:
         """Apply ``ready`` in one transaction; while the database is away, try the same batch

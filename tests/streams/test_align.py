@@ -149,6 +149,48 @@ def test_what_trickles_in_as_a_broker_hangs_does_not_end_the_wait() -> None:
     assert seconds(aligner.release(set(), now=160.0)) == [5, 7]
 
 
+def test_after_a_stall_the_holder_gets_max_wait_again() -> None:
+    """A hung broker comes back: the first records to arrive are not a sign that the partition
+    holding the horizon lags. Only the time spent while others deliver counts (the time of
+    the stall does not), so the holder's own fetch, on its way, still gets ``max_wait``."""
+    aligner = Aligner(max_wait=2.0, max_stall=60.0)
+    aligner.assign([PAY, CUS])
+    aligner.add(PAY, fetched(PAY, 1))
+    aligner.add(CUS, fetched(CUS, 2, 5))
+    assert seconds(aligner.release(set(), now=100.0)) == [1]
+    assert aligner.release(set(), now=115.0) == []  # 15 s of nothing from anywhere
+    aligner.add(CUS, fetched(CUS, 8, start=2))  # the broker is back: CUS first
+    assert aligner.release(set(), now=115.1) == []
+    assert aligner.unaligned is None
+    aligner.add(CUS, fetched(CUS, 9, start=3))
+    assert aligner.release(set(), now=116.5) == []
+    aligner.add(PAY, fetched(PAY, 6, start=1))  # the holder answers in time: order kept
+    assert seconds(aligner.release(set(), now=116.6)) == [2, 5, 6]
+    aligner.add(CUS, fetched(CUS, 10, start=4))
+    for now in (117.0, 118.0):  # PAY lags now, CUS keeps delivering
+        aligner.add(CUS, fetched(CUS, int(now) - 100, start=int(now)))
+        assert aligner.release(set(), now=now) == []
+    aligner.add(CUS, fetched(CUS, 20, start=20))
+    assert seconds(aligner.release(set(), now=119.0)) == [8, 9, 10, 17, 18, 20]
+    assert aligner.unaligned is not None and "no progress for 2.4 s" in aligner.unaligned
+
+
+def test_a_stall_the_aligner_was_not_asked_about_is_no_lag_either() -> None:
+    """The driver may not call ``release`` during the stall (its fetch blocked): the first
+    records after a silence start the holder's ``max_wait``, they do not end it."""
+    aligner = Aligner(max_wait=2.0, max_stall=60.0)
+    aligner.assign([PAY, CUS])
+    aligner.add(PAY, fetched(PAY, 1))
+    aligner.add(CUS, fetched(CUS, 2, 5))
+    assert seconds(aligner.release(set(), now=100.0)) == [1]
+    aligner.add(CUS, fetched(CUS, 8, start=2))  # 15 s later, no release in between
+    assert aligner.release(set(), now=115.0) == []
+    aligner.add(CUS, fetched(CUS, 9, start=3))
+    assert aligner.release(set(), now=116.9) == []
+    aligner.add(CUS, fetched(CUS, 10, start=4))
+    assert seconds(aligner.release(set(), now=117.0)) == [2, 5, 8, 9, 10]
+
+
 def test_a_stall_of_max_stall_releases_everything() -> None:
     aligner = Aligner(max_wait=2.0, max_stall=60.0)
     aligner.assign([PAY, CUS])

@@ -16,7 +16,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -301,6 +301,66 @@ async def test_broker_outage_mid_stream_then_everything_resumes(
         assert await asyncio.to_thread(worker.wait, 180) == 0, worker.log()
         assert inputs_applied(url, group_id, topics) == work.count
         await assert_same_as_replay(broker.bootstrap, topics, work, data)
+
+
+async def test_a_hung_broker_is_not_idleness_timers_stay_on_the_stream_clock(
+    tmp_path: Path, book: RuleBook, group_id: str
+) -> None:
+    """A caught-up worker that hears nothing for ``idle_after`` lets timers follow the wall
+    clock. A hung broker must not pass for that: the last high watermark it gave still says
+    "caught up", and the scheduler would fire timers that events published through the same
+    outage precede in event time (a payment retry run before the failure that preceded it,
+    seen in `make reliability`). The worker's clock stays on the stream until fetches are
+    answered again, and only then may it go idle."""
+    from outreach.core import DecisionCore
+    from outreach.store import Store
+    from outreach.streams.processor import BatchProcessor
+    from outreach.streams.worker import Worker, WorkerOptions
+
+    work = make_workload(tmp_path / "work", book, 20, 5, 23)
+    store = Store(f"sqlite:///{tmp_path}/store.db")
+    store.migrate()
+    with EmbeddedBroker() as broker:
+        topics = Topics("hung.")
+        await ensure_topics(broker.bootstrap, topics, 2)
+        await publish_file(work.events, broker.bootstrap, topics)
+        processor = BatchProcessor(
+            DecisionCore(book), store, group=group_id, timers_topic=topics.timers,
+            max_event_bytes=65536,
+        )  # fmt: skip
+        options = WorkerOptions(idle_after=0.5, session_timeout_ms=30_000)
+        worker = Worker(processor, store, topics, broker.bootstrap, group=group_id,
+                        options=options)  # fmt: skip
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+
+        async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while not condition():
+                assert not running.done(), running
+                assert asyncio.get_running_loop().time() < deadline, f"no {what}"
+                await asyncio.sleep(0.05)
+
+        try:
+            idle = float("inf")
+            await until(lambda: worker.timer_limit() == idle, 60, "idle worker")
+            assert worker.stats.totals.records == work.count
+            stream_time = worker.watermark
+            assert broker.pid is not None
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                await until(lambda: worker.timer_limit() != idle, 10, "hold on the hung broker")
+                assert worker.timer_limit() == stream_time
+                # the outage itself, longer than idle_after several times over: still held
+                for _ in range(30):
+                    await asyncio.sleep(0.1)
+                    assert worker.timer_limit() == stream_time, "idle while the broker hangs"
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            await until(lambda: worker.timer_limit() == idle, 60, "idle once fetches resume")
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 60)
 
 
 def test_embedded_worker_stops_cleanly_on_ctrl_c_and_leaves_no_process(tmp_path: Path) -> None:
