@@ -432,7 +432,11 @@ def worker(
         float | None, typer.Option(min=0.001, help="with --publish: events per second")
     ] = None,
     until_idle: Annotated[
-        bool, typer.Option(help="stop once everything is applied, relayed and dispatched")
+        bool,
+        typer.Option(
+            help="stop once everything is applied, relayed and dispatched (and due timers "
+            "fired, unless --no-scheduler: then they are left to `outreach scheduler`)"
+        ),
     ] = False,
     export: Annotated[
         bool, typer.Option(help="also write the output topics to DATA_DIR/decisions/*.jsonl")

@@ -297,18 +297,28 @@ class Store:
         with self.engine.connect().execution_options(read_only=True) as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
-    def due_count(self, now: float) -> int:
-        """Outbox rows a dispatcher could claim now, plus timers due now."""
+    def due_count(self, now: float, *, rows: bool = True, timers_due: bool = True) -> int:
+        """Outbox rows a dispatcher could claim now (``rows``), plus timers due now
+        (``timers_due``)."""
         due = sa.or_(
             sa.and_(outbox.c.status == "pending", outbox.c.next_at <= now),
             sa.and_(outbox.c.status == "in_flight", outbox.c.lease_until <= now),
         )
+        found = 0
         with self.engine.connect().execution_options(read_only=True) as conn:
-            rows = conn.execute(sa.select(sa.func.count()).select_from(outbox).where(due)).scalar()
-            fired = conn.execute(
-                sa.select(sa.func.count()).select_from(timers).where(timers.c.due_at <= now)
-            ).scalar()
-        return int(rows or 0) + int(fired or 0)
+            if rows:
+                found += (
+                    conn.execute(sa.select(sa.func.count()).select_from(outbox).where(due)).scalar()
+                    or 0
+                )
+            if timers_due:
+                found += (
+                    conn.execute(
+                        sa.select(sa.func.count()).select_from(timers).where(timers.c.due_at <= now)
+                    ).scalar()
+                    or 0
+                )
+        return int(found)
 
     def outbox_counts(self) -> dict[tuple[str, str], int]:
         """Outbox rows by (kind, status)."""

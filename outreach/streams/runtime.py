@@ -239,8 +239,10 @@ def _ended(task: asyncio.Task[None], parts: Parts, stop: asyncio.Event) -> None:
 
 def quiet(parts: Parts, *, since: float) -> bool:
     """Whether nothing is left to do now: every fetched record applied and relayed, no due
-    outbox row, no due timer, and no new batch for ``since`` seconds (never while the
-    database cannot be asked)."""
+    outbox row (when this process dispatches), no due timer (when it runs a scheduler), and
+    no new batch for ``since`` seconds (never while the database cannot be asked). What
+    another process is there to do is not waited for: with ``--no-scheduler`` and no
+    scheduler running, a due timer would keep ``--until-idle`` up for ever."""
     worker = parts.worker
     if worker is not None and (not worker.caught_up or worker.aligner.buffered or worker.applying):
         return False
@@ -254,7 +256,10 @@ def quiet(parts: Parts, *, since: float) -> bool:
         return False
     store, now = parts.store, time.time()
     try:
-        return not (store.count("pending_records") or store.due_count(now))
+        due = store.due_count(
+            now, rows=parts.dispatcher is not None, timers_due=parts.scheduler is not None
+        )
+        return not (store.count("pending_records") or due)
     except Exception as exc:  # the database away is not "idle": wait for it like the rest
         if unavailable(exc):
             return False

@@ -477,6 +477,7 @@ def test_a_claimed_row_is_due_again_once_its_lease_has_expired(store: Store) -> 
     assert store.claim_due(129.9, 10, lease=30.0) == []
     assert store.due_count(129.9) == 0
     assert store.due_count(130.0) == 1
+    assert store.due_count(130.0, rows=False) == 0  # a process that does not dispatch
     [again] = store.claim_due(130.0, 10, lease=30.0)
     assert (again.id, again.attempts) == (first.id, 2)
     assert store.outbox_rows()[0]["lease_until"] == 160.0

@@ -34,10 +34,12 @@ from livesupport import (
     read_topic,
     wait_for,
 )
+from support import payment_failed, profile
 
 from outreach.replay import replay
 from outreach.rulebook import RuleBook
 from outreach.sample import generate
+from outreach.store import Store
 from outreach.streams.embedded import EmbeddedBroker
 from outreach.streams.publish import EventPublisher, publish_file
 from outreach.streams.topics import Topics, ensure_topics
@@ -361,6 +363,26 @@ async def test_a_hung_broker_is_not_idleness_timers_stay_on_the_stream_clock(
         finally:
             stop.set()
             await asyncio.wait_for(running, 60)
+
+
+async def test_until_idle_with_no_scheduler_leaves_due_timers_to_the_scheduler(
+    kafka_bootstrap: str, topics: Topics, group_id: str, tmp_path: Path
+) -> None:
+    """``--until-idle --no-scheduler`` ends once its own work is done: a soft decline's
+    retries, due by the wall clock, are the scheduler's to fire (it runs elsewhere, or not
+    yet), so they are left in the store instead of keeping the worker up for ever."""
+    url, data = f"sqlite:///{tmp_path}/store.db", tmp_path / "data"
+    async with EventPublisher(kafka_bootstrap, topics) as publisher:
+        await publisher.publish(profile("2026-10-01T09:00:00Z", "cus_1"))
+        await publisher.publish(payment_failed("2026-10-01T10:00:00Z", "cus_1"))
+        await publisher.flush()
+    worker = WorkerProcess(
+        kafka_bootstrap, topics, group_id, url, data, "--until-idle", "--no-scheduler"
+    ).start()
+    assert await asyncio.to_thread(worker.wait, 120) == 0, worker.log()
+    assert applied(url, group_id, topics.inputs) == 2
+    due = Store(url).due_count(datetime.now(UTC).timestamp(), rows=False)
+    assert due >= 3, "the retries should be left due, for the scheduler"
 
 
 def test_embedded_worker_stops_cleanly_on_ctrl_c_and_leaves_no_process(tmp_path: Path) -> None:
