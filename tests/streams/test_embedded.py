@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -97,3 +98,62 @@ def test_the_broker_output_goes_to_the_given_file(tmp_path: Path) -> None:
     text = log.read_text()
     assert f"listening on: tcp://{bootstrap}" in text
     assert "\x1b[" not in text  # NO_COLOR: plain text in log files
+
+
+async def test_a_broker_on_s3_storage_keeps_records_and_offsets_across_a_restart() -> None:
+    """The restart the live and reliability tests rely on: same port, every record still
+    there, the group's committed offset too, and new records go after the old ones."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from livesupport import persistent_broker
+
+    from outreach.streams.topics import Topics, ensure_topics
+
+    topics = Topics("restart.")
+    tp = TopicPartition(topics.usage, 0)
+
+    async def produce(bootstrap: str, values: range) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+        await producer.start()
+        try:
+            for i in values:
+                await producer.send_and_wait(topics.usage, b"%d" % i, key=b"k", partition=0)
+        finally:
+            await producer.stop()
+
+    async def consume(bootstrap: str, count: int) -> list[bytes]:
+        """``count`` records from the group's committed offset on; commits after them."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id="g", enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )  # fmt: skip
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            got: list[bytes] = []
+            while len(got) < count:
+                batch = await asyncio.wait_for(consumer.getmany(tp, timeout_ms=500), 30)
+                got += [m.value or b"" for m in batch.get(tp, [])]
+            got = got[:count]
+            committed = await consumer.committed(tp) or 0
+            await consumer.commit({tp: committed + count})
+            return got
+        finally:
+            await consumer.stop()
+
+    with persistent_broker() as broker:
+        bootstrap = broker.bootstrap
+        await ensure_topics(bootstrap, topics, 2)
+        await produce(bootstrap, range(10))
+        assert await consume(bootstrap, 6) == [b"%d" % i for i in range(6)]
+        pid = broker.pid
+        broker.restart(down=0.5)
+        assert broker.pid != pid and broker.bootstrap == bootstrap
+        await produce(bootstrap, range(10, 15))
+        assert await consume(bootstrap, 9) == [b"%d" % i for i in range(6, 15)]
+
+
+def test_a_memory_broker_refuses_a_restart_that_would_lose_everything() -> None:
+    with EmbeddedBroker() as broker:
+        with pytest.raises(RuntimeError, match="loses every record"):
+            broker.restart()
+        assert broker.running
