@@ -88,7 +88,9 @@ def create_app(
     if billing is not None:
         app.include_router(pay_router(billing, brand))
     if rules is not None:
-        app.include_router(operator_router(operator, sink, rules, clock=clock), tags=["operator"])
+        counted = metrics.count_ingested
+        router = operator_router(operator, sink, rules, clock=clock, ingested=counted)
+        app.include_router(router, tags=["operator"])
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

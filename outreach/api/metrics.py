@@ -150,6 +150,13 @@ class Metrics:
             self.registry.register(self.engine)
         self.lag = lag
 
+    def count_ingested(self, accepted: int, rejected: int) -> None:
+        """Count the items of one ``POST /v1/events`` by result."""
+        if accepted:
+            self.ingested.labels("accepted").inc(accepted)
+        if rejected:
+            self.ingested.labels("rejected").inc(rejected)
+
     async def scrape(self, _request: Request) -> Response:
         """The metrics in Prometheus' text format."""
         if self.engine is not None and self.lag is not None:

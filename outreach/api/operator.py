@@ -107,8 +107,10 @@ def operator_router(
     *,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ingested: Callable[[int, int], None] = lambda accepted, rejected: None,
 ) -> APIRouter:
-    """The ``/v1`` endpoints over the store (``operator``) and Kafka (``sink``)."""
+    """The ``/v1`` endpoints over the store (``operator``) and Kafka (``sink``);
+    ``ingested(accepted, rejected)`` hears what each ``POST /v1/events`` took (metrics)."""
     router = APIRouter(prefix="/v1")
 
     Ingest = Annotated[ApiKey, Depends(_scope(operator, "ingest"))]
@@ -145,6 +147,7 @@ def operator_router(
         body = await request.body()
         results = [r async for r in _ingest(body, sink, max_event_bytes)]
         rejected = sum(r.status == 422 for r in results)
+        ingested(len(results) - rejected, rejected)
         out = IngestResult(accepted=len(results) - rejected, rejected=rejected, items=results)
         return JSONResponse(out.model_dump(), status_code=422 if rejected else 202)
 

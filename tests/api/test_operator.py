@@ -184,6 +184,9 @@ def test_a_batch_with_invalid_items_is_422_per_item_and_the_valid_ones_still_go(
     ]  # fmt: skip
     assert orjson.loads(letters[0]["raw"]) == bad_status  # the raw item, exactly
     assert sink.dead_letters[0][0] == b"cus_1"  # keyed by its customer when it names one
+    text = api.get("/metrics").text  # this process's count of what /v1/events took
+    assert 'outreach_api_events_total{result="accepted"} 1.0' in text
+    assert 'outreach_api_events_total{result="rejected"} 3.0' in text
 
 
 def test_a_body_that_is_not_json_is_dead_lettered(
