@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from livesupport import WorkerProcess
 
 from outreach.streams.embedded import EmbeddedBroker
 from outreach.streams.topics import Topics, ensure_topics
@@ -57,6 +58,13 @@ async def topics(kafka_bootstrap: str) -> Topics:
     made = Topics(f"t{uuid.uuid4().hex}.")
     await ensure_topics(kafka_bootstrap, made, PARTITIONS)
     return made
+
+
+@pytest.fixture(autouse=True)
+def no_worker_left_behind() -> Iterator[None]:
+    """Kill every ``outreach worker`` child a test started and left running (a failed test)."""
+    yield
+    WorkerProcess.kill_all()
 
 
 @pytest.fixture

@@ -42,12 +42,6 @@ from outreach.streams.topics import Topics
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture(autouse=True)
-def no_worker_left_behind() -> Iterator[None]:
-    yield
-    WorkerProcess.kill_all()
-
-
 @pytest.fixture
 def postgres_db(postgres_url: str) -> Iterator[str]:
     """A PostgreSQL database of the test's own (``database_url`` without the SQLite half)."""

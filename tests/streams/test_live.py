@@ -16,7 +16,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,12 +47,6 @@ from outreach.streams.publish import EventPublisher, publish_file
 from outreach.streams.topics import Topics, ensure_topics
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(autouse=True)
-def no_worker_left_behind() -> Iterator[None]:
-    yield
-    WorkerProcess.kill_all()
 
 
 @dataclass

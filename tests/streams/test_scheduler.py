@@ -9,7 +9,6 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,12 +29,6 @@ from outreach.streams.topics import Topics
 pytestmark = pytest.mark.timeout(240)
 
 FAST = SchedulerOptions(sync_every=0.1, standby_poll=0.2, sweep_every=0.2, clock_ttl=600)
-
-
-@pytest.fixture(autouse=True)
-def no_process_left_behind() -> Iterator[None]:
-    yield
-    WorkerProcess.kill_all()
 
 
 def fired(values: list[bytes]) -> Counter[str]:
