@@ -21,7 +21,7 @@ help:
 	@echo "            then the live engine on one embedded broker: raw consume ceiling, worker and"
 	@echo "            Faust throughput, p50/p99 event->decision latency at 1,000 events/s, peak RSS"
 	@echo "make reliability  the reliability suite (docs/reliability.md): hostile input, SIGKILLs of"
-	@echo "            worker and scheduler, broker, database and provider outages, sustained load;"
+	@echo "            worker and scheduler, broker hang and restart, database and provider outages, load;"
 	@echo "            prints what was tried and what held (~15 min; ARGS='--only load' to pick)"
 	@echo "make reliability-fast  every scenario at a small scale (CI; ~5 min; same as FAST=1)"
 
