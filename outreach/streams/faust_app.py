@@ -47,7 +47,9 @@ def make_app(
 ) -> faust.App:
     """A Faust app applying the engine's topics through ``processor`` (start it with
     ``await app.start()``; ``await app.stop()`` leaves the group). Faust keeps its own files
-    in ``datadir`` (by default it would write ``<group>-data`` into the working directory)."""
+    in ``datadir`` (by default it would write ``<group>-data`` into the working directory),
+    created here with its parents: Faust makes only the last level."""
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         group,
         broker=f"kafka://{bootstrap}",

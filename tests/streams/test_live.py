@@ -446,3 +446,25 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+async def test_the_faust_driver_starts_in_a_data_dir_that_does_not_exist_yet(
+    kafka_bootstrap: str, topics: Topics, group_id: str, tmp_path: Path
+) -> None:
+    """Faust creates only the last level of its datadir (DATA_DIR/faust). The CLI's channel
+    happened to create DATA_DIR first; the library API (``make bench``) had no such luck."""
+    from outreach.streams.runtime import LiveEngine, WorkerSettings
+    from outreach.streams.topics import KafkaSettings
+
+    data = tmp_path / "not" / "yet"
+    settings = WorkerSettings(
+        rules=REPO / "rules", database_url=f"sqlite:///{tmp_path}/store.db", data_dir=data,
+        runtime="faust", scheduler=False,
+    )  # fmt: skip
+    kafka = KafkaSettings(kafka_url=kafka_bootstrap, topic_prefix=topics.prefix,
+                          partitions=4, group_id=group_id)  # fmt: skip
+    stop = asyncio.Event()
+    async with LiveEngine(settings, kafka).running(stop) as parts:
+        stop.set()
+    assert parts.failure is None
+    assert (data / "faust").is_dir()
