@@ -44,6 +44,7 @@ from reliability.harness import (
     check,
     compare,
     count_lines,
+    held_in_files,
     inputs_applied,
     outbox_counts,
     performed,
@@ -286,11 +287,7 @@ async def broker_outage(run: Run) -> Result:
         # partition (align_stall), yet a full-size run still had one signal note that differs
         # from replay's (docs/reliability.md); effects and messages must not differ
         differ = await same_decisions(broker.bootstrap, topics, work, strict=False)
-    outcome = compare(
-        work, performed(folder / "data" / "effects.jsonl"),
-        performed(folder / "data" / "messages.jsonl"),
-    )  # fmt: skip
-    outcome.require()
+    outcome = held_in_files(work, folder)
     return Result(
         "broker outage",
         f"{work.count:,} events; broker hung (SIGSTOP) {hold:.0f} s at "
@@ -347,11 +344,7 @@ async def broker_restart(run: Run) -> Result:
             code = own.stop()
             check(code == 0, f"a worker did not stop cleanly ({code}): {tail(own.log())}")
         await same_decisions(broker.bootstrap, topics, work, workers=2)
-    outcome = compare(
-        work, performed(folder / "data" / "effects.jsonl"),
-        performed(folder / "data" / "messages.jsonl"),
-    )  # fmt: skip
-    outcome.require()
+    outcome = held_in_files(work, folder)
     return Result(
         "broker restart",
         f"{work.count:,} events, 2 workers; broker stopped (SIGTERM) at "
@@ -410,11 +403,7 @@ async def database_outage(run: Run, outage: float) -> Result:
     resumes = count_lines(log, "worker: the database is back")
     check(pauses == 1 and resumes == 1, f"worker logged {pauses} outages and {resumes} recoveries")
     await same_decisions(run.bootstrap, topics, work)
-    outcome = compare(
-        work, performed(folder / "data" / "effects.jsonl"),
-        performed(folder / "data" / "messages.jsonl"),
-    )  # fmt: skip
-    outcome.require()
+    outcome = held_in_files(work, folder)
     parts = sorted(
         {line.split(": the database is unavailable")[0].split(": ")[-1]
          for line in log.splitlines() if ": the database is unavailable" in line}

@@ -364,6 +364,16 @@ class Outcome:
         )
 
 
+def held_in_files(workload: Workload, folder: Path) -> Outcome:
+    """``compare`` with what the file connector and channel recorded in ``folder/data``;
+    ``ScenarioError`` unless it held."""
+    data = folder / "data"
+    effects, messages = performed(data / "effects.jsonl"), performed(data / "messages.jsonl")
+    outcome = compare(workload, effects, messages)
+    outcome.require()
+    return outcome
+
+
 def compare(
     workload: Workload, effects: Counter[tuple[str, str]], messages: Counter[tuple[str, str]]
 ) -> Outcome:
