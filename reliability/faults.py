@@ -9,9 +9,9 @@ decides for the same events: none lost, none doubled.
   random points; the standby takes over and every timer fires once.
 - ``broker_outage``: the broker stops answering (SIGSTOP) for longer than the group's session
   timeout, then comes back.
-- ``broker_restart``: the broker stops (SIGTERM) with two workers mid-stream and a producer
-  publishing, stays down past the session timeout, and starts again on the same port with what
-  it had stored (S3 storage on a local S3 double).
+- ``broker_restart``: the broker stops (SIGTERM) with two workers mid-stream, stays down past
+  the session timeout, and starts again on the same port with what it had stored (S3 storage
+  on a local S3 double); the second half of the events is published after it.
 - ``database_outage``: PostgreSQL cut (a TCP proxy refuses new connections and resets the open
   ones) for 30 s mid-stream: the worker pauses and resumes, with no restart.
 - ``provider_outage``: Twilio and SendGrid answer 503 for a minute, then recover.
@@ -20,15 +20,13 @@ decides for the same events: none lost, none doubled.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import signal
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
-from livesupport import persistent_broker
+from livesupport import hung, persistent_broker
 from support import profile, shipment_exception
 
 from outreach.streams.embedded import EmbeddedBroker
@@ -267,14 +265,10 @@ async def broker_outage(run: Run) -> Result:
             lambda: inputs_applied(url, group, topics) > work.count // 4, 300,
             "a quarter of the events applied",
         )  # fmt: skip
-        assert broker.pid is not None
-        os.kill(broker.pid, signal.SIGSTOP)
-        try:
+        with hung(broker):
             paused_at = inputs_applied(url, group, topics)
             await asyncio.sleep(hold)  # the outage itself, not a synchronisation
             check(alive(own), f"the worker died in the outage: {tail(own.log())}")
-        finally:
-            os.kill(broker.pid, signal.SIGCONT)
         report = await publishing
         check(report.total == work.count, f"{report.total} of {work.count} events published")
         await wait_until(

@@ -422,6 +422,18 @@ class ObjectStore:
 
 
 @contextlib.contextmanager
+def hung(broker: EmbeddedBroker) -> Iterator[None]:
+    """The broker stops answering (SIGSTOP: a hung or partitioned broker, its connections
+    open) for the block, and answers again after it (SIGCONT), however the block ends."""
+    assert broker.pid is not None
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
 def persistent_broker(log_path: Path | None = None) -> Iterator[EmbeddedBroker]:
     """An embedded broker whose records, topics and committed offsets survive ``restart()``."""
     with (

@@ -29,6 +29,7 @@ from livesupport import (
     WorkerProcess,
     applied,
     expected_keys,
+    hung,
     log_lines,
     performed_keys,
     persistent_broker,
@@ -275,14 +276,10 @@ async def test_broker_outage_mid_stream_then_everything_resumes(
             wait_for, lambda: inputs_applied(url, group_id, topics) > work.count // 4, 120,
             "the worker to apply a quarter of the events",
         )  # fmt: skip
-        assert broker.pid is not None
-        os.kill(broker.pid, signal.SIGSTOP)
-        try:
+        with hung(broker):
             paused_at = inputs_applied(url, group_id, topics)
             with pytest.raises(subprocess.TimeoutExpired):
                 await asyncio.to_thread(worker.wait, 12)  # the worker waits; it does not die
-        finally:
-            os.kill(broker.pid, signal.SIGCONT)
         assert paused_at < work.count, "the outage came too late to prove much"
         assert await asyncio.to_thread(worker.wait, 180) == 0, worker.log()
         assert inputs_applied(url, group_id, topics) == work.count
@@ -375,17 +372,13 @@ async def test_a_hung_broker_is_not_idleness_timers_stay_on_the_stream_clock(
             await until(lambda: worker.timer_limit() == idle, 60, "idle worker")
             assert worker.stats.totals.records == work.count
             stream_time = worker.watermark
-            assert broker.pid is not None
-            os.kill(broker.pid, signal.SIGSTOP)
-            try:
+            with hung(broker):
                 await until(lambda: worker.timer_limit() != idle, 10, "hold on the hung broker")
                 assert worker.timer_limit() == stream_time
                 # the outage itself, longer than idle_after several times over: still held
                 for _ in range(30):
                     await asyncio.sleep(0.1)
                     assert worker.timer_limit() == stream_time, "idle while the broker hangs"
-            finally:
-                os.kill(broker.pid, signal.SIGCONT)
             await until(lambda: worker.timer_limit() == idle, 60, "idle once fetches resume")
         finally:
             stop.set()
