@@ -26,7 +26,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
-from livesupport import hung, persistent_broker
+from livesupport import hung, persistent_broker, split_in_halves
 from support import profile, shipment_exception
 
 from outreach.streams.embedded import EmbeddedBroker
@@ -302,15 +302,12 @@ async def broker_restart(run: Run) -> Result:
     folder = run.folder("broker-restart")
     customers, down = (300, 12.0) if run.fast else (800, 20.0)
     work = run.workload(folder, customers, 20)
-    lines = work.events.read_bytes().splitlines(keepends=True)
-    halves = folder / "before.jsonl", folder / "after.jsonl"
-    halves[0].write_bytes(b"".join(lines[: len(lines) // 2]))
-    halves[1].write_bytes(b"".join(lines[len(lines) // 2 :]))
+    halves = split_in_halves(work.events, folder)
     group, url = run.group(), run.database_url(folder)
     with persistent_broker(log_path=folder / "broker.log") as broker:
         topics = Topics("restart.")
         await ensure_topics(broker.bootstrap, topics, PARTITIONS)
-        await publish_file(halves[0], broker.bootstrap, topics)
+        published = (await publish_file(halves[0], broker.bootstrap, topics)).total
         workers = []
         for name in ("one", "two"):
             own = worker(run, topics, group, url, folder, name=name)
@@ -328,8 +325,8 @@ async def broker_restart(run: Run) -> Result:
         broker.resume()  # on the loop's thread: the broker dies with the thread that started it
         for own in workers:
             check(alive(own), f"worker {own.log_path.stem} died in the restart: {tail(own.log())}")
-        report = await publish_file(halves[1], broker.bootstrap, topics)
-        check(report.total == len(lines) - len(lines) // 2, f"{report.total} events published")
+        published += (await publish_file(halves[1], broker.bootstrap, topics)).total
+        check(published == work.count, f"{published} of {work.count} events published")
         await wait_until(
             lambda: settled(url, group, topics, work.count), 600, "everything applied"
         )  # fmt: skip

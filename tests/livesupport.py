@@ -81,6 +81,15 @@ def drain_records(store: Store) -> dict[str, list[bytes]]:
     return out
 
 
+def split_in_halves(events: Path, folder: Path) -> tuple[Path, Path]:
+    """``events`` (JSONL) as two files in ``folder``: its first half of lines, and the rest."""
+    lines = events.read_bytes().splitlines(keepends=True)
+    halves = folder / "before.jsonl", folder / "after.jsonl"
+    halves[0].write_bytes(b"".join(lines[: len(lines) // 2]))
+    halves[1].write_bytes(b"".join(lines[len(lines) // 2 :]))
+    return halves
+
+
 def log_lines(folder: Path, name: str) -> list[bytes]:
     """The non-blank lines of one decision-log file of a replay folder."""
     return [line for line in (folder / f"{name}.jsonl").read_bytes().splitlines() if line.strip()]

@@ -304,21 +304,15 @@ class Store:
             sa.and_(outbox.c.status == "pending", outbox.c.next_at <= now),
             sa.and_(outbox.c.status == "in_flight", outbox.c.lease_until <= now),
         )
-        found = 0
+        counts = []
+        if rows:
+            counts.append(sa.select(sa.func.count()).select_from(outbox).where(due))
+        if timers_due:
+            counts.append(
+                sa.select(sa.func.count()).select_from(timers).where(timers.c.due_at <= now)
+            )
         with self.engine.connect().execution_options(read_only=True) as conn:
-            if rows:
-                found += (
-                    conn.execute(sa.select(sa.func.count()).select_from(outbox).where(due)).scalar()
-                    or 0
-                )
-            if timers_due:
-                found += (
-                    conn.execute(
-                        sa.select(sa.func.count()).select_from(timers).where(timers.c.due_at <= now)
-                    ).scalar()
-                    or 0
-                )
-        return int(found)
+            return sum(int(conn.execute(query).scalar() or 0) for query in counts)
 
     def outbox_counts(self) -> dict[tuple[str, str], int]:
         """Outbox rows by (kind, status)."""

@@ -89,8 +89,8 @@ class Aligner:
         for tp in self._buffers:
             if tp not in caught_up:  # more may come from it, no older than what it gave last
                 latest = self._latest.get(tp, float("-inf"))
-                if latest < horizon or holder is None:
-                    horizon, holder = min(horizon, latest), tp
+                if holder is None or latest < horizon:
+                    horizon, holder = latest, tp
         if self._arrived:
             if now - self._arrived_at > self.max_wait:
                 # the first records after a silence (the driver may not have asked meanwhile,

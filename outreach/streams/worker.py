@@ -153,7 +153,7 @@ class Worker:
         since = self._quiet_since
         if since is None or not self.caught_up or self.aligner.buffered or self.applying:
             return self.watermark
-        idle = time.monotonic() - max(self.stats.totals.last_applied, self.stats.started, since)
+        idle = time.monotonic() - max(self.stats.totals.last_applied, since)  # since >= start
         return float("inf") if idle >= self.options.idle_after else self.watermark
 
     def _fresh(self, consumer: AIOKafkaConsumer, tp: TopicPartition, now_ms: float) -> bool:

@@ -34,6 +34,7 @@ from livesupport import (
     performed_keys,
     persistent_broker,
     read_topic,
+    split_in_halves,
     wait_for,
     without_global_running_total,
 )
@@ -295,10 +296,7 @@ async def test_broker_restart_mid_stream_loses_nothing_and_repeats_nothing(
     Neither worker may crash; every event is applied once, every effect and message done once,
     and the decisions are replay's."""
     work = make_workload(tmp_path / "work", book, 800, 20, 29)
-    lines = work.events.read_bytes().splitlines(keepends=True)
-    before, after = tmp_path / "before.jsonl", tmp_path / "after.jsonl"
-    before.write_bytes(b"".join(lines[: len(lines) // 2]))
-    after.write_bytes(b"".join(lines[len(lines) // 2 :]))
+    before, after = split_in_halves(work.events, tmp_path)
     url, data = database_url, tmp_path / "data"  # SQLite and PostgreSQL
     with persistent_broker() as broker:
         topics = Topics("restart.")
