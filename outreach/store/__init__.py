@@ -14,7 +14,15 @@ Must not import: faust, aiokafka, twilio, sendgrid, openai, fastapi; nor the dec
 
 from __future__ import annotations
 
-from outreach.store.batch import ApprovalRow, AuditRow, Batch, StoreLedger, TimerRow
+from outreach.store.batch import (
+    ApprovalRow,
+    AuditRow,
+    Batch,
+    Stamp,
+    StoredState,
+    StoreLedger,
+    TimerRow,
+)
 from outreach.store.store import (
     Claim,
     OutboxRow,
@@ -32,7 +40,9 @@ __all__ = [
     "OutboxRow",
     "PendingRecord",
     "Store",
+    "Stamp",
     "StoreBusyError",
+    "StoredState",
     "StoreLedger",
     "StoreSettings",
     "TimerRow",

@@ -29,7 +29,7 @@ DLQ_MAX_BYTES = 512 * 1024  # a dead letter never exceeds this (base64 of 256 Ki
 _OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # read-only by convention: frozen would cost ~0.5 us more per record
 class Record:
     """One consumed Kafka record."""
 

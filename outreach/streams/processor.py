@@ -37,8 +37,8 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -50,7 +50,7 @@ from outreach.events import ContactSuppressed, Event, TimerFired, TimerFiredData
 from outreach.rulebook import load_rulebook
 from outreach.rules.yamlfile import RuleFileError
 from outreach.state import CustomerState
-from outreach.store import ApprovalRow, AuditRow, Batch, Store, TimerRow
+from outreach.store import ApprovalRow, AuditRow, Batch, Stamp, Store, TimerRow
 from outreach.store.contacts import address_rows
 from outreach.streams.codec import DeadLetter, Record, dead_letter_value, decode, record_value
 from outreach.streams.latency import add_latencies
@@ -181,6 +181,50 @@ class _Collected:
         result.rule_errors += len(decisions.errors)
 
 
+DEFAULT_STATE_CACHE = 20_000  # customers; ~5 KB each in memory for the sample workload
+
+
+class StateCache:
+    """The decoded states this process saved last, most recently used last, at most
+    ``capacity`` customers (0: none kept).
+
+    Decoding a state from its JSON was the largest single cost of a batch (~8 us a customer,
+    more under the collector), and a worker meets the same customers batch after batch (its
+    partitions). A kept state is used only while its row carries the stamp it was saved with
+    (``outreach.store.Stamp``, read under the batch's row lock): a write by any other worker
+    or process changes the stamp and the row is read again. Entries are taken out for a
+    batch and put back only after it committed, so a batch that fails or is retried leaves
+    no half-evaluated state behind."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, tuple[Stamp, CustomerState]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def take(self, customer_ids: Iterable[str]) -> dict[str, tuple[Stamp, CustomerState]]:
+        """Remove and return the kept entries of these customers."""
+        pop, taken = self._entries.pop, {}
+        for customer_id in customer_ids:
+            entry = pop(customer_id, None)
+            if entry is not None:
+                taken[customer_id] = entry
+        return taken
+
+    def put(self, entries: dict[str, tuple[Stamp, CustomerState]]) -> None:
+        """Keep these (as the most recently used), dropping the least recently used beyond
+        the capacity."""
+        if not self.capacity:
+            return
+        kept = self._entries
+        for customer_id, entry in entries.items():
+            kept[customer_id] = entry
+            kept.move_to_end(customer_id)
+        while len(kept) > self.capacity:
+            kept.popitem(last=False)
+
+
 def timer_event(timer_id: str, customer_id: str, due: float, source: str) -> TimerFired:
     """The ``timer.fired`` event for a due timer (what replay's clock and the relay deliver)."""
     when = datetime.fromtimestamp(due, UTC)
@@ -207,6 +251,7 @@ class BatchProcessor:
         timers_topic: str,
         max_event_bytes: int,
         audit_events: str = "all",
+        state_cache: int = DEFAULT_STATE_CACHE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.core = core
@@ -219,6 +264,8 @@ class BatchProcessor:
         self._decode_state = msgspec.json.Decoder(CustomerState).decode
         self._encode = msgspec.json.Encoder().encode
         self.loaded_at = time.time()  # when the running rules were loaded
+        self.states = StateCache(state_cache)
+        self._saved: dict[str, tuple[Stamp, CustomerState]] = {}  # the last attempt's states
 
     def _reload_rules(self, batch: Batch) -> None:
         """Re-read the rules folder if an operator asked for a reload since it was loaded
@@ -258,9 +305,35 @@ class BatchProcessor:
         if not items:
             return BatchResult()
         started = time.perf_counter()
+        self._saved = {}
         result = self.store.run(lambda batch: self._apply(batch, items))
+        self.states.put(self._saved)  # committed: these are the stored states now
+        self._saved = {}
         metrics.observe_batch(result, time.perf_counter() - started)
         return result
+
+    def _lock_states(
+        self, batch: Batch, customers: Collection[str]
+    ) -> tuple[dict[str, CustomerState], dict[str, Stamp]]:
+        """Lock the customers' rows; their states (kept, decoded or new, in the order given)
+        and the stamps their rows will have once saved."""
+        # taken out of the cache: evaluating changes them, and a failed attempt must leave
+        # nothing behind (the next reads the stored rows again)
+        kept = self.states.take(customers)
+        stored = batch.lock_versions(customers, {c: stamp for c, (stamp, _) in kept.items()})
+        states: dict[str, CustomerState] = {}
+        saved: dict[str, Stamp] = {}
+        for customer_id in customers:
+            row, copy = stored.get(customer_id), kept.get(customer_id)
+            if row is not None and row.state is not None:
+                state = self._decode_state(row.state)
+            elif row is not None and copy is not None and copy[0] == row.stamp:
+                state = copy[1]  # the row still holds what this process saved last
+            else:  # no row yet, or one reserved by this very transaction
+                state = self.core.new_state(customer_id)
+            saved[customer_id] = Stamp.after(None if row is None else row.stamp, batch.now)
+            states[customer_id] = state
+        return states, saved
 
     def _apply(self, batch: Batch, items: Sequence[Decoded]) -> BatchResult:
         self._reload_rules(batch)
@@ -293,15 +366,11 @@ class BatchProcessor:
             else:
                 events.append((event, record.value))
         customers = dict.fromkeys(e.customer_id for e, _ in events)  # arrival order
-        stored = batch.lock_states(customers)
-        states: dict[str, CustomerState] = {}
+        states, saved = self._lock_states(batch, customers)
         before: dict[str, list[tuple[str, str]]] = {}
         timers_before: dict[str, set[str]] = {}
         clock = _Clock(self.core, batch, out, self.audit_all)
-        for customer_id in customers:
-            raw = stored.get(customer_id)
-            state = self.core.new_state(customer_id) if raw is None else self._decode_state(raw)
-            states[customer_id] = state
+        for customer_id, state in states.items():
             before[customer_id] = _addresses(state)
             timers_before[customer_id] = set(state.timers)
             clock.watch(state)
@@ -310,6 +379,7 @@ class BatchProcessor:
             for event, raw in events:
                 clock.evaluate(event, states[event.customer_id], raw)
         batch.save_states({c: self._encode(s) for c, s in states.items()})
+        self._saved = {c: (saved[c], state) for c, state in states.items()}
         gone: list[dict[str, str]] = []
         added: list[dict[str, str]] = []
         for customer_id, state in states.items():

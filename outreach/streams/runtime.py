@@ -35,7 +35,7 @@ from outreach.streams.embedded import EmbeddedBroker
 from outreach.streams.export import DecisionExporter
 from outreach.streams.faust_app import make_app
 from outreach.streams.outage import unavailable
-from outreach.streams.processor import BatchProcessor, BatchResult
+from outreach.streams.processor import DEFAULT_STATE_CACHE, BatchProcessor, BatchResult
 from outreach.streams.relay import Relay
 from outreach.streams.topics import KafkaSettings, Topics, ensure_topics
 from outreach.streams.worker import Worker
@@ -60,6 +60,12 @@ class WorkerSettings(BaseSettings):
         description="events kept in the audit trail: all, or only those that led to a "
         "decision and the engine's own (deliveries, replies, approvals); all costs ~20% of "
         "the worker's throughput on SQLite",
+    )
+    state_cache: int = Field(
+        default=DEFAULT_STATE_CACHE,
+        ge=0,
+        description="customers whose decoded state the worker keeps between batches (checked "
+        "against the stored row's version before use; ~5 KB each; 0: decode every batch)",
     )
     dispatch: bool = Field(default=True, description="run the effects dispatcher in-process")
     dispatch_lease: float = Field(
@@ -168,6 +174,7 @@ class LiveEngine:
                 DecisionCore(book, *model_parts()), store, group=kafka.group_id,
                 timers_topic=topics.timers,
                 max_event_bytes=settings.max_event_bytes, audit_events=settings.audit_events,
+                state_cache=settings.state_cache,
             )  # fmt: skip
             _tune_gc()
             exporter = None

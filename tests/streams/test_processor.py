@@ -20,10 +20,10 @@ from outreach.replay import replay
 from outreach.rulebook import RuleBook
 from outreach.sample import generate
 from outreach.state import CustomerState
-from outreach.store import Store
+from outreach.store import Batch, Stamp, Store
 from outreach.store.operator import Operator
 from outreach.streams.codec import DLQ_MAX_BYTES, DLQ_RAW_LIMIT, Record, dead_letter_value
-from outreach.streams.processor import BatchProcessor
+from outreach.streams.processor import BatchProcessor, StateCache
 
 
 def processor(
@@ -269,3 +269,84 @@ def test_a_dead_letter_always_fits_a_kafka_message(value: bytes) -> None:
     body = orjson.loads(letter)
     assert body["size"] == len(value) and body["truncated"] == (len(value) > DLQ_RAW_LIMIT)
     assert base64.b64decode(body["raw_base64"]) == value[:DLQ_RAW_LIMIT]
+
+
+def usage(at: str, event_id: str, customer: str = "cus_1") -> dict:
+    return make_event(
+        "usage.reported", at, customer, event_id=event_id, metric="api_calls", value=1.0,
+        period_start="2026-09-30T00:00:00Z", period_end="2026-10-01T00:00:00Z",
+    )  # fmt: skip
+
+
+def seen(store: Store, customer: str = "cus_1") -> set[str]:
+    state = msgspec.json.decode(store.load_state(customer) or b"", type=CustomerState)
+    return set(state.rules.seen)
+
+
+def test_a_kept_state_is_used_while_its_row_is_unchanged_and_read_again_once_it_is_not(
+    book: RuleBook, store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state cache: a worker's next batch for a customer does not decode the row it
+    saved itself; a row another worker (another process: another Store) wrote since is read
+    again, so neither worker's events are lost."""
+    feed = Feed()
+    mine = processor(book, store)
+    other_store = Store(database_url)
+    other = processor(book, other_store)
+    decoded: list[bytes] = []
+    decode = mine._decode_state
+    monkeypatch.setattr(mine, "_decode_state", lambda raw: decoded.append(raw) or decode(raw))
+    try:
+        mine.apply([feed.line(line(usage("2026-10-01T01:00:00Z", "evt_1")))])
+        mine.apply([feed.line(line(usage("2026-10-01T02:00:00Z", "evt_2")))])
+        assert decoded == [], "the state this worker saved was decoded again"
+        assert len(mine.states) == 1
+        other.apply([feed.line(line(usage("2026-10-01T03:00:00Z", "evt_3")))])
+        mine.apply([feed.line(line(usage("2026-10-01T04:00:00Z", "evt_4")))])
+    finally:
+        other_store.close()
+    assert len(decoded) == 1, "the row the other worker wrote was not read again"
+    assert seen(store) == {"evt_1", "evt_2", "evt_3", "evt_4"}
+
+
+def test_a_batch_that_fails_leaves_no_half_evaluated_state_behind(
+    book: RuleBook, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core changes a state in place while it evaluates: if the batch then fails (here its
+    last write), the worker must not keep that state, or the batch's events would pass for
+    duplicates when it is applied again."""
+    feed = Feed()
+    proc = processor(book, store)
+    proc.apply([feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1")))])
+    again = [feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_1")))]
+    real = Batch.set_positions
+
+    def broken(self: Batch, group: str, positions: dict[tuple[str, int], int]) -> None:
+        raise RuntimeError("the database went away mid-batch")
+
+    monkeypatch.setattr(Batch, "set_positions", broken)
+    with pytest.raises(RuntimeError):
+        proc.apply(again)
+    monkeypatch.setattr(Batch, "set_positions", real)
+    result = proc.apply(again)
+    assert (result.events, result.duplicates) == (1, 0)
+    actions = [orjson.loads(v) for v in drain_records(store)["actions"]]
+    retries = [a["action_id"] for a in actions if a["type"] == "retry_payment"]
+    assert retries and len(set(retries)) == len(retries)
+
+
+def test_the_state_cache_keeps_the_most_recently_used_up_to_its_capacity() -> None:
+    cache = StateCache(2)
+    stamp = Stamp(1, 0.0)
+    for name in ("a", "b", "c"):
+        cache.put({name: (stamp, CustomerState(customer_id=name))})
+    assert set(cache.take(["a", "b", "c"])) == {"b", "c"}
+    assert len(cache) == 0, "taking removes"
+    cache.put({"b": (stamp, CustomerState(customer_id="b"))})
+    cache.put({"c": (stamp, CustomerState(customer_id="c"))})
+    cache.put({"b": (stamp, CustomerState(customer_id="b"))})  # used again: now the newest
+    cache.put({"d": (stamp, CustomerState(customer_id="d"))})
+    assert set(cache.take(["b", "c", "d"])) == {"b", "d"}
+    none = StateCache(0)
+    none.put({"a": (stamp, CustomerState(customer_id="a"))})
+    assert len(none) == 0
