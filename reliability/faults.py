@@ -26,7 +26,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
-from livesupport import hung, persistent_broker, split_in_halves
+from livesupport import hung, persistent_broker, split_in_halves, stopped
 from support import profile, shipment_exception
 
 from outreach.streams.embedded import EmbeddedBroker
@@ -298,7 +298,10 @@ async def broker_restart(run: Run) -> Result:
     a local S3 double). Two workers share the partitions. Half the events are published
     before the stop, half after the restart. (Published in bulk, not at a rate: the S3 double
     serves one object per produce request, and a record-by-record stream makes every fetch
-    so slow that event-time alignment gives up, which would measure the double, not us.)"""
+    so slow that event-time alignment gives up, which would measure the double, not us. And
+    the second half while both workers are stopped, so that they meet it as a backlog: a bulk
+    publish into caught-up workers may be applied out of event-time order across partitions,
+    docs/live-runtime.md, which has nothing to do with the restart.)"""
     folder = run.folder("broker-restart")
     customers, down = (300, 12.0) if run.fast else (800, 20.0)
     work = run.workload(folder, customers, 20)
@@ -325,7 +328,8 @@ async def broker_restart(run: Run) -> Result:
         broker.resume()  # on the loop's thread: the broker dies with the thread that started it
         for own in workers:
             check(alive(own), f"worker {own.log_path.stem} died in the restart: {tail(own.log())}")
-        published += (await publish_file(halves[1], broker.bootstrap, topics)).total
+        with stopped(*(own.pid for own in workers)):
+            published += (await publish_file(halves[1], broker.bootstrap, topics)).total
         check(published == work.count, f"{published} of {work.count} events published")
         await wait_until(
             lambda: settled(url, group, topics, work.count), 600, "everything applied"

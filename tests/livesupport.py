@@ -144,6 +144,12 @@ class WorkerProcess:
         WorkerProcess.running.append(self)
         return self
 
+    @property
+    def pid(self) -> int:
+        """The started child's process id."""
+        assert self.process is not None
+        return self.process.pid
+
     def kill(self) -> None:
         """SIGKILL: no clean-up of any kind, like a crashed machine."""
         assert self.process is not None
@@ -431,15 +437,23 @@ class ObjectStore:
 
 
 @contextlib.contextmanager
-def hung(broker: EmbeddedBroker) -> Iterator[None]:
-    """The broker stops answering (SIGSTOP: a hung or partitioned broker, its connections
-    open) for the block, and answers again after it (SIGCONT), however the block ends."""
-    assert broker.pid is not None
-    os.kill(broker.pid, signal.SIGSTOP)
+def stopped(*pids: int) -> Iterator[None]:
+    """The processes stop (SIGSTOP, their connections open) for the block and go on after it
+    (SIGCONT), however the block ends."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
     try:
         yield
     finally:
-        os.kill(broker.pid, signal.SIGCONT)
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def hung(broker: EmbeddedBroker) -> contextlib.AbstractContextManager[None]:
+    """The broker stops answering (a hung or partitioned broker, its connections open) for
+    the block, and answers again after it."""
+    assert broker.pid is not None
+    return stopped(broker.pid)
 
 
 @contextlib.contextmanager
