@@ -255,9 +255,7 @@ async def broker_outage(run: Run) -> Result:
     with EmbeddedBroker(log_path=folder / "broker.log") as broker:
         topics = Topics("outage.")
         await ensure_topics(broker.bootstrap, topics, PARTITIONS)
-        own = worker(run, topics, group, url, folder)
-        own.args[own.args.index("--kafka-url") + 1] = broker.bootstrap
-        own.start()
+        own = worker(run, topics, group, url, folder, bootstrap=broker.bootstrap).start()
         # published while the worker runs, so the outage falls mid-stream (the producer waits
         # through it too: its request timeout, 40 s, is longer than the outage)
         publishing = asyncio.create_task(publish_file(work.events, broker.bootstrap, topics, 500))
@@ -311,11 +309,10 @@ async def broker_restart(run: Run) -> Result:
         topics = Topics("restart.")
         await ensure_topics(broker.bootstrap, topics, PARTITIONS)
         published = (await publish_file(halves[0], broker.bootstrap, topics)).total
-        workers = []
-        for name in ("one", "two"):
-            own = worker(run, topics, group, url, folder, name=name)
-            own.args[own.args.index("--kafka-url") + 1] = broker.bootstrap
-            workers.append(own.start())
+        workers = [
+            worker(run, topics, group, url, folder, name=name, bootstrap=broker.bootstrap).start()
+            for name in ("one", "two")
+        ]
         await wait_until(
             lambda: inputs_applied(url, group, topics) > work.count // 8, 300,
             "an eighth of the events applied",

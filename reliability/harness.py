@@ -150,11 +150,20 @@ class Run:
 
 
 def worker(
-    run: Run, topics: Topics, group: str, url: str, folder: Path, *extra: str, name: str = "worker"
+    run: Run,
+    topics: Topics,
+    group: str,
+    url: str,
+    folder: Path,
+    *extra: str,
+    name: str = "worker",
+    bootstrap: str | None = None,
 ) -> WorkerProcess:
-    """An ``outreach worker`` child (not started) on the run's broker."""
-    made = WorkerProcess(run.bootstrap, topics, group, url, folder / "data", *extra, name=name)
-    return made
+    """An ``outreach worker`` child (not started) on the run's broker, or on ``bootstrap``
+    (a scenario's own broker)."""
+    return WorkerProcess(
+        bootstrap or run.bootstrap, topics, group, url, folder / "data", *extra, name=name
+    )
 
 
 def scheduler(run: Run, topics: Topics, group: str, url: str, folder: Path, name: str) -> Any:

@@ -24,7 +24,7 @@ from outreach.scheduling import timer_value
 from outreach.store import Store
 from outreach.store.schedule import Schedule
 from outreach.streams.codec import Record
-from outreach.streams.embedded import EmbeddedBroker
+from outreach.streams.embedded import EmbeddedBroker, free_port
 from outreach.streams.processor import BatchProcessor
 from outreach.streams.topics import Topics
 
@@ -265,10 +265,7 @@ class CutProxy:
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = int(probe.getsockname()[1])
-        probe.close()
+        self.port = free_port()
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -380,10 +377,7 @@ class ObjectStore:
 
     def __init__(self, bucket: str = "tansu") -> None:
         self.bucket = bucket
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = int(probe.getsockname()[1])
-        probe.close()
+        self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -233,12 +233,6 @@ class Batch:
             self.upsert(applied_offsets, rows, ["consumer_group", "topic", "partition"],
                         ["next_offset", "updated_at"])  # fmt: skip
 
-    def lock_states(self, customer_ids: Iterable[str]) -> dict[str, bytes]:
-        """Lock the customers' rows (creating missing ones) and return the stored states of
-        those that have one."""
-        rows = self.lock_versions(customer_ids)
-        return {c: row.state for c, row in rows.items() if row.state is not None}
-
     def lock_versions(
         self, customer_ids: Iterable[str], current: Mapping[str, Stamp] | None = None
     ) -> dict[str, StoredState]:
@@ -282,26 +276,11 @@ class Batch:
         """Write the customers' new states (each row's stamp becomes ``Stamp.after``)."""
         if not states:
             return
-        if not self.postgres:  # straight through the driver, as ``_append`` (a row a customer)
-            now = self.now
-            rows = [(c, s, now) for c, s in sorted(states.items())]
-            self.conn.exec_driver_sql(_SQLITE_SAVE_STATES, rows)
-            return
-        statement = postgresql.insert(customer_state)
-        self.conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=["customer_id"],
-                set_={
-                    "state": statement.excluded.state,
-                    "updated_at": statement.excluded.updated_at,
-                    "version": customer_state.c.version + 1,
-                },
-            ),
-            [
-                {"customer_id": c, "state": s, "updated_at": self.now, "version": 1}
-                for c, s in sorted(states.items())
-            ],
-        )
+        rows = [(c, s, self.now) for c, s in sorted(states.items())]
+        if self.postgres:
+            self.conn.execute(_save_states(), [dict(zip(_SAVED, r, strict=True)) for r in rows])
+        else:  # straight through the driver, as ``_append``: a row a customer in every batch
+            self.conn.exec_driver_sql(_sqlite_save_states(), rows)
 
     def add_outbox(self, rows: Sequence[tuple[str, str, str, str, bytes, float]]) -> int:
         """Queue (idempotency_key, kind, customer_id, ref, payload, due) rows; a key already in
@@ -437,10 +416,29 @@ def _sqlite_insert(table: sa.Table, columns: tuple[str, ...]) -> str:
     return str(insert)
 
 
-# ``save_states`` on SQLite: parameters (customer_id, state, updated_at); a new row starts at
-# version 1, a saved one goes up by one (as the PostgreSQL statement built with SQLAlchemy)
-_SQLITE_SAVE_STATES = (
-    "INSERT INTO customer_state (customer_id, state, updated_at, version) VALUES (?, ?, ?, 1) "
-    "ON CONFLICT (customer_id) DO UPDATE SET state = excluded.state, "
-    "updated_at = excluded.updated_at, version = customer_state.version + 1"
-)
+_SAVED = ("customer_id", "state", "updated_at")  # what ``save_states`` binds, in order
+
+
+@functools.cache
+def _save_states(dialect: str = "postgresql") -> sa.Insert:
+    """``save_states``'s upsert: a new row starts at version 1, a saved one goes up by one;
+    only ``_SAVED`` are bound."""
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(customer_state)
+    one: sa.ColumnElement[int] = sa.literal_column("1", sa.BigInteger)
+    values: dict[str, Any] = {c: sa.bindparam(c) for c in _SAVED}
+    return insert.values(values | {"version": one}).on_conflict_do_update(
+        index_elements=["customer_id"],
+        set_={
+            "state": insert.excluded.state,
+            "updated_at": insert.excluded.updated_at,
+            "version": customer_state.c.version + one,
+        },
+    )
+
+
+@functools.cache
+def _sqlite_save_states() -> str:
+    """``_save_states`` compiled for SQLite (``?`` in ``_SAVED`` order)."""
+    compiled = _save_states("sqlite").compile(dialect=sqlite.dialect())
+    assert tuple(compiled.positiontup or ()) == _SAVED, compiled.positiontup
+    return str(compiled)

@@ -107,7 +107,7 @@ class EmbeddedBroker:
         self._log = self._open_log()
         try:
             for _ in range(_PORT_ATTEMPTS):
-                self._port = _free_port()
+                self._port = free_port()
                 self._process = self._spawn(binary, self._port, self._log)
                 if self._wait_until_ready(self._process, self._port):
                     return self
@@ -263,8 +263,8 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _free_port() -> int:
-    """A loopback port free right now (the kernel picks it; the broker binds it next)."""
+def free_port() -> int:
+    """A loopback port free right now (the kernel picks it; the caller binds it next)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((HOST, 0))
         port: int = probe.getsockname()[1]

@@ -265,7 +265,6 @@ class BatchProcessor:
         self._encode = msgspec.json.Encoder().encode
         self.loaded_at = time.time()  # when the running rules were loaded
         self.states = StateCache(state_cache)
-        self._saved: dict[str, tuple[Stamp, CustomerState]] = {}  # the last attempt's states
 
     def _reload_rules(self, batch: Batch) -> None:
         """Re-read the rules folder if an operator asked for a reload since it was loaded
@@ -305,10 +304,8 @@ class BatchProcessor:
         if not items:
             return BatchResult()
         started = time.perf_counter()
-        self._saved = {}
-        result = self.store.run(lambda batch: self._apply(batch, items))
-        self.states.put(self._saved)  # committed: these are the stored states now
-        self._saved = {}
+        result, saved = self.store.run(lambda batch: self._apply(batch, items))
+        self.states.put(saved)  # committed: these are the stored states now
         metrics.observe_batch(result, time.perf_counter() - started)
         return result
 
@@ -335,7 +332,11 @@ class BatchProcessor:
             states[customer_id] = state
         return states, saved
 
-    def _apply(self, batch: Batch, items: Sequence[Decoded]) -> BatchResult:
+    def _apply(
+        self, batch: Batch, items: Sequence[Decoded]
+    ) -> tuple[BatchResult, dict[str, tuple[Stamp, CustomerState]]]:
+        """Apply ``items`` in ``batch``; what it did, and the states it saved with their
+        stamps (kept only once the transaction has committed)."""
         self._reload_rules(batch)
         out = _Collected()
         result = out.result
@@ -379,7 +380,6 @@ class BatchProcessor:
             for event, raw in events:
                 clock.evaluate(event, states[event.customer_id], raw)
         batch.save_states({c: self._encode(s) for c, s in states.items()})
-        self._saved = {c: (saved[c], state) for c, state in states.items()}
         gone: list[dict[str, str]] = []
         added: list[dict[str, str]] = []
         for customer_id, state in states.items():
@@ -415,7 +415,7 @@ class BatchProcessor:
         batch.set_positions(
             self.group, {tp: max(o, applied.get(tp, 0)) for tp, o in positions.items()}
         )
-        return result
+        return result, {c: (saved[c], state) for c, state in states.items()}
 
 
 def _always_audited(event: Event) -> bool:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from outreach.store import Batch, PendingRecord, Store, StoreBusyError, TimerRow
+from outreach.store import Batch, PendingRecord, Stamp, Store, StoreBusyError, StoredState, TimerRow
 from outreach.store.schema import applied_offsets, customer_state, ledger, metadata
 
 TABLES = {
@@ -188,9 +188,15 @@ def test_a_postgresql_url_without_a_driver_uses_psycopg() -> None:
 # -- one transaction per batch ---------------------------------------------------------------
 
 
+def stored_states(batch: Batch, customer_ids: list[str]) -> dict[str, bytes]:
+    """Lock the customers' rows; the stored states of those that have one."""
+    rows = batch.lock_versions(customer_ids)
+    return {c: row.state for c, row in rows.items() if row.state is not None}
+
+
 def write_everything(batch: Batch) -> None:
     """One of each write a processed batch makes."""
-    assert batch.lock_states(["cus_1"]) == {}
+    assert stored_states(batch, ["cus_1"]) == {}
     batch.save_states({"cus_1": b"state-1"})
     batch.add_outbox([outbox_row("eff:1")])
     batch.set_positions("g", {("payments", 0): 8})
@@ -237,7 +243,7 @@ def test_a_batch_that_raises_leaves_nothing_behind(store: Store) -> None:
         "records": 0,
         "timers": 0,
         "ledger": [],
-        "customer_rows": 0,  # not even the row lock_states reserved on PostgreSQL
+        "customer_rows": 0,  # not even the row lock_versions reserved on PostgreSQL
     }
 
 
@@ -308,12 +314,36 @@ def test_run_raises_a_database_error_that_is_not_about_locks_at_once(store: Stor
 
 def test_saved_states_are_read_back_under_lock_and_versioned(store: Store) -> None:
     store.run(lambda b: b.save_states({"cus_1": b"v1", "cus_2": b"other"}))
-    assert store.run(lambda b: b.lock_states(["cus_1", "cus_3", "cus_1"])) == {"cus_1": b"v1"}
+    assert store.run(lambda b: stored_states(b, ["cus_1", "cus_3", "cus_1"])) == {"cus_1": b"v1"}
     store.run(lambda b: b.save_states({"cus_1": b"v2"}))
     assert store.load_state("cus_1") == b"v2"
     assert store.load_state("cus_3") is None
     versions = {r["customer_id"]: r["version"] for r in rows_of(store, customer_state)}
     assert versions["cus_1"] == 2 and versions["cus_2"] == 1
+
+
+def test_a_rows_stamp_is_the_one_save_states_promises_and_a_current_copy_is_not_read(
+    store: Store,
+) -> None:
+    """The worker's state cache relies on both: ``Stamp.after`` predicts the stamp a save
+    gives, and ``lock_versions`` skips the bytes of a row whose stamp the caller holds."""
+    with store.batch(now=100.0) as batch:
+        before = batch.lock_versions(["cus_1"]).get("cus_1")
+        batch.save_states({"cus_1": b"v1"})
+    first = Stamp.after(None if before is None else before.stamp, 100.0)
+    with store.batch(now=200.0) as batch:
+        (row,) = batch.lock_versions(["cus_1"]).values()
+        assert row == StoredState(first, b"v1")
+        batch.save_states({"cus_1": b"v2"})
+    second = Stamp.after(first, 200.0)
+    assert second == Stamp(2, 200.0)
+    with store.batch() as batch:
+        assert batch.lock_versions(["cus_1"], {"cus_1": second}) == {
+            "cus_1": StoredState(second, None)
+        }
+        assert batch.lock_versions(["cus_1"], {"cus_1": first}) == {
+            "cus_1": StoredState(second, b"v2")
+        }
 
 
 def test_positions_are_kept_per_group_and_partition(store: Store) -> None:
@@ -382,7 +412,7 @@ def test_a_second_transaction_on_a_customer_waits_for_the_first_then_reads_its_s
 
     def first() -> None:
         with store.batch() as batch:
-            seen["first"] = batch.lock_states(["cus_1"])
+            seen["first"] = stored_states(batch, ["cus_1"])
             first_read.set()
             wait_for_lock_waiter(store, second_read)
             batch.save_states({"cus_1": b"v1"})
@@ -390,7 +420,7 @@ def test_a_second_transaction_on_a_customer_waits_for_the_first_then_reads_its_s
     def second() -> None:
         assert first_read.wait(10)
         with store.batch() as batch:
-            seen["second"] = batch.lock_states(["cus_1"])
+            seen["second"] = stored_states(batch, ["cus_1"])
             second_read.set()
 
     run_concurrently(first, second)

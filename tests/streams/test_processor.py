@@ -38,6 +38,14 @@ def line(event: dict) -> bytes:
     return orjson.dumps(event)
 
 
+def usage(at: str, event_id: str, customer: str = "cus_1", value: float = 1.0) -> dict:
+    """An ``api_calls`` usage report of one day."""
+    return make_event(
+        "usage.reported", at, customer, event_id=event_id, metric="api_calls", value=value,
+        period_start="2026-09-30T00:00:00Z", period_end="2026-10-01T00:00:00Z",
+    )  # fmt: skip
+
+
 def test_live_decisions_equal_replay_of_the_same_file(
     book: RuleBook, store: Store, tmp_path: Path
 ) -> None:
@@ -134,11 +142,9 @@ def test_one_customer_on_two_partitions_applied_by_two_workers_at_once(
     per_worker = 40
     batches = [
         [
-            feed.record("usage", b"cus_1", line(make_event(
-                "usage.reported", f"2026-10-01T{w:02d}:{i:02d}:00Z", "cus_1",
-                event_id=f"evt_{w}_{i}", metric="api_calls", value=float(i),
-                period_start="2026-09-30T00:00:00Z", period_end="2026-10-01T00:00:00Z",
-            )), partition=w)
+            feed.record("usage", b"cus_1", line(
+                usage(f"2026-10-01T{w:02d}:{i:02d}:00Z", f"evt_{w}_{i}", value=float(i))
+            ), partition=w)
             for i in range(per_worker)
         ]
         for w in range(2)
@@ -269,13 +275,6 @@ def test_a_dead_letter_always_fits_a_kafka_message(value: bytes) -> None:
     body = orjson.loads(letter)
     assert body["size"] == len(value) and body["truncated"] == (len(value) > DLQ_RAW_LIMIT)
     assert base64.b64decode(body["raw_base64"]) == value[:DLQ_RAW_LIMIT]
-
-
-def usage(at: str, event_id: str, customer: str = "cus_1") -> dict:
-    return make_event(
-        "usage.reported", at, customer, event_id=event_id, metric="api_calls", value=1.0,
-        period_start="2026-09-30T00:00:00Z", period_end="2026-10-01T00:00:00Z",
-    )  # fmt: skip
 
 
 def seen(store: Store, customer: str = "cus_1") -> set[str]:
