@@ -365,8 +365,9 @@ def scheduler(
 ) -> None:
     """Run the timer scheduler on its own: payment retries, deferred messages, follow-ups and
     approval expiries come due here and are produced to the timers topic for the workers.
-    The active one also prunes the audit trail ($OUTREACH_AUDIT_RETENTION, e.g. 365d) and
-    posts new pending approvals to $OUTREACH_APPROVALS_WEBHOOK_URL (signed with
+    The active one also prunes, hourly, the audit trail ($OUTREACH_AUDIT_RETENTION, e.g.
+    365d; unset: kept), finished outbox rows ($OUTREACH_OUTBOX_RETENTION, default 30d) and
+    provider callback ids (after 7 days), and posts new pending approvals to $OUTREACH_APPROVALS_WEBHOOK_URL (signed with
     $OUTREACH_APPROVALS_WEBHOOK_SECRET).
     One scheduler is active per store; start more as hot standbys (each waits for the active
     one's lock and takes over within a second of its death). Workers run one in-process unless

@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import orjson
@@ -52,9 +52,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from outreach.rules.durations import Duration
+from outreach.rules.durations import Duration, format_duration
 from outreach.scheduling.webhook import ApprovalsWebhook
 from outreach.store import Claim, Store, StoreBusyError
+from outreach.store.contacts import Contacts
 from outreach.store.operator import Operator
 from outreach.store.schedule import DueTimer, Schedule
 from outreach.streams.outage import Outage, unavailable
@@ -65,6 +66,11 @@ from outreach.telemetry import metrics
 log = logging.getLogger(__name__)
 
 JOB_TABLE = "scheduler_jobs"
+DAY = 86400.0
+# provider callback ids (Twilio MessageSid, SendGrid sg_event_id, Stripe event ids) are kept
+# this long to answer a retried webhook without acting twice; SendGrid retries for 72 hours
+# and Stripe for three days, the longest of the providers
+CALLBACK_MEMORY = 7 * DAY
 CLAIM = "scheduler"
 T = TypeVar("T")
 _active: TimerScheduler | None = None  # the process's active scheduler, for fire_timer
@@ -85,7 +91,8 @@ class SchedulerOptions:
     threads: int = 4  # jobs producing at once
     chunk: int = 2000  # timers armed per look
     audit_retention: float | None = None  # seconds of audit trail to keep (None: all)
-    prune_every: float = 3600.0  # seconds between prunes of the audit trail
+    outbox_retention: float = 30 * DAY  # seconds finished outbox rows are kept
+    prune_every: float = 3600.0  # seconds between prunes (audit trail, outbox, callbacks)
     approvals_webhook: str | None = None  # URL announced new pending approvals are posted to
     approvals_webhook_secret: str | None = None  # HMAC-SHA256 key of X-Outreach-Signature
     announce_every: float = 2.0  # seconds between looks for approvals to announce
@@ -101,6 +108,11 @@ class SchedulerSettings(BaseSettings):
         description="how long audit entries are kept (event time), e.g. 365d; unset: forever. "
         "The active scheduler prunes older ones every hour.",
     )
+    outbox_retention: Duration = Field(
+        default=timedelta(days=30),
+        description="how long outbox rows are kept once done or failed (wall clock), e.g. 90d. "
+        "The active scheduler prunes older ones every hour; pending rows always stay.",
+    )
 
     approvals_webhook_url: str | None = Field(
         default=None, description="POST each new pending approval here (JSON, signed)"
@@ -114,6 +126,7 @@ class SchedulerSettings(BaseSettings):
         keep, secret = self.audit_retention, self.approvals_webhook_secret
         return SchedulerOptions(
             audit_retention=keep.total_seconds() if keep else None,
+            outbox_retention=self.outbox_retention.total_seconds(),
             approvals_webhook=self.approvals_webhook_url,
             approvals_webhook_secret=secret.get_secret_value() if secret else None,
         )
@@ -132,6 +145,8 @@ class SchedulerStats:
     recovered: int = 0  # timers re-armed at takeover (their job died with the last scheduler)
     redelivered: int = 0
     pruned: int = 0  # audit entries deleted (OUTREACH_AUDIT_RETENTION)
+    outbox_pruned: int = 0  # finished outbox rows deleted (OUTREACH_OUTBOX_RETENTION)
+    callbacks_pruned: int = 0  # provider callback ids forgotten (after CALLBACK_MEMORY)
     last_produced: float = 0.0  # time.monotonic() of the last timer produced
 
 
@@ -278,7 +293,7 @@ class TimerScheduler:
                 if self.webhook and time.monotonic() - announced >= opts.announce_every:
                     announced = time.monotonic()
                     await _settled(self.announce)
-                if opts.audit_retention and time.monotonic() - pruned >= opts.prune_every:
+                if time.monotonic() - pruned >= opts.prune_every:
                     pruned = time.monotonic()
                     await _settled(self.prune)
                 if time.monotonic() - swept >= opts.sweep_every:
@@ -354,17 +369,25 @@ class TimerScheduler:
 
     def prune(self) -> None:
         """Housekeeping that must run once per store, so the active scheduler does it: delete
-        audit entries older than ``audit_retention``."""
-        assert self.options.audit_retention
-        before = time.time() - self.options.audit_retention
+        audit entries older than ``audit_retention`` (if set), outbox rows finished longer
+        than ``outbox_retention`` ago and provider callback ids older than ``CALLBACK_MEMORY``
+        (the tables would otherwise grow with every event, effect and webhook)."""
+        now, opts = time.time(), self.options
         try:
-            deleted = Operator(self.store).prune_audit(before)
+            if opts.audit_retention:
+                deleted = Operator(self.store).prune_audit(now - opts.audit_retention)
+                self.stats.pruned += deleted
+                if deleted:
+                    log.info("scheduler: pruned %d audit entries older than %s", deleted,
+                             _age(opts.audit_retention))  # fmt: skip
+            deleted = self.store.prune_outbox(now - opts.outbox_retention)
+            self.stats.outbox_pruned += deleted
+            if deleted:
+                log.info("scheduler: pruned %d outbox rows finished more than %s ago", deleted,
+                         _age(opts.outbox_retention))  # fmt: skip
+            self.stats.callbacks_pruned += Contacts(self.store).forget_seen(now - CALLBACK_MEMORY)
         except Exception:
-            log.exception("scheduler: pruning the audit trail failed; will retry")
-            return
-        self.stats.pruned += deleted
-        if deleted:
-            log.info("scheduler: pruned %d audit entries recorded before %s", deleted, before)
+            log.exception("scheduler: pruning failed; will retry")
 
     def fire(self, timer_id: str, customer_id: str, due: float) -> None:
         """Run one job (in an APScheduler thread): produce the timer's event if it is still
@@ -394,3 +417,7 @@ class TimerScheduler:
         self.stats.produced += 1
         self.stats.last_produced = time.monotonic()
         metrics.SCHEDULER_PRODUCED.inc()
+
+
+def _age(seconds: float) -> str:
+    return format_duration(timedelta(seconds=seconds))

@@ -254,14 +254,7 @@ class Operator:
         and approvals queue entries decided before it (pending ones always stay); in chunks,
         so a large prune never holds the write lock for long. Returns the audit rows deleted.
         The customers' states, the outbox and the tallies are untouched."""
-        deleted = 0
-        while True:
-            with self.store.batch() as batch:
-                seqs = sa.select(audit.c.seq).where(audit.c.at < before).limit(chunk)
-                done = batch.conn.execute(sa.delete(audit).where(audit.c.seq.in_(seqs))).rowcount
-            deleted += max(done, 0)
-            if done < chunk:
-                break
+        deleted = self.store.delete_chunked(audit, audit.c.seq, audit.c.at < before, chunk)
         with self.store.batch() as batch:
             batch.conn.execute(
                 sa.delete(approvals).where(

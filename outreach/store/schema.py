@@ -52,6 +52,7 @@ outbox = sa.Table(
     sa.Column("done_at", sa.Double, nullable=True),
 )
 sa.Index("outbox_due", outbox.c.status, outbox.c.next_at)
+sa.Index("outbox_finished", outbox.c.done_at)  # retention: NULL until done or failed
 
 timers = sa.Table(
     "timers",

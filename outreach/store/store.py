@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 _RETRY_SQLSTATES = {"40P01", "40001", "55P03"}  # deadlock, serialization failure, lock timeout
+FINISHED = ("done", "failed")  # an outbox row's statuses for good (pending, in_flight before)
 
 
 class StoreBusyError(OutreachError):
@@ -209,6 +210,20 @@ class Store:
                 time.sleep(min(0.05 * 2**attempt, 1.0))
         raise AssertionError("unreachable")
 
+    def delete_chunked(
+        self, table: sa.Table, key: sa.Column[Any], where: sa.ColumnElement[bool], chunk: int
+    ) -> int:
+        """Delete ``table``'s rows matching ``where``, ``chunk`` rows (by ``key``) per
+        transaction, so a large prune never holds the write lock for long. Returns how many."""
+        deleted = 0
+        while True:
+            with self.batch() as batch:
+                keys = sa.select(key).where(where).limit(chunk)
+                done = batch.conn.execute(sa.delete(table).where(key.in_(keys))).rowcount
+            deleted += max(done, 0)
+            if done < chunk:
+                return deleted
+
     # -- the outbox (dispatcher side) ------------------------------------------------------
 
     def claim_due(self, now: float, limit: int, lease: float) -> list[OutboxRow]:
@@ -288,6 +303,16 @@ class Store:
         if claim is not None:
             where += [outbox.c.status == "in_flight", outbox.c.attempts == claim]
         return where
+
+    def prune_outbox(self, before: float, *, chunk: int = 5000) -> int:
+        """Delete outbox rows finished (``done`` or ``failed``) before ``before`` (wall clock,
+        seconds). Rows still pending or in flight always stay. Returns how many went.
+
+        A finished row only keeps its idempotency key from being queued again; the customer's
+        state remembers the same key for ``guardrails.effect_memory`` and every applied event
+        for ``engine.dedup_window``, so the core never decides that effect again meanwhile."""
+        finished = sa.and_(outbox.c.done_at < before, outbox.c.status.in_(FINISHED))
+        return self.delete_chunked(outbox, outbox.c.id, finished, chunk)
 
     def outbox_rows(self, customer_id: str | None = None) -> list[dict[str, Any]]:
         """Every outbox row (optionally one customer's), oldest first: for tests and reports."""

@@ -18,8 +18,10 @@ from outreach.core import DecisionCore
 from outreach.rulebook import RuleBook
 from outreach.scheduling import SchedulerSettings, TimerScheduler
 from outreach.store import AuditRow, Store, TimerRow
+from outreach.store.contacts import Contacts
 from outreach.store.operator import Operator
 from outreach.store.schedule import Schedule
+from outreach.store.schema import outbox
 from outreach.streams.processor import BatchProcessor
 from outreach.streams.topics import Topics
 
@@ -186,3 +188,38 @@ def test_the_active_scheduler_prunes_the_audit_trail_to_the_configured_retention
     scheduler.prune()
     assert scheduler.stats.pruned == 1
     assert [e["ref"] for e in Operator(store).timeline("cus_1")] == ["evt_new"]
+
+
+def test_the_active_scheduler_prunes_finished_outbox_rows_and_old_callback_ids(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert SchedulerSettings().options().outbox_retention == 30 * 86400  # the default
+    monkeypatch.setenv("OUTREACH_OUTBOX_RETENTION", "forever")
+    with pytest.raises(ValidationError, match="not a duration"):
+        SchedulerSettings()
+    monkeypatch.setenv("OUTREACH_OUTBOX_RETENTION", "2d")
+    options = SchedulerSettings().options()
+    assert (options.outbox_retention, options.audit_retention) == (2 * 86400, None)
+    now = time.time()
+    store.run(lambda b: b.add_outbox([
+        (key, "effect", "cus_1", key, b"{}", 0.0) for key in ("old", "recent", "waiting")
+    ]))  # fmt: skip
+    claimed = {r.idempotency_key: r for r in store.claim_due(now, 10, lease=60.0)}
+    for key, at in [("old", now - 3 * 86400), ("recent", now - 86400)]:
+        with store.batch(at) as batch:  # finished at ``at``
+            batch.conn.execute(
+                sa.update(outbox).where(outbox.c.id == claimed[key].id)
+                .values(status="done", done_at=batch.now)
+            )  # fmt: skip
+    contacts = Contacts(store)
+    assert contacts.first_time("twilio", "SM_old", at=now - 8 * 86400)
+    assert contacts.first_time("twilio", "SM_recent", at=now - 6 * 86400)
+    store.run(lambda b: b.add_audit([AuditRow("cus_1", 0.0, "event", "evt_0", None, b"{}")]))
+    scheduler = TimerScheduler(store, Topics("unused."), "127.0.0.1:1", group="g", options=options)
+    scheduler.prune()
+    assert (scheduler.stats.outbox_pruned, scheduler.stats.callbacks_pruned) == (1, 1)
+    assert sorted(r["idempotency_key"] for r in store.outbox_rows()) == ["recent", "waiting"]
+    assert contacts.first_time("twilio", "SM_old")  # forgotten: a callback this late is new
+    assert not contacts.first_time("twilio", "SM_recent")
+    assert scheduler.stats.pruned == 0  # no OUTREACH_AUDIT_RETENTION: the trail stays whole
+    assert [e["ref"] for e in Operator(store).timeline("cus_1")] == ["evt_0"]

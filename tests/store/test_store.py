@@ -20,7 +20,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from outreach.store import Batch, PendingRecord, Stamp, Store, StoreBusyError, StoredState, TimerRow
-from outreach.store.schema import applied_offsets, customer_state, ledger, metadata
+from outreach.store.schema import applied_offsets, customer_state, ledger, metadata, outbox
 
 TABLES = {
     "customer_state", "applied_offsets", "outbox", "timers", "pending_records", "ledger",
@@ -109,7 +109,7 @@ def test_migrate_again_keeps_the_data_and_one_version_row(store: Store) -> None:
     store.migrate()
     with store.engine.connect() as conn:
         versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-    assert versions == [("0006",)]
+    assert versions == [("0007",)]
     assert [r["idempotency_key"] for r in store.outbox_rows()] == ["k1"]
     assert store.run(lambda b: b.positions("g", [("payments", 0)])) == {("payments", 0): 4}
 
@@ -133,7 +133,7 @@ def test_two_stores_migrating_the_same_empty_database_at_once_both_succeed(
         assert set(sa.inspect(stores[0].engine).get_table_names()) >= TABLES
         with stores[0].engine.connect() as conn:
             versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-        assert versions == [("0006",)]
+        assert versions == [("0007",)]
     finally:
         for made in stores:
             made.close()
@@ -480,6 +480,33 @@ def test_add_outbox_answers_how_many_keys_were_new(store: Store) -> None:
     assert add_outbox(store, outbox_row("k1"), outbox_row("k2"), outbox_row("k1")) == 2
     assert add_outbox(store, outbox_row("k2"), outbox_row("k3")) == 1
     assert add_outbox(store, outbox_row("k3")) == 0
+
+
+def test_prune_outbox_deletes_only_rows_finished_before_the_cutoff_in_chunks(
+    store: Store,
+) -> None:
+    keys = ["done_old", "failed_old", "done_old2", "done_new", "pending", "in_flight", "held"]
+    add_outbox(store, *(outbox_row(k, due=0.0) for k in keys))
+    claimed = {r.idempotency_key: r for r in store.claim_due(1.0, 10, lease=0.5)}
+    for key, status in [("done_old", "done"), ("failed_old", "failed"), ("done_old2", "done"),
+                        ("done_new", "done")]:  # fmt: skip
+        assert store.finish(claimed[key].id, status, None, None, claim=1)
+    assert store.retry_later(claimed["pending"].id, 5.0, "transient", claim=1)
+    assert store.retry_later(claimed["held"].id, 5.0, "kill switch", claim=1, hold=True)
+    with store.engine.begin() as conn:  # finished long ago (the lease of "in_flight" ran out)
+        for key, done_at in [("done_old", 100.0), ("failed_old", 150.0), ("done_old2", 199.0),
+                             ("done_new", 200.0)]:  # fmt: skip
+            conn.execute(
+                sa.update(outbox).where(outbox.c.idempotency_key == key).values(done_at=done_at)
+            )
+    assert store.prune_outbox(200.0, chunk=2) == 3
+    assert {r["idempotency_key"]: r["status"] for r in store.outbox_rows()} == {
+        "done_new": "done", "pending": "pending", "in_flight": "in_flight", "held": "pending",
+    }  # fmt: skip
+    assert store.prune_outbox(200.0) == 0
+    assert [r.idempotency_key for r in store.claim_due(10.0, 10, lease=30.0)] == [
+        "in_flight", "pending", "held",
+    ]  # fmt: skip
 
 
 def test_claim_due_takes_due_rows_oldest_first_up_to_the_limit(store: Store) -> None:
