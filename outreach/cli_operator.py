@@ -367,8 +367,8 @@ def scheduler(
     approval expiries come due here and are produced to the timers topic for the workers.
     The active one also prunes, hourly, the audit trail ($OUTREACH_AUDIT_RETENTION, e.g.
     365d; unset: kept), finished outbox rows ($OUTREACH_OUTBOX_RETENTION, default 30d) and
-    provider callback ids (after 7 days), and posts new pending approvals to $OUTREACH_APPROVALS_WEBHOOK_URL (signed with
-    $OUTREACH_APPROVALS_WEBHOOK_SECRET).
+    provider callback ids (after 7 days), and posts new pending approvals to
+    $OUTREACH_APPROVALS_WEBHOOK_URL (signed with $OUTREACH_APPROVALS_WEBHOOK_SECRET).
     One scheduler is active per store; start more as hot standbys (each waits for the active
     one's lock and takes over within a second of its death). Workers run one in-process unless
     started with --no-scheduler. Ctrl-C or SIGTERM stops it."""

@@ -47,6 +47,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 _RETRY_SQLSTATES = {"40P01", "40001", "55P03"}  # deadlock, serialization failure, lock timeout
+# libpq parameters of every PostgreSQL connection, unless the URL sets them: without them a
+# connection whose peer vanished (a failover, a dropped NAT entry, a cut network) blocks a
+# worker for the kernel's two hours. With them a silent peer is found within ~60 s whether
+# the connection is idle (keepalives) or waiting for an answer to what it sent
+# (tcp_user_timeout), the call fails as "database away" and the outage path retries it.
+POSTGRES_CONNECT: dict[str, int] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # milliseconds
+}
 FINISHED = ("done", "failed")  # an outbox row's statuses for good (pending, in_flight before)
 
 
@@ -116,8 +129,10 @@ class Store:
         self.url = sa.engine.make_url(url)
         self.postgres = self.url.get_backend_name() == "postgresql"
         if self.postgres:
+            given = self.url.query  # the URL's own libpq parameters win over these defaults
+            connect = {k: v for k, v in POSTGRES_CONNECT.items() if k not in given}
             self.engine: Engine = sa.create_engine(
-                self.url, pool_pre_ping=True, pool_size=pool_size
+                self.url, pool_pre_ping=True, pool_size=pool_size, connect_args=connect
             )
         elif self.url.get_backend_name() == "sqlite":
             self.engine = sa.create_engine(self.url, connect_args={"timeout": 30})

@@ -102,6 +102,24 @@ def test_migrate_on_an_empty_database_creates_every_table_as_schema_declares(
         store.close()
 
 
+@ONLY_POSTGRES
+def test_postgres_connections_find_a_silent_peer_unless_the_url_says_otherwise(
+    database_url: str,
+) -> None:
+    url = sa.engine.make_url(database_url).update_query_dict({"keepalives_idle": "5"})
+    for given, idle in [(database_url, "30"), (url.render_as_string(hide_password=False), "5")]:
+        store = Store(given)
+        try:
+            with store.engine.connect() as conn:
+                raw = conn.connection.dbapi_connection
+                assert raw is not None
+                used = raw.info.get_parameters()  # what libpq connected with
+        finally:
+            store.close()
+        assert (used["keepalives"], used["keepalives_idle"]) == ("1", idle)
+        assert (used["tcp_user_timeout"], used["connect_timeout"]) == ("60000", "10")
+
+
 def test_migrate_again_keeps_the_data_and_one_version_row(store: Store) -> None:
     add_outbox(store, outbox_row("k1"))
     store.run(lambda b: b.set_positions("g", {("payments", 0): 4}))

@@ -9,8 +9,13 @@ synchronisation: every wait for an outcome is a condition with a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import shutil
 import sqlite3
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +115,68 @@ def test_the_proxy_refuses_and_resets_then_carries_again(proxy: CutProxy, postgr
             assert conn.execute(sa.text("SELECT 2")).scalar() == 2
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def silenced(port: int) -> Iterator[None]:
+    """Drop every packet to and from ``port`` on this host (iptables): the peer neither answers
+    nor resets, as when a network path or a failed-over server vanishes. Only connections
+    through that port (the test's proxy) are touched."""
+    if os.geteuid() != 0 or shutil.which("iptables") is None:
+        pytest.skip("needs root and iptables to drop packets (CI has both)")
+    rules = [["INPUT", "-p", "tcp", "--dport", str(port), "-j", "DROP"],
+             ["INPUT", "-p", "tcp", "--sport", str(port), "-j", "DROP"]]  # fmt: skip
+    added = []
+    try:
+        for rule in rules:
+            subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True)
+            added.append(rule)
+        yield
+    finally:
+        for rule in added:
+            subprocess.run(["iptables", "-D", *rule], check=True, capture_output=True)
+
+
+def test_a_silent_network_fails_as_the_database_away_instead_of_blocking(
+    proxy: CutProxy, postgres_db: str
+) -> None:
+    # the defaults find a silent peer within ~60 s (POSTGRES_CONNECT); the URL's own libpq
+    # parameters win, so a test can use a few seconds
+    url = sa.engine.make_url(proxy.url_for(postgres_db)).update_query_dict({
+        "keepalives_idle": "1", "keepalives_interval": "1", "keepalives_count": "2",
+        "tcp_user_timeout": "2000", "connect_timeout": "2",
+    })  # fmt: skip
+    store = Store(url.render_as_string(hide_password=False), pool_size=1)
+    outcome: list[BaseException | int] = []
+
+    def write(offset: int) -> None:
+        store.run(lambda b: b.set_positions("g", {("payments", 0): offset}), attempts=1)
+
+    def attempt() -> None:
+        try:
+            write(2)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            outcome.append(exc)
+        else:
+            outcome.append(2)
+
+    try:
+        store.migrate()
+        write(1)  # the pool now holds an open connection through the proxy
+        with silenced(proxy.port):
+            started = time.monotonic()
+            worker = threading.Thread(target=attempt, daemon=True)
+            worker.start()
+            worker.join(timeout=30)
+            assert not worker.is_alive(), "the store call blocked on a silent connection"
+            took = time.monotonic() - started
+        [failure] = outcome
+        assert isinstance(failure, sa.exc.DBAPIError) and unavailable(failure), failure
+        assert took < 15
+        write(3)  # the network is back: a new connection, and the call goes through
+        assert store.run(lambda b: b.positions("g", [("payments", 0)])) == {("payments", 0): 3}
+    finally:
+        store.close()
 
 
 async def test_worker_pauses_while_the_database_is_cut_and_applies_everything_once(
