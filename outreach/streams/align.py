@@ -51,8 +51,10 @@ class Aligner:
         self._stuck_since: float | None = None
         self._lag_since = float("-inf")  # since when the horizon stood still while others moved
         self.buffered = 0
-        # why the last release did not keep event-time order (None: it did), for the log
+        # why the last release did not keep event-time order (None: it did), for the log, and
+        # the limit that ended the wait (max_wait, max_stall or max_buffered), for the metric
         self.unaligned: str | None = None
+        self.unaligned_by: str | None = None
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """The partitions this worker now owns. Every buffer is dropped: after a rebalance the
@@ -112,17 +114,7 @@ class Aligner:
         if not others_moved:
             self._lag_since = now
         lag = now - self._lag_since
-        self.unaligned = None
-        if lag >= self.max_wait or stuck >= self.max_stall or self.buffered >= self.max_buffered:
-            if holder is not None and self.buffered:
-                why = (
-                    f"{self.buffered:,} records buffered (max_buffered)"
-                    if self.buffered >= self.max_buffered
-                    else f"no progress for {lag:.1f} s while the others delivered"
-                    if lag >= self.max_wait
-                    else f"nothing from any partition for {stuck:.1f} s (max_stall)"
-                )
-                self.unaligned = f"{holder[0]}[{holder[1]}] held the horizon: {why}"
+        if self._waited_enough(holder, lag, stuck):
             horizon = float("inf")  # a partition makes no progress: stop waiting for it
         keys = list(self._buffers)
         streams = [_tagged(self._buffers[tp], index, horizon) for index, tp in enumerate(keys)]
@@ -134,6 +126,23 @@ class Aligner:
                 buffer.popleft()
         self.buffered -= len(taken)
         return [item for _, _, _, item in taken]
+
+    def _waited_enough(self, holder: TopicPartition | None, lag: float, stuck: float) -> bool:
+        """Whether to stop waiting for the partition holding the horizon; sets ``unaligned``
+        (why, if records are released out of order) and ``unaligned_by`` (the limit)."""
+        self.unaligned = self.unaligned_by = None
+        if self.buffered >= self.max_buffered:
+            by, why = "max_buffered", f"{self.buffered:,} records buffered (max_buffered)"
+        elif lag >= self.max_wait:
+            by, why = "max_wait", f"no progress for {lag:.1f} s while the others delivered"
+        elif stuck >= self.max_stall:
+            by, why = "max_stall", f"nothing from any partition for {stuck:.1f} s (max_stall)"
+        else:
+            return False
+        if holder is not None and self.buffered:
+            self.unaligned = f"{holder[0]}[{holder[1]}] held the horizon: {why}"
+            self.unaligned_by = by
+        return True
 
     def backlog(self, tp: TopicPartition) -> int:
         """Records of one partition fetched and not yet released."""

@@ -294,6 +294,8 @@ class Worker:
         self._note_alignment()
         if not ready:
             return
+        if self.aligner.unaligned_by is not None:
+            metrics.WORKER_UNALIGNED.labels(self.aligner.unaligned_by).inc()
         self.applying = True
         try:
             result = await self._apply(consumer, ready)

@@ -72,6 +72,12 @@ WORKER_PARTITIONS = Gauge(
     "outreach_worker_partitions_assigned", "Input partitions assigned to this worker",
     registry=REGISTRY,
 )  # fmt: skip
+WORKER_UNALIGNED = Counter(
+    "outreach_worker_unaligned_batches",
+    "Batches released before a partition holding back event time caught up (applied out of "
+    "event-time order across partitions), by the limit that ended the wait",
+    ["limit"], registry=REGISTRY,
+)  # fmt: skip
 DISPATCH_ATTEMPTS = Counter(
     "outreach_dispatch_attempts", "Outbox rows handled by this dispatcher, by outcome",
     ["kind", "target", "outcome"], registry=REGISTRY,

@@ -173,6 +173,7 @@ def test_after_a_stall_the_holder_gets_max_wait_again() -> None:
     aligner.add(CUS, fetched(CUS, 20, start=20))
     assert seconds(aligner.release(set(), now=119.0)) == [8, 9, 10, 17, 18, 20]
     assert aligner.unaligned is not None and "no progress for 2.4 s" in aligner.unaligned
+    assert aligner.unaligned_by == "max_wait"
 
 
 def test_a_stall_the_aligner_was_not_asked_about_is_no_lag_either() -> None:
@@ -197,7 +198,10 @@ def test_a_stall_of_max_stall_releases_everything() -> None:
     aligner.add(PAY, fetched(PAY, 1, 5))
     assert aligner.release(set(), now=100.0) == []
     assert aligner.release(set(), now=159.9) == []
+    assert aligner.unaligned_by is None
     assert seconds(aligner.release(set(), now=160.0)) == [1, 5]
+    assert aligner.unaligned_by == "max_stall"
+    assert aligner.unaligned is not None and "nothing from any partition" in aligner.unaligned
 
 
 def test_a_full_buffer_is_released_without_waiting() -> None:
@@ -207,6 +211,10 @@ def test_a_full_buffer_is_released_without_waiting() -> None:
     assert aligner.release(set(), now=0.0) == []
     aligner.add(PAY, fetched(PAY, 3, start=2))
     assert seconds(aligner.release(set(), now=0.0)) == [1, 2, 3]
+    assert aligner.unaligned_by == "max_buffered"
+    aligner.add(CUS, fetched(CUS, 4))
+    assert seconds(aligner.release({PAY}, now=0.0)) == [4]  # PAY caught up: nothing waits
+    assert aligner.unaligned_by is None
 
 
 def test_assign_drops_every_buffer_because_the_consumer_fetches_again() -> None:
