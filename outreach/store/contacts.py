@@ -119,11 +119,10 @@ class Contacts:
         with self.store.engine.begin() as conn:
             return conn.execute(statement, row).first() is not None
 
-    def forget_seen(self, before: float) -> int:
-        """Drop callbacks recorded before ``before`` (providers stop retrying within hours)."""
-        with self.store.engine.begin() as conn:
-            done = conn.execute(sa.delete(inbound_seen).where(inbound_seen.c.at < before))
-            return int(done.rowcount or 0)
+    def forget_seen(self, before: float, *, chunk: int = 5000) -> int:
+        """Drop callbacks recorded before ``before`` (providers stop retrying within days),
+        ``chunk`` per transaction. Returns how many."""
+        return self.store.delete_chunked(inbound_seen, inbound_seen.c.at < before, chunk)
 
     # -- run-time controls ----------------------------------------------------------------
     def controls(self, kind: str | None = None) -> dict[tuple[str, str], str]:

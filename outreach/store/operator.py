@@ -254,7 +254,7 @@ class Operator:
         and approvals queue entries decided before it (pending ones always stay); in chunks,
         so a large prune never holds the write lock for long. Returns the audit rows deleted.
         The customers' states, the outbox and the tallies are untouched."""
-        deleted = self.store.delete_chunked(audit, audit.c.seq, audit.c.at < before, chunk)
+        deleted = self.store.delete_chunked(audit, audit.c.at < before, chunk)
         with self.store.batch() as batch:
             batch.conn.execute(
                 sa.delete(approvals).where(

@@ -225,15 +225,15 @@ class Store:
                 time.sleep(min(0.05 * 2**attempt, 1.0))
         raise AssertionError("unreachable")
 
-    def delete_chunked(
-        self, table: sa.Table, key: sa.Column[Any], where: sa.ColumnElement[bool], chunk: int
-    ) -> int:
-        """Delete ``table``'s rows matching ``where``, ``chunk`` rows (by ``key``) per
+    def delete_chunked(self, table: sa.Table, where: sa.ColumnElement[bool], chunk: int) -> int:
+        """Delete ``table``'s rows matching ``where``, ``chunk`` rows (by primary key) per
         transaction, so a large prune never holds the write lock for long. Returns how many."""
+        columns = list(table.primary_key.columns)
+        key = columns[0] if len(columns) == 1 else sa.tuple_(*columns)
         deleted = 0
         while True:
             with self.batch() as batch:
-                keys = sa.select(key).where(where).limit(chunk)
+                keys = sa.select(*columns).where(where).limit(chunk)
                 done = batch.conn.execute(sa.delete(table).where(key.in_(keys))).rowcount
             deleted += max(done, 0)
             if done < chunk:
@@ -327,7 +327,7 @@ class Store:
         state remembers the same key for ``guardrails.effect_memory`` and every applied event
         for ``engine.dedup_window``, so the core never decides that effect again meanwhile."""
         finished = sa.and_(outbox.c.done_at < before, outbox.c.status.in_(FINISHED))
-        return self.delete_chunked(outbox, outbox.c.id, finished, chunk)
+        return self.delete_chunked(outbox, finished, chunk)
 
     def outbox_rows(self, customer_id: str | None = None) -> list[dict[str, Any]]:
         """Every outbox row (optionally one customer's), oldest first: for tests and reports."""

@@ -221,5 +221,9 @@ def test_the_active_scheduler_prunes_finished_outbox_rows_and_old_callback_ids(
     assert sorted(r["idempotency_key"] for r in store.outbox_rows()) == ["recent", "waiting"]
     assert contacts.first_time("twilio", "SM_old")  # forgotten: a callback this late is new
     assert not contacts.first_time("twilio", "SM_recent")
+    for callback in ("a", "b", "c"):  # a composite key, deleted a chunk at a time
+        assert contacts.first_time("sendgrid", callback, at=now - 9 * 86400)
+    assert contacts.forget_seen(now - 7 * 86400, chunk=2) == 3
+    assert not contacts.first_time("twilio", "SM_recent")
     assert scheduler.stats.pruned == 0  # no OUTREACH_AUDIT_RETENTION: the trail stays whole
     assert [e["ref"] for e in Operator(store).timeline("cus_1")] == ["evt_0"]
