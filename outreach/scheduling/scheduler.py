@@ -52,6 +52,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from outreach.core import DAY
 from outreach.rules.durations import Duration, format_duration
 from outreach.scheduling.webhook import ApprovalsWebhook
 from outreach.store import Claim, Store, StoreBusyError
@@ -66,7 +67,6 @@ from outreach.telemetry import metrics
 log = logging.getLogger(__name__)
 
 JOB_TABLE = "scheduler_jobs"
-DAY = 86400.0
 # provider callback ids (Twilio MessageSid, SendGrid sg_event_id, Stripe event ids) are kept
 # this long to answer a retried webhook without acting twice; SendGrid retries for 72 hours
 # and Stripe for three days, the longest of the providers
