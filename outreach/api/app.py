@@ -53,8 +53,8 @@ def create_app(
     webhook and, with ``billing`` (the Stripe account), the ``/pay/<invoice>`` links.
 
     ``replies``: what to text back to STOP/START/HELP from an unknown number; ``reader``:
-    what a customer's free-text reply means (default ``reply_reader()``: the model's when
-    configured, else keywords); ``brand``: the
+    what a customer's free-text reply means (default ``reply_reader(store)``: the model's when
+    configured, its token budget shared with the workers; else keywords); ``brand``: the
     sender's name on the unsubscribe pages; ``lifespan``: starts and stops the sink (the
     Kafka one must start inside the server's event loop). A bad SendGrid key raises
     ``ValueError`` here, before anything listens."""
@@ -77,7 +77,9 @@ def create_app(
     metrics = Metrics(operator, lag)
     app.add_middleware(_Wrap, wrap=metrics.middleware)
     signature = TwilioSignature(settings.twilio_auth_token, settings.public_url)
-    app.include_router(twilio_router(inbox, signature, replies, reader or reply_reader()))
+    app.include_router(
+        twilio_router(inbox, signature, replies, reader or reply_reader(contacts.store))
+    )
     app.include_router(
         sendgrid_router(inbox, settings.sendgrid_webhook_public_key, settings.sendgrid_max_skew)
     )

@@ -27,6 +27,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import (
@@ -43,6 +44,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from outreach.store.operator import Operator
+from outreach.store.tokens import TALLY as TOKENS_TALLY
 from outreach.streams import latency
 from outreach.telemetry import metrics as telemetry
 from outreach.telemetry.logs import correlate
@@ -114,6 +116,13 @@ class EngineCollector(Collector):
         yield rows
         yield GaugeMetricFamily(
             "outreach_approvals_pending", "Actions waiting for a person", value=pending
+        )
+        today = datetime.now(UTC).date().isoformat()
+        yield GaugeMetricFamily(
+            "outreach_llm_tokens_today",
+            "LLM tokens spent on the current UTC day by every process on the store, as last "
+            "exchanged (within 5 s); the budget is OUTREACH_LLM_DAILY_TOKENS",
+            value=tallies.get((TOKENS_TALLY, today), 0),
         )
         if self.lag is not None:
             lag = GaugeMetricFamily(

@@ -16,12 +16,14 @@ Must not import: faust, the decision core.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 from dataclasses import replace
 from typing import Any
 
 from outreach.agents.replies import KeywordReplies, ReplyReader, understand_by_keywords
+from outreach.store import Store
 
 log = logging.getLogger(__name__)
 READ_LIMIT = 8.0  # seconds for the whole reading, model retries included
@@ -29,10 +31,13 @@ MODEL_TIMEOUT = 3.5  # seconds per model request attempt when reading replies
 MODEL_RETRIES = 1
 
 
-def reply_reader() -> ReplyReader:
-    """The model's reader when an LLM is configured and used for replies, else keywords."""
+def reply_reader(store: Store | None = None) -> ReplyReader:
+    """The model's reader when an LLM is configured and used for replies, else keywords.
+    With ``store``, its token budget is shared with every process on the store (the
+    exchange's thread ends, after a last exchange, when the process exits)."""
     from outreach.agents.adapters.llm import LLMGateway, LLMSettings
     from outreach.agents.adapters.openai_replies import OpenAIReplies
+    from outreach.store.tokens import SharedTokens
 
     settings = LLMSettings()
     if not settings.used_for("replies"):
@@ -45,7 +50,11 @@ def reply_reader() -> ReplyReader:
     )
     log.info("api: replies read by %s at %s (keywords first for opt-outs; keyword fallback)",
              settings.model, settings.base_url or "api.openai.com")  # fmt: skip
-    return OpenAIReplies(LLMGateway(bounded))
+    tokens = None
+    if store is not None:
+        tokens = SharedTokens(store).start()
+        atexit.register(tokens.close)
+    return OpenAIReplies(LLMGateway(bounded, usage=tokens))
 
 
 async def read_reply(reader: ReplyReader, body: str, limit: float = READ_LIMIT) -> dict[str, Any]:

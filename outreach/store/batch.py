@@ -400,6 +400,16 @@ class Batch:
             rows,
         )
 
+    def tally_values(self, name: str, labels: Iterable[str]) -> dict[str, int]:
+        """The running totals of ``name`` for these labels (absent: never added to)."""
+        wanted = sorted(set(labels))
+        if not wanted:
+            return {}
+        query = sa.select(tallies.c.label, tallies.c.value).where(
+            tallies.c.name == name, tallies.c.label.in_(wanted)
+        )
+        return {label: int(value) for label, value in self.conn.execute(query)}
+
     def rules_reload(self) -> tuple[float, str] | None:
         """The latest rules reload an operator asked for: (when, fingerprint it validated)."""
         query = sa.select(controls.c.at, controls.c.reason).where(

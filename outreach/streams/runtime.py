@@ -171,7 +171,7 @@ class LiveEngine:
             await ensure_topics(bootstrap, topics, kafka.partitions)
             store = await self._store(kafka.kafka_url is None, stack)
             processor = BatchProcessor(
-                DecisionCore(book, *model_parts()), store, group=kafka.group_id,
+                DecisionCore(book, *model_parts(store, stack)), store, group=kafka.group_id,
                 timers_topic=topics.timers,
                 max_event_bytes=settings.max_event_bytes, audit_events=settings.audit_events,
                 state_cache=settings.state_cache,
@@ -273,18 +273,24 @@ def quiet(parts: Parts, *, since: float) -> bool:
         raise
 
 
-def model_parts() -> tuple[Planner | None, Composer | None]:
+def model_parts(
+    store: Store, stack: contextlib.ExitStack
+) -> tuple[Planner | None, Composer | None]:
     """The model planner and composer, each when an LLM is configured (``OPENAI_API_KEY`` or
     ``OPENAI_BASE_URL``) and used for it (``OUTREACH_LLM_USES``); else None: the playbooks
-    and templates alone. Both share one gateway, so one request cap and token budget."""
+    and templates alone. Both share one gateway, so one request cap; the token budget is
+    shared with every process on ``store`` (stopped with ``stack``)."""
     from outreach.agents.adapters.llm import LLMGateway, LLMSettings
     from outreach.agents.adapters.openai_composer import OpenAIComposer
     from outreach.agents.adapters.openai_planner import OpenAIPlanner
+    from outreach.store.tokens import SharedTokens
 
     settings = LLMSettings()
     if not (settings.used_for("planner") or settings.used_for("composer")):
         return None, None
-    gateway = LLMGateway(settings)
+    tokens = SharedTokens(store).start()
+    stack.callback(tokens.close)
+    gateway = LLMGateway(settings, usage=tokens)
     uses = sorted(settings.uses - {"replies"})
     log.info("LLM: %s at %s for %s (vetted; deterministic fallback)", settings.model,
              settings.base_url or "api.openai.com", ", ".join(uses))  # fmt: skip

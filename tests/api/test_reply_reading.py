@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +24,9 @@ from outreach.agents.replies import ReplyReader
 from outreach.api import ApiSettings, FakeEventSink, KeywordReplies, create_app
 from outreach.api.reading import read_reply, reply_reader
 from outreach.events import MessageReceived
+from outreach.store import Store
 from outreach.store.contacts import Contacts
+from outreach.store.tokens import SharedTokens
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -164,15 +167,21 @@ def test_a_broken_reader_loses_no_reply() -> None:
     ],
 )
 def test_the_model_reads_replies_only_when_configured_for_it(
-    env: dict[str, str], model_used: bool, monkeypatch: pytest.MonkeyPatch
+    env: dict[str, str], model_used: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OUTREACH_LLM_USES"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    reader = reply_reader()
+    store = Store(f"sqlite:///{tmp_path}/outreach.db")
+    store.migrate()
+    reader = reply_reader(store)
     assert isinstance(reader, OpenAIReplies) is model_used
     assert isinstance(reader, KeywordReader) is not model_used
     if isinstance(reader, OpenAIReplies):  # bounded to fit Twilio's 15 s
         assert reader.gateway.settings.timeout <= 3.5
         assert reader.gateway.settings.max_retries <= 1
+        usage = reader.gateway.usage  # the token budget the workers count against too
+        assert isinstance(usage, SharedTokens) and usage.store is store
+        usage.close()
+    store.close()

@@ -6,7 +6,9 @@ signal's record says which plan ran, why, and what the model was asked (hashes, 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +23,8 @@ from outreach.events import event_from_obj
 from outreach.replay import Replayer
 from outreach.rulebook import RuleBook
 from outreach.ruletests import MemoryLog
+from outreach.store import Store
+from outreach.store.tokens import SharedTokens
 from outreach.streams.runtime import model_parts
 
 Gateway = Callable[..., LLMGateway]
@@ -153,14 +157,24 @@ def test_a_message_that_does_not_go_now_is_not_worded(
     ],
 )
 def test_the_live_worker_uses_the_model_only_where_configured(
-    env: dict[str, str], planner: bool, composer: bool, monkeypatch: pytest.MonkeyPatch
+    env: dict[str, str],
+    planner: bool,
+    composer: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OUTREACH_LLM_USES"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    made_planner, made_composer = model_parts()
-    assert isinstance(made_planner, OpenAIPlanner) is planner
-    assert isinstance(made_composer, OpenAIComposer) is composer
-    if made_planner is not None and made_composer is not None:  # one budget for both
-        assert made_planner.gateway is made_composer.gateway
+    store = Store(f"sqlite:///{tmp_path}/outreach.db")
+    store.migrate()
+    with contextlib.ExitStack() as stack:
+        made_planner, made_composer = model_parts(store, stack)
+        assert isinstance(made_planner, OpenAIPlanner) is planner
+        assert isinstance(made_composer, OpenAIComposer) is composer
+        gateways = {part.gateway for part in (made_planner, made_composer) if part is not None}
+        assert len(gateways) == (planner or composer)  # one request cap for both
+        for gateway in gateways:  # and the token budget of every process on the store
+            assert isinstance(gateway.usage, SharedTokens) and gateway.usage.store is store
+    store.close()

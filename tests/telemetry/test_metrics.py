@@ -32,6 +32,7 @@ from outreach.outbound.twilio import TwilioSettings, TwilioSmsChannel
 from outreach.rulebook import RuleBook
 from outreach.store import Store
 from outreach.store.operator import Operator
+from outreach.store.tokens import SharedTokens
 from outreach.streams.dispatcher import Dispatcher, DispatcherOptions
 from outreach.streams.processor import BatchProcessor
 from outreach.telemetry import metrics
@@ -192,6 +193,21 @@ def test_complaints_are_tallied_once_and_exported_by_the_api(book: RuleBook, sto
     registry = CollectorRegistry()
     registry.register(EngineCollector(Operator(store)))
     assert registry.get_sample_value("outreach_complaints_total", {"channel": "email"}) == 1.0
+
+
+def test_the_api_exports_the_llm_tokens_every_process_spent_today(store: Store) -> None:
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(Operator(store)))
+    assert registry.get_sample_value("outreach_llm_tokens_today") == 0.0
+    today = datetime.now(UTC).date().isoformat()
+    for spent in (1200, 34):  # two processes
+        tokens = SharedTokens(store)
+        tokens.add(today, spent)
+        tokens.add("2020-01-01", 999)  # another day: not today's
+        tokens.sync()
+    assert registry.get_sample_value("outreach_llm_tokens_today") == 1234.0
 
 
 def test_llm_calls_and_tokens_are_counted_by_purpose_and_outcome() -> None:

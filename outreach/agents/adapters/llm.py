@@ -2,7 +2,8 @@
 
 Owns the openai SDK client (``OpenAI(base_url=..., api_key=..., timeout=..., max_retries=...)``;
 ``OPENAI_BASE_URL`` points it at any OpenAI-compatible server, local models included), the
-per-minute request cap, the daily token budget (per UTC day) and the audit record of each call
+per-minute request cap, the daily token budget (per UTC day; shared by every process on one
+store through ``outreach.store.tokens.SharedTokens``) and the audit record of each call
 (model, sha256 of prompt and response, full text only when ``OUTREACH_LLM_RECORD_TEXT``,
 tokens, latency, outcome). Timeouts and retries with exponential backoff are the SDK's own
 (``timeout``, ``max_retries``; it honours ``Retry-After``).
@@ -24,12 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import openai
 from openai import OpenAI
@@ -64,7 +66,9 @@ class LLMSettings(BaseSettings):
     timeout: float = Field(default=10.0, gt=0, description="seconds per request attempt")
     max_retries: int = Field(default=2, ge=0, description="SDK retries, exponential backoff")
     requests_per_minute: int = Field(default=60, ge=1)
-    daily_tokens: int = Field(default=1_000_000, ge=1, description="per UTC day, all calls")
+    daily_tokens: int = Field(
+        default=1_000_000, ge=1, description="per UTC day, all calls of every process on the store"
+    )
     record_text: bool = Field(default=False, description="keep full prompts and answers")
     redact_fields: Annotated[frozenset[str], NoDecode] = Field(
         default=frozenset(),
@@ -198,18 +202,54 @@ def answer_text(completion: ChatCompletion) -> str:
     return _canonical({"content": message.content, "refusal": message.refusal, "tools": calls})
 
 
+class TokenUsage(Protocol):
+    """Where the gateway counts the tokens spent per UTC day (``YYYY-MM-DD``)."""
+
+    def spent(self, day: str) -> int:
+        """Tokens spent on ``day`` (as far as known)."""
+        ...
+
+    def add(self, day: str, tokens: int) -> None:
+        """Count ``tokens`` spent on ``day``."""
+        ...
+
+
+class LocalTokens:
+    """Tokens spent by this process alone (the default; ``outreach.store.tokens.SharedTokens``
+    shares the budget between every process on one store)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._day, self._tokens = "", 0
+
+    def spent(self, day: str) -> int:
+        """Tokens this process spent on ``day``."""
+        with self._lock:
+            return self._tokens if day == self._day else 0
+
+    def add(self, day: str, tokens: int) -> None:
+        """Count ``tokens`` spent on ``day`` (a new day starts from zero)."""
+        with self._lock:
+            if day != self._day:
+                self._day, self._tokens = day, 0
+            self._tokens += tokens
+
+
 class LLMGateway:
     """Makes model calls within the request cap and the token budget, recording each one.
 
     ``clock`` (wall time, seconds) decides the UTC day of the token budget and the per-minute
     window; latencies are measured, not decided, so they use ``time.perf_counter``. ``client``
-    defaults to ``OpenAI`` built from settings."""
+    defaults to ``OpenAI`` built from settings. ``usage`` counts the tokens: this process's
+    alone by default; the live runtime and the API share one count per store. The request cap
+    is this process's (the API's thread pool and a worker's batch thread may call at once)."""
 
     def __init__(
         self,
         settings: LLMSettings,
         client: OpenAI | None = None,
         clock: Callable[[], float] = time.time,
+        usage: TokenUsage | None = None,
     ) -> None:
         self.settings = settings
         self.client = client or OpenAI(
@@ -219,16 +259,15 @@ class LLMGateway:
             max_retries=settings.max_retries,
         )
         self._clock = clock
+        self.usage: TokenUsage = usage or LocalTokens()
+        self._admitting = threading.Lock()  # the cap's check and count are one step
         self._recent: deque[float] = deque()
-        self._day = ""
-        self._tokens = 0
         self._alerted = ""
 
     @property
     def tokens_today(self) -> int:
         """Tokens spent on the current UTC day."""
-        self._roll_day()
-        return self._tokens
+        return self.usage.spent(self._today())
 
     def complete(
         self,
@@ -262,7 +301,7 @@ class LLMGateway:
         if usage is not None:
             record.prompt_tokens = usage.prompt_tokens
             record.completion_tokens = usage.completion_tokens
-            self._tokens += usage.total_tokens
+            self.usage.add(self._today(), usage.total_tokens)
         answer = answer_text(completion)
         record.response_sha256 = _digest(answer)
         record.response = answer if self.settings.record_text else None
@@ -274,14 +313,19 @@ class LLMGateway:
 
     def _admit(self, record: LLMCall) -> None:
         """Count the call against the cap and the budget, or refuse it."""
-        self._roll_day()
-        if self._tokens >= self.settings.daily_tokens:
+        with self._admitting:
+            self._admit_locked(record)
+
+    def _admit_locked(self, record: LLMCall) -> None:
+        day = self._today()
+        spent = self.usage.spent(day)
+        if spent >= self.settings.daily_tokens:
             why = (
-                f"daily token budget spent ({self._tokens} of {self.settings.daily_tokens} "
-                f"tokens on {self._day} UTC): deterministic mode until the next UTC day"
+                f"daily token budget spent ({spent} of {self.settings.daily_tokens} "
+                f"tokens on {day} UTC): deterministic mode until the next UTC day"
             )
-            if self._alerted != self._day:
-                self._alerted = self._day
+            if self._alerted != day:
+                self._alerted = day
                 log.error("ALERT LLM budget exhausted: %s", why)
             record.fell_back(LLMBudgetExhaustedError.code, why)
             metrics.LLM_CALLS.labels(record.purpose, LLMBudgetExhaustedError.code).inc()
@@ -297,10 +341,8 @@ class LLMGateway:
             raise LLMRateLimitedError(why, record)
         self._recent.append(now)
 
-    def _roll_day(self) -> None:
-        day = datetime.fromtimestamp(self._clock(), UTC).date().isoformat()
-        if day != self._day:
-            self._day, self._tokens = day, 0
+    def _today(self) -> str:
+        return datetime.fromtimestamp(self._clock(), UTC).date().isoformat()
 
     def _failed(self, kind: type[LLMError], record: LLMCall, started: float, why: str) -> LLMError:
         record.latency_ms = round((time.perf_counter() - started) * 1000, 1)
