@@ -83,7 +83,15 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$"), AfterValidator(_check_currency)]
 MinorUnits = Annotated[int, Field(ge=0, description="integer minor units (cents)")]
-Timestamp = AwareDatetime
+# Every time in an event lies in [1970-01-01, 2200-01-01): the engine adds durations to them
+# (retry schedules, windows, quiet hours), and a "never" sentinel such as 9999-12-31 overflows
+# Python's datetime there. A time that is unknown or never comes is left out or null.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+Timestamp = Annotated[
+    AwareDatetime,
+    Field(ge=EARLIEST, lt=LATEST, description="RFC 3339 with an offset, 1970 to 2199"),
+]
 E164 = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{1,14}$")]
 Timezone = Annotated[str, AfterValidator(_check_timezone)]
 Locale = Annotated[
@@ -313,7 +321,7 @@ class Envelope(Model):
 
     event_id: Id = Field(description="unique per event; the idempotency key")
     customer_id: Id = Field(description="the Kafka message key must equal this")
-    occurred_at: Timestamp = Field(description="RFC 3339 with an offset")
+    occurred_at: Timestamp = Field(description="RFC 3339 with an offset, 1970 to 2199")
     source: Text | None = None
     schema_version: Literal[1] = 1
 
@@ -501,12 +509,20 @@ def event_from_obj(obj: Any) -> Event:
 
 
 _TAG = re.compile(r"^[a-z]+\.[a-z_]+$")
+_TIME_BOUNDS = {"greater_than_equal": "ge", "less_than": "lt"}  # the ctx key of each bound
+_BOUND_TEXTS = frozenset({"1970-01-01T00:00:00Z", "2200-01-01T00:00:00Z"})  # how ctx gives them
 _SELF_DESCRIBING = frozenset({"json_invalid", "currency", "timezone", "period_order"})
 _PATTERN_HINTS = {
     "phone": "must be an E.164 number such as +14155550123",
     "locale": "must be a locale tag such as en-US or fr",
     "currency": "must be an ISO 4217 code such as USD",
 }
+
+
+def _time_bound(err: Any) -> bool:
+    """Whether a pydantic error is a time outside [``EARLIEST``, ``LATEST``)."""
+    bound = err.get("ctx", {}).get(_TIME_BOUNDS.get(err["type"], ""))
+    return isinstance(bound, datetime) or bound in _BOUND_TEXTS
 
 
 def describe_errors(exc: ValidationError) -> list[str]:
@@ -529,6 +545,11 @@ def describe_errors(exc: ValidationError) -> list[str]:
             msg = f"unknown event type ({shown}); expected one of {', '.join(EVENT_TYPES)}"
         elif err["type"] == "string_pattern_mismatch" and loc and loc[-1] in _PATTERN_HINTS:
             msg = f"{_PATTERN_HINTS[loc[-1]]} (got {err['input']!r:.80})"
+        elif _time_bound(err):
+            msg = (
+                f"must be from 1970-01-01 to before 2200-01-01 (got {err['input']!r:.80}); an "
+                "optional time that is not known or never comes is left out or null"
+            )
         elif "input" in err and err["type"] not in _SELF_DESCRIBING:
             shown = repr(err["input"])
             msg = f"{msg} (got {shown[:80]})"

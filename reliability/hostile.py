@@ -144,7 +144,10 @@ def hand_made(now: datetime) -> list[Hostile]:
             "applied"),
         Hostile("far-future occurred_at (2999)", "payments", key, _raw({
             **payment_failed(cus, at, "evt_h_future"), "occurred_at": "2999-01-01T00:00:00Z"}),
-            None),
+            "dlq"),
+        Hostile("'never' sentinel occurred_at (9999-12-31)", "payments", key, _raw({
+            **payment_failed(cus, at, "evt_h_never"), "occurred_at": "9999-12-31T23:00:00Z"}),
+            "dlq"),
         Hostile("far-past occurred_at (1970)", "payments", key, _raw({
             **payment_failed(cus, at, "evt_h_past"), "occurred_at": "1970-01-01T00:00:00Z"}),
             None),

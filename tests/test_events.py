@@ -273,6 +273,31 @@ def test_timestamps_need_an_offset() -> None:
     assert line.startswith("data.period_start: ")
 
 
+@pytest.mark.parametrize(
+    "when",
+    [
+        "9999-12-31T23:00:00Z",  # a "never" sentinel: adding a retry delay overflowed
+        "2200-01-01T00:00:00Z",
+        "2199-12-31T20:00:00-05:00",  # 2200-01-01T01:00Z
+        "1969-12-31T23:59:59Z",
+        "1970-01-01T00:30:00+01:00",  # 1969-12-31T23:30Z
+        "0001-01-01T00:00:00+14:00",
+    ],
+)
+def test_times_before_1970_or_from_2200_on_are_refused(when: str) -> None:
+    [line] = problems(dict(EXAMPLES["payment.failed"], occurred_at=when))
+    assert line.startswith("occurred_at: must be from 1970-01-01 to before 2200-01-01")
+    assert when in line
+    [line] = problems(altered("renewal.upcoming", renews_at=when))
+    assert line.startswith("data.renews_at: ") and "left out or null" in line
+
+
+def test_times_at_the_edges_of_the_range_are_accepted() -> None:
+    for when in ("1970-01-01T00:00:00Z", "1970-01-01T00:30:00-01:00", "2199-12-31T23:59:59Z"):
+        event = parse_event(json.dumps(dict(EXAMPLES["payment.failed"], occurred_at=when)))
+        assert event.occurred_at == datetime.fromisoformat(when), when
+
+
 def test_numeric_timestamp_in_json_is_refused() -> None:
     [line] = problems(dict(EXAMPLES["payment.failed"], occurred_at=1772445600))
     assert line.startswith("occurred_at: ") and "1772445600" in line
