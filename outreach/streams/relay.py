@@ -62,6 +62,9 @@ class Relay:
         """Relay what is left, then disconnect."""
         try:
             await self.relay_once()
+        except KafkaError as exc:  # what stopped the relay, if anything: said once already
+            log.warning("relay: stopping with records not relayed (%r); they wait in the store "
+                        "for the next worker", exc)  # fmt: skip
         except Exception as exc:
             if not unavailable(exc):
                 raise
@@ -107,6 +110,8 @@ class Relay:
                 self.outage.recovered()
             except KafkaError as exc:
                 if not exc.retriable:  # e.g. a record too large, no authorisation: say so, stop
+                    log.error("relay: producing records failed, and retrying cannot mend "
+                              "it: %r", exc)  # fmt: skip
                     raise
                 log.warning("relay: producing records failed (%r); will retry", exc)
             except Exception as exc:  # the records stay in the store; the next round retries

@@ -52,6 +52,17 @@ from outreach.telemetry import metrics
 log = logging.getLogger(__name__)
 
 
+class RelayStoppedError(RuntimeError):
+    """The relay met an error retrying cannot mend; the worker stopped with it."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(
+            f"the relay cannot produce to Kafka ({why}); the worker stopped. The decisions "
+            "wait in the store (pending_records) and are relayed once the cause is fixed "
+            "(the topic's ACLs, its max.message.bytes) and a worker runs again"
+        )
+
+
 @dataclass
 class WorkerOptions:
     """Tuning of one worker (defaults suit the embedded broker and a small cluster)."""
@@ -224,9 +235,14 @@ class Worker:
             await self.relay.start()
             await consumer.start()
             relaying = asyncio.gather(self.relay.run(stop), self._beat(stop))
+            # the relay stops only on an error retrying cannot mend (a record too large, no
+            # authorisation): then so does the worker, or decisions would pile up unrelayed
+            relaying.add_done_callback(lambda _: stop.set())
             await self.relay.relay_once()  # what a previous run committed but had not relayed
             while not stop.is_set():
                 await self._step()
+            if relaying.done() and not relaying.cancelled() and relaying.exception():
+                raise RelayStoppedError(str(relaying.exception())) from relaying.exception()
         finally:
             if relaying is not None:
                 relaying.cancel()

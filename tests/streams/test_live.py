@@ -388,6 +388,43 @@ async def test_a_hung_broker_is_not_idleness_timers_stay_on_the_stream_clock(
             await asyncio.wait_for(running, 60)
 
 
+async def test_a_relay_that_retrying_cannot_mend_stops_the_worker_with_the_reason(
+    kafka_bootstrap: str, topics: Topics, group_id: str, tmp_path: Path, book: RuleBook
+) -> None:
+    """A relay error that is not retriable (a record over the producer's or topic's size
+    limit, a missing ACL) ended the relay's task, and nobody looked: the worker went on
+    applying, and decisions piled up unrelayed with nothing said. Now it stops the worker,
+    which exits with the reason; the decisions wait in the store."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    from outreach.core import DecisionCore
+    from outreach.streams.processor import BatchProcessor
+    from outreach.streams.worker import RelayStoppedError, Worker
+
+    async with EventPublisher(kafka_bootstrap, topics) as publisher:
+        await publisher.publish(profile("2026-10-01T09:00:00Z", "cus_relay"))
+        await publisher.publish(payment_failed("2026-10-01T10:00:00Z", "cus_relay"))
+    store = Store(f"sqlite:///{tmp_path}/store.db")
+    store.migrate()
+    processor = BatchProcessor(
+        DecisionCore(book), store, group=group_id, timers_topic=topics.timers,
+        max_event_bytes=65536,
+    )  # fmt: skip
+    worker = Worker(processor, store, topics, kafka_bootstrap, group=group_id)
+    # a real producer whose size limit every decision record exceeds: not retriable
+    await worker.relay.producer.stop()  # the one it made, never started
+    worker.relay.producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=64)
+    stop = asyncio.Event()
+    with pytest.raises(RelayStoppedError, match="pending_records") as stopped:
+        await asyncio.wait_for(worker.run(stop), 120)
+    assert isinstance(stopped.value.__cause__, MessageSizeTooLargeError)
+    assert stop.is_set()  # the other parts (dispatcher, scheduler) stop with it
+    assert worker.stats.totals.events == 2
+    assert store.count("pending_records") > 0  # relayed once the cause is fixed
+    store.close()
+
+
 async def test_until_idle_with_no_scheduler_leaves_due_timers_to_the_scheduler(
     kafka_bootstrap: str, topics: Topics, group_id: str, tmp_path: Path
 ) -> None:
