@@ -292,6 +292,16 @@ class Store:
                 batch.add_records(records)
         return result_.rowcount > 0
 
+    def renew(self, row_id: int, claim: int, until: float) -> bool:
+        """Extend a claimed row's lease to ``until``, only if it is still that claim (no other
+        dispatcher took it after the lease ran out); whether it did. Called right before each
+        provider call: a claim covers a whole round, which can outlast one lease."""
+        with self.batch() as batch:
+            result = batch.conn.execute(
+                sa.update(outbox).where(*self._fence(row_id, claim)).values(lease_until=until)
+            )
+        return result.rowcount > 0
+
     def retry_later(
         self, row_id: int, at: float, error: str, *, claim: int | None = None, hold: bool = False
     ) -> bool:

@@ -50,6 +50,7 @@ import dataclasses
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -134,6 +135,7 @@ class Dispatcher:
         self.contacts = Contacts(store)
         self._switches: dict[tuple[str, str], str] = {}
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self._clock: Callable[[], float] = time.time  # the round's (run_once sets it)
         metrics.watch_circuits(connector)
 
     def backoff(self, attempts: int, retry_after: float | None) -> float:
@@ -145,8 +147,12 @@ class Dispatcher:
         return max(delay, retry_after or 0.0)
 
     async def run_once(self, now: float | None = None) -> int:
-        """Perform every row due now (one claim); returns how many were handled."""
+        """Perform every row due now (one claim); returns how many were handled. ``now``
+        fixes the round's clock (tests); by default each outcome is timed when it is known
+        (a backoff or a provider's Retry-After counts from the failure, not the round's
+        start, which may be minutes earlier)."""
         at = time.time() if now is None else now
+        self._clock = time.time if now is None else (lambda: at)
         rows = await asyncio.to_thread(
             self.store.claim_due, at, self.options.batch, self.options.lease
         )
@@ -245,6 +251,8 @@ class Dispatcher:
             return
         if isinstance(request, Delivery) and await self._refused(row, request, now):
             return
+        if not await self._renewed(row):
+            return
         records: list[tuple[str, bytes | None, bytes]] = []
         target = request.tool if isinstance(request, Effect) else request.channel
         timed = partial(_timed, row.kind, target, self._provider(request))
@@ -253,6 +261,7 @@ class Dispatcher:
             if isinstance(request, Effect):
                 effect = await self.connector.perform(request)
                 timed(started)
+                now = self._clock()  # the outcome's time (a backoff counts from a failure)
                 replayed, result = effect.replayed, effect.model_dump_json().encode()
                 records = _reported(request, effect, now)
                 self.stats.reported += len(records)
@@ -267,6 +276,7 @@ class Dispatcher:
                 timed(started)
                 replayed, result = sent.replayed, sent.model_dump_json().encode()
         except ConnectorPaused as exc:
+            now = self._clock()
             self.stats.paused += 1
             at = now + (exc.retry_after or self.options.hold)
             await asyncio.to_thread(
@@ -278,6 +288,7 @@ class Dispatcher:
             return
         except (PermanentConnectorError, PermanentDeliveryError) as exc:
             timed(started)
+            now = self._clock()
             self._provider_error(request, exc)
             code = exc.code if isinstance(exc, PermanentDeliveryError) else None
             report = _report(row, request, code, str(exc), now)
@@ -285,17 +296,31 @@ class Dispatcher:
             return
         except (TransientConnectorError, TransientDeliveryError) as exc:
             timed(started)
+            now = self._clock()
             self._provider_error(request, exc)
             await self._retry(row, now, str(exc), exc.retry_after, request)
             return
         except Exception as exc:  # an unexpected error is treated as transient, and logged
             timed(started)
+            now = self._clock()
             self._provider_error(request, exc)
             log.exception("dispatcher: %s %s raised", row.kind, row.idempotency_key)
             await self._retry(row, now, f"{type(exc).__name__}: {exc}", None, request)
             return
         self.stats.replayed += replayed
         await self._finish(row, "done", result, None, *records)
+
+    async def _renewed(self, row: OutboxRow) -> bool:
+        """Whether the row's lease was extended for this attempt: the claim covers a round,
+        and a round of slow sends (a provider's rate limit, timeouts) can outlast the lease,
+        after which another dispatcher may have claimed the row and sent it. Only the one
+        whose claim still stands performs it."""
+        until = self._clock() + self.options.lease
+        if await asyncio.to_thread(self.store.renew, row.id, row.attempts, until):
+            return True
+        log.warning("dispatcher: %s %s was re-claimed before it was tried; leaving it",
+                    row.kind, row.idempotency_key)  # fmt: skip
+        return False
 
     async def _refused(self, row: OutboxRow, delivery: Delivery, now: float) -> bool:
         """Whether the address opted out since the message was decided (then it is failed
