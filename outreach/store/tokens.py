@@ -84,7 +84,6 @@ class SharedTokens:
     def start(self) -> SharedTokens:
         """Exchange with the store every ``interval`` seconds, in a thread of its own."""
         if self._thread is None:
-            self.sync_quietly()  # know what the others spent before the first call
             self._thread = threading.Thread(target=self._run, name="llm-tokens", daemon=True)
             self._thread.start()
         return self
@@ -115,5 +114,6 @@ class SharedTokens:
         return True
 
     def _run(self) -> None:
+        self.sync_quietly()  # at once: what the others spent, without blocking the caller
         while not self._stop.wait(self.interval):
             self.sync_quietly()

@@ -7,11 +7,11 @@ the API, or two workers); each counts through its own ``SharedTokens``. SQLite a
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from livesupport import wait_for
 from llm.doubles import FakeClock, OpenAIDouble, text
 from pydantic import SecretStr
 
@@ -97,10 +97,7 @@ def test_the_exchange_thread_shares_spend_without_being_asked(store: Store, proc
     try:
         assert theirs.spent(DAY) == 0  # asked once: the thread reads this day back
         mine.add(DAY, 42)
-        deadline = time.monotonic() + 10
-        while theirs.spent(DAY) != 42 and time.monotonic() < deadline:
-            time.sleep(0.02)  # polling a condition with a deadline, not a timed wait
-        assert theirs.spent(DAY) == 42
+        wait_for(lambda: theirs.spent(DAY) == 42, 10, "the other process's spend")
     finally:
         mine.close()
         theirs.close()
