@@ -34,6 +34,7 @@ class Summary:
         self.events = 0
         self.duplicates = 0
         self.invalid = 0
+        self.engine_failures = 0  # valid events and timers the core raised on (skipped)
         self.timers_fired = 0
         self.rule_errors = 0
         self.effects = 0
@@ -87,6 +88,7 @@ class Summary:
                 "processed": self.events,
                 "duplicates": self.duplicates,
                 "invalid": self.invalid,
+                "engine_failures": self.engine_failures,
                 "timers_fired": self.timers_fired,
                 "rule_errors": self.rule_errors,
             },
@@ -145,9 +147,15 @@ class DecisionLog:
                 dumps(r.model_dump(mode="json")) for r in decisions.receipts
             )
 
-    def dead_letter(self, line: int, raw: bytes, error: str) -> None:
-        """Record an input line that is not a valid event."""
-        self.summary.invalid += 1
+    def dead_letter(
+        self, line: int, raw: bytes, error: str, *, engine_failure: bool = False
+    ) -> None:
+        """Record an input line that is not a valid event (or, ``engine_failure``, one the
+        core raised on, or a timer: line 0)."""
+        if engine_failure:
+            self.summary.engine_failures += 1
+        else:
+            self.summary.invalid += 1
         text = raw.decode("utf-8", errors="replace")
         self._files["dlq"].write(dumps({"line": line, "raw": text, "error": error}))
 

@@ -2,6 +2,7 @@
 
     OutreachError
     ├── InvalidEventError            an input that is not a valid event (-> DLQ, never retried)
+    ├── EngineFailure                the core raised on a valid event or timer (-> DLQ, skipped)
     ├── RuleFileError                a rules folder that cannot be loaded (file:line:field problems)
     ├── TemplateRenderError          a message template that cannot render with its data
     ├── ConnectorError               a remediation side effect that did not complete
@@ -18,9 +19,48 @@ decision core raises and never swallows.
 
 from __future__ import annotations
 
+import traceback
+from pathlib import Path
+
 
 class OutreachError(Exception):
     """Root of every error the engine raises on purpose."""
+
+
+class EngineFailure(OutreachError):  # noqa: N818 - what happened to one input, like a dead letter
+    """The decision core raised while evaluating a valid event or firing a timer: a defect of
+    the engine (or of a code path no rule guard covers), not of the input. The runtimes skip
+    that one input, as if it had never come (the customer's state stays as it was before
+    it), put it in the dead-letter queue with this text, and go on; see
+    docs/live-runtime.md, "An event the engine fails on".
+
+    ``what``: "event" or "timer"; ``ident``: its event or timer id."""
+
+    def __init__(self, cause: BaseException, what: str, ident: str) -> None:
+        frames = traceback.extract_tb(cause.__traceback__)
+        at = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+        detail = f"{type(cause).__name__}: {cause}"[:1000]
+        super().__init__(
+            f"the engine failed on this {what} ({ident}): {detail}{at}. It was skipped: the "
+            f"customer's state is as before it, and the events after it were applied. This "
+            f"is an engine defect, not bad input: report it with this record and the traceback "
+            f"logged with it"
+            + (
+                "; a dropped timer does not come back"
+                if what == "timer"
+                else "; once fixed, publish (or replay) the event again"
+            )
+        )
+        self.what = what
+        self.ident = ident
+
+
+def engine_fault(exc: BaseException) -> bool:
+    """Whether ``exc``, raised inside the decision core, is the engine failing on its input
+    (to be skipped and dead-lettered) rather than the process failing (out of memory, an
+    interrupt), which must stop the run. A runtime whose core reads a database tells that
+    database's errors apart itself (``outreach.streams.outage.store_error``)."""
+    return isinstance(exc, Exception) and not isinstance(exc, MemoryError | EngineFailure)
 
 
 class TemplateRenderError(OutreachError):

@@ -12,6 +12,13 @@ discarded and the file is sorted externally in chunks of ``chunk_lines`` lines (
 files, heap merge) and replayed from the start. Memory grows with customers and pending
 timers, not with events.
 
+An event the engine fails on (the core raises on a valid event: an engine defect) is skipped
+as the live runtime skips it (``outreach.streams.processor``): the partial output is
+discarded and the file replayed from the start with that line in ``dlq.jsonl``, saying what
+failed, so the customer's state is as if the event had never come. A timer whose firing
+raises is dropped the same way (its ``dlq.jsonl`` entry has line 0 and the ``timer.fired``
+event as ``raw``). Each such failure costs one more pass over the file.
+
 By default no effect is performed: a backtest must not touch customers; executed actions and
 sent messages are recorded and counted. Given a ``Connector`` (tests, the fake connector, a
 staging system), every executed action's effect is handed to it as it is decided.
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -36,10 +44,12 @@ from outreach.agents.guardrails import SharedLedger
 from outreach.core import DecisionCore
 from outreach.decisionlog import DecisionLog, Summary
 from outreach.decisions import Decisions, Timer
+from outreach.errors import EngineFailure, engine_fault
 from outreach.events import Event, InvalidEventError, TimerFired, TimerFiredData, parse_event
 from outreach.rulebook import RuleBook
 from outreach.state import CustomerState
 
+_log = logging.getLogger(__name__)
 Line = tuple[float, int, bytes]  # (occurred_at or -inf, 1-based line number, raw bytes)
 Progress = Callable[[int], None]  # called with bytes consumed so far
 
@@ -67,6 +77,25 @@ def _lines(path: Path, progress: Progress | None = None) -> Iterator[tuple[int, 
             line = raw.rstrip(b"\r\n")
             if line.strip():
                 yield number, line
+
+
+class Skips:
+    """What a replay skips because the engine failed on it (kept across its restarts): input
+    lines by number and timers by id, each with the failure."""
+
+    def __init__(self) -> None:
+        self.lines: dict[int, EngineFailure] = {}
+        self.timers: dict[str, EngineFailure] = {}
+
+
+class _Failed(Exception):  # noqa: N818 - carries an EngineFailure out to ``replay``
+    """The core raised on input line ``line`` or on the timer ``timer``."""
+
+    def __init__(self, failure: EngineFailure, line: int = 0, timer: str | None = None) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+        self.line = line
+        self.timer = timer
 
 
 class OutOfOrderError(Exception):
@@ -130,8 +159,11 @@ class DecisionSink(Protocol):
     def write(self, decisions: Decisions) -> None:
         """Keep one evaluation's records."""
 
-    def dead_letter(self, line: int, raw: bytes, error: str) -> None:
-        """Keep an input line that is not a valid event."""
+    def dead_letter(
+        self, line: int, raw: bytes, error: str, *, engine_failure: bool = False
+    ) -> None:
+        """Keep an input line that is not a valid event (``engine_failure``: one the core
+        raised on, or a timer, line 0)."""
 
 
 class Replayer:
@@ -143,8 +175,12 @@ class Replayer:
         log: DecisionSink,
         require_order: bool = False,
         connector: Connector | None = None,
+        skips: Skips | None = None,
     ) -> None:
+        """``skips``: inputs the engine failed on in earlier passes (skipped), to which a
+        new failure is reported by raising; without it, the core's exception propagates."""
         self.core = DecisionCore(book)
+        self.skips = skips
         self.log = log
         self.require_order = require_order
         self.connector = connector
@@ -196,8 +232,21 @@ class Replayer:
                 schema_version=1,
                 data=TimerFiredData.model_construct(timer_id=timer_id, due_at=when),
             )
+            state = self._state(customer_id)
+            skips = self.skips
+            if skips is not None and timer_id in skips.timers:
+                state.timers.pop(timer_id, None)  # dropped, as the live runtime drops it
+                raw = event.model_dump_json().encode()
+                self.log.dead_letter(0, raw, str(skips.timers[timer_id]), engine_failure=True)
+                continue
             self.log.summary.timers_fired += 1
-            self._record(self.core.evaluate(event, self._state(customer_id), self.shared, when))
+            try:
+                decisions = self.core.evaluate(event, state, self.shared, when)
+            except Exception as exc:
+                if skips is None or not engine_fault(exc):
+                    raise
+                raise _Failed(EngineFailure(exc, "timer", timer_id), timer=timer_id) from exc
+            self._record(decisions)
 
     def feed_lines(self, lines: Iterable[tuple[int, bytes]]) -> None:
         """Process input lines in order; invalid lines go to the DLQ. ``feed_event`` does the
@@ -205,9 +254,13 @@ class Replayer:
         log, summary, timers, states = self.log, self.log.summary, self.timers, self.states
         evaluate, new_state, shared = self.core.evaluate, self.core.new_state, self.shared
         fromtimestamp, clock, require_order = datetime.fromtimestamp, self.clock, self.require_order
+        skipped = self.skips.lines if self.skips is not None else {}
         events = duplicates = 0
         try:
             for number, raw in lines:
+                if skipped and number in skipped:
+                    log.dead_letter(number, raw, str(skipped[number]), engine_failure=True)
+                    continue
                 try:
                     event = parse_event(raw)
                 except InvalidEventError as exc:
@@ -224,7 +277,13 @@ class Replayer:
                 state = states.get(event.customer_id)
                 if state is None:
                     state = states[event.customer_id] = new_state(event.customer_id)
-                decisions = evaluate(event, state, shared, fromtimestamp(stamp, UTC), stamp)
+                try:
+                    decisions = evaluate(event, state, shared, fromtimestamp(stamp, UTC), stamp)
+                except Exception as exc:
+                    if self.skips is None or not engine_fault(exc):
+                        raise
+                    failure = EngineFailure(exc, "event", event.event_id)
+                    raise _Failed(failure, line=number) from exc
                 events += 1
                 if decisions.duplicate:
                     duplicates += 1
@@ -271,18 +330,30 @@ def replay(
     ``connector``, executed actions' effects are performed through it."""
     if not events.is_file() or not os.access(events, os.R_OK):
         raise FileNotFoundError(f"cannot read the events file {events}")
+    in_order, skips = True, Skips()
     with DecisionLog(out) as log:
-        replayer = Replayer(book, log, require_order=True, connector=connector)
-        try:
-            replayer.feed_lines(_lines(events, progress))
-        except OutOfOrderError:  # effects already sent stay sent: their keys make them one-offs
+        while True:  # a restart discards the output; effects already sent stay sent (their
+            # keys make them one-offs)
+            replayer = Replayer(book, log, require_order=in_order, connector=connector, skips=skips)
+            try:
+                if in_order:
+                    replayer.feed_lines(_lines(events, progress))
+                else:
+                    replayer.feed_lines(
+                        (n, raw) for _, n, raw in sorted_lines(events, chunk_lines, progress)
+                    )
+                replayer.drain()
+                break
+            except OutOfOrderError:
+                in_order = False
+            except _Failed as failed:
+                _log.error("%s", failed.failure, exc_info=failed.failure.__cause__)
+                if failed.timer is not None:
+                    skips.timers[failed.timer] = failed.failure
+                else:
+                    skips.lines[failed.line] = failed.failure
+            finally:
+                replayer.close()
             log.reset()
-            replayer.close()
-            replayer = Replayer(book, log, connector=connector)
-            replayer.feed_lines(
-                (n, raw) for _, n, raw in sorted_lines(events, chunk_lines, progress)
-            )
-        replayer.drain()
-        replayer.close()
         summary = log.close({"rulebook": book.fingerprint})
     return ReplayResult(summary, len(replayer.states), out)

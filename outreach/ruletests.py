@@ -47,9 +47,14 @@ class MemoryLog:
         self.errors += [e.model_dump(mode="json") for e in decisions.errors]
         self.summary.rule_errors += len(decisions.errors)
 
-    def dead_letter(self, line: int, raw: bytes, error: str) -> None:
-        """Keep an invalid line."""
-        self.summary.invalid += 1
+    def dead_letter(
+        self, line: int, raw: bytes, error: str, *, engine_failure: bool = False
+    ) -> None:
+        """Keep an invalid line (or one the core raised on)."""
+        if engine_failure:
+            self.summary.engine_failures += 1
+        else:
+            self.summary.invalid += 1
         self.dlq.append({"line": line, "raw": raw.decode("utf-8", "replace"), "error": error})
 
 

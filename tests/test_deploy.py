@@ -438,6 +438,7 @@ def test_alerts_cover_the_operational_signals(alert_rules):
     for needed in (
         "outreach_consumer_lag",
         'outreach_events_total{result="dead_letter"}',
+        'outreach_events_total{result="engine_failure"}',
         'outreach_actions_total{status="blocked"}',
         "outreach_decision_latency_seconds_bucket",
         'outreach_outbox_rows{status="failed"}',

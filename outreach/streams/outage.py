@@ -26,6 +26,12 @@ import sqlalchemy as sa
 _SQLITE_AWAY = ("database is locked", "unable to open database", "disk i/o error", "busy")
 
 
+def store_error(exc: BaseException) -> bool:
+    """Whether ``exc`` came from the database (an outage, a lock timeout, a constraint): the
+    batch's to retry or the process's to fail on, never one input's fault."""
+    return isinstance(exc, sa.exc.SQLAlchemyError)
+
+
 def unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the database cannot be reached right now (worth waiting for)."""
     if isinstance(exc, sa.exc.DBAPIError):

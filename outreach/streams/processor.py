@@ -19,6 +19,15 @@ batch is applied (``self.clock()``, once per batch, just before the transaction 
 added to a histogram in the tallies (``outreach.streams.latency`` says what is measured and what
 is not: redeliveries, records without a timestamp and the timers topic's records are not).
 
+An event the engine fails on. If the decision core raises on a valid event (an engine
+defect: a rule's own failure is caught inside the core), the batch is rolled back and applied
+again with that record as a dead letter saying what failed (``outreach.errors.EngineFailure``):
+the event is skipped as if it had never come, the customer's state stays as it was before it,
+and the rest of the batch is applied. A timer whose firing raises is dropped from its
+customer's state (and the timers table) with a dead letter of its own, so the scheduler does
+not deliver it again. Replay does the same (``outreach.replay``), so the two still agree.
+Database errors are not the event's fault and propagate as before.
+
 Complaints. A ``contact.suppressed`` event with reason ``complaint`` (a spam report, see
 ``outreach.outbound.feedback``) adds to the tally ``("complaints", channel)``, which the API
 exports as ``outreach_complaints_total`` for the complaint-rate alerts.
@@ -46,6 +55,7 @@ import msgspec
 
 from outreach.core import DecisionCore
 from outreach.decisions import Decisions
+from outreach.errors import EngineFailure, engine_fault
 from outreach.events import ContactSuppressed, Event, TimerFired, TimerFiredData, is_engine_type
 from outreach.rulebook import load_rulebook
 from outreach.rules.yamlfile import RuleFileError
@@ -54,6 +64,7 @@ from outreach.store import ApprovalRow, AuditRow, Batch, Stamp, Store, TimerRow
 from outreach.store.contacts import address_rows
 from outreach.streams.codec import DeadLetter, Record, dead_letter_value, decode, record_value
 from outreach.streams.latency import add_latencies
+from outreach.streams.outage import store_error
 from outreach.telemetry import metrics
 from outreach.telemetry.logs import correlate, rebind
 
@@ -69,7 +80,8 @@ class BatchResult:
     redelivered: int = 0  # already applied before: skipped
     events: int = 0
     duplicates: int = 0
-    dead_letters: int = 0
+    dead_letters: int = 0  # engine failures included
+    engine_failures: int = 0  # valid events and timers the core raised on (dead-lettered)
     timers_fired: int = 0
     signals: int = 0
     effects: int = 0
@@ -82,8 +94,8 @@ class BatchResult:
     def add(self, other: BatchResult) -> None:
         """Accumulate another batch's counts."""
         for name in (
-            "records", "redelivered", "events", "duplicates", "dead_letters", "timers_fired",
-            "signals", "effects", "deliveries", "rule_errors",
+            "records", "redelivered", "events", "duplicates", "dead_letters", "engine_failures",
+            "timers_fired", "signals", "effects", "deliveries", "rule_errors",
         ):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.last_applied = time.monotonic()
@@ -225,6 +237,33 @@ class StateCache:
             kept.popitem(last=False)
 
 
+class _Failed(Exception):  # noqa: N818 - carries one input's EngineFailure out of the batch
+    """The core raised on one input of a batch: the batch's ``item`` (an index), or a timer
+    fired by the batch's clock (``timer``: its id and customer)."""
+
+    def __init__(
+        self, failure: EngineFailure, item: int | None = None, timer: tuple[str, str] | None = None
+    ) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+        self.item = item
+        self.timer = timer
+
+
+class _Skipped(DeadLetter):
+    """A valid event's record the core failed on (``str(self)``: the ``EngineFailure``)."""
+
+
+def _failed(exc: Exception, what: str, ident: str) -> EngineFailure | None:
+    """The failure to skip the input with, when ``exc`` from the core is the engine failing
+    on it; None when it is not the input's doing (a database error, memory): re-raise it."""
+    if store_error(exc) or not engine_fault(exc):
+        return None
+    failure = EngineFailure(exc, what, ident)
+    failure.__cause__ = exc
+    return failure
+
+
 def timer_event(timer_id: str, customer_id: str, due: float, source: str) -> TimerFired:
     """The ``timer.fired`` event for a due timer (what replay's clock and the relay deliver)."""
     when = datetime.fromtimestamp(due, UTC)
@@ -300,11 +339,29 @@ class BatchProcessor:
         return self.apply_decoded([self.decode(r) for r in records])
 
     def apply_decoded(self, items: Sequence[Decoded]) -> BatchResult:
-        """Apply already decoded records, in the order given (per partition: offset order)."""
+        """Apply already decoded records, in the order given (per partition: offset order).
+        An input the core raises on is skipped with a dead letter and the batch applied again
+        without it (module docstring, "An event the engine fails on")."""
         if not items:
             return BatchResult()
         started = time.perf_counter()
-        result, saved = self.store.run(lambda batch: self._apply(batch, items))
+        todo = list(items)
+        dropped: dict[str, tuple[str, EngineFailure | None]] = {}  # timer id: customer, why
+        while True:
+            try:
+                result, saved = self.store.run(lambda batch: self._apply(batch, todo, dropped))
+                break
+            except _Failed as failed:  # rolled back: apply the batch again without it
+                log.error("%s", failed.failure, exc_info=failed.failure.__cause__)
+                if failed.timer is not None:
+                    timer_id, customer_id = failed.timer
+                    dropped[timer_id] = (customer_id, failed.failure)
+                    continue
+                assert failed.item is not None
+                record, event = todo[failed.item]
+                todo[failed.item] = (record, _Skipped(str(failed.failure)))
+                if isinstance(event, TimerFired):  # or the scheduler delivers it again
+                    dropped[event.data.timer_id] = (event.customer_id, None)
         self.states.put(saved)  # committed: these are the stored states now
         metrics.observe_batch(result, time.perf_counter() - started)
         return result
@@ -332,21 +389,20 @@ class BatchProcessor:
             states[customer_id] = state
         return states, saved
 
-    def _apply(
-        self, batch: Batch, items: Sequence[Decoded]
-    ) -> tuple[BatchResult, dict[str, tuple[Stamp, CustomerState]]]:
-        """Apply ``items`` in ``batch``; what it did, and the states it saved with their
-        stamps (kept only once the transaction has committed)."""
-        self._reload_rules(batch)
-        out = _Collected()
-        result = out.result
-        result.records = len(items)
-        applied = batch.positions(self.group, {(r.topic, r.partition) for r, _ in items})
-        positions: dict[tuple[str, int], int] = {}
-        events: list[tuple[Event, bytes]] = []
-        stamps: list[float] = []  # Kafka timestamps of the applied records (latency)
-        timers_topic = self.timers_topic
-        for record, event in items:
+    def _new_records(
+        self,
+        items: Sequence[Decoded],
+        applied: dict[tuple[str, int], int],
+        positions: dict[tuple[str, int], int],
+        stamps: list[float],
+        out: _Collected,
+    ) -> list[tuple[Event, bytes, int]]:
+        """The batch's events not applied before (with their JSON and index in ``items``);
+        dead letters go to ``out``. Moves ``applied`` and ``positions`` past every record, and
+        adds the new records' Kafka timestamps to ``stamps``."""
+        result, timers_topic = out.result, self.timers_topic
+        events: list[tuple[Event, bytes, int]] = []
+        for index, (record, event) in enumerate(items):
             tp = (record.topic, record.partition)
             positions[tp] = max(positions.get(tp, 0), record.offset + 1)
             if record.offset < applied.get(tp, 0):
@@ -359,26 +415,52 @@ class BatchProcessor:
             if isinstance(event, DeadLetter):
                 out.records.append(("dlq", record.key, dead_letter_value(record, str(event))))
                 result.dead_letters += 1
+                if isinstance(event, _Skipped):
+                    result.engine_failures += 1
                 log.info(
                     "dead letter: %s", event,
                     extra={"topic": record.topic, "partition": record.partition,
                            "offset": record.offset},
                 )  # fmt: skip
             else:
-                events.append((event, record.value))
-        customers = dict.fromkeys(e.customer_id for e, _ in events)  # arrival order
+                events.append((event, record.value, index))
+        return events
+
+    def _apply(
+        self,
+        batch: Batch,
+        items: Sequence[Decoded],
+        dropped: dict[str, tuple[str, EngineFailure | None]],
+    ) -> tuple[BatchResult, dict[str, tuple[Stamp, CustomerState]]]:
+        """Apply ``items`` in ``batch``; what it did, and the states it saved with their
+        stamps (kept only once the transaction has committed). ``dropped``: timers the core
+        failed on, to take out of their customers' states (with a dead letter when the
+        failure is not told by a record's own)."""
+        self._reload_rules(batch)
+        out = _Collected()
+        result = out.result
+        result.records = len(items)
+        applied = batch.positions(self.group, {(r.topic, r.partition) for r, _ in items})
+        positions: dict[tuple[str, int], int] = {}
+        stamps: list[float] = []  # Kafka timestamps of the applied records (latency)
+        events = self._new_records(items, applied, positions, stamps, out)
+        customers = dict.fromkeys(e.customer_id for e, _, _ in events)  # arrival order
+        for customer_id, _ in dropped.values():
+            customers.setdefault(customer_id)
         states, saved = self._lock_states(batch, customers)
         before: dict[str, list[tuple[str, str]]] = {}
         timers_before: dict[str, set[str]] = {}
-        clock = _Clock(self.core, batch, out, self.audit_all)
+        clock = _Clock(self.core, batch, out, self.audit_all, dropped, self.timers_topic)
         for customer_id, state in states.items():
             before[customer_id] = _addresses(state)
             timers_before[customer_id] = set(state.timers)
             clock.watch(state)
         events.sort(key=lambda item: item[0].occurred_at)  # stable: ties keep arrival order
         with correlate():  # each evaluation rebinds its event's ids; restored after the loop
-            for event, raw in events:
-                clock.evaluate(event, states[event.customer_id], raw)
+            for event, raw, index in events:
+                clock.evaluate(event, states[event.customer_id], raw, index)
+        for timer_id, (customer_id, _) in dropped.items():  # those no event passed
+            clock.drop(states[customer_id], timer_id)
         batch.save_states({c: self._encode(s) for c, s in states.items()})
         gone: list[dict[str, str]] = []
         added: list[dict[str, str]] = []
@@ -408,7 +490,9 @@ class BatchProcessor:
         tallies = out.tallies
         tallies["events", "applied"] += result.events
         tallies["events", "duplicate"] += result.duplicates
-        tallies["events", "dead_letter"] += result.dead_letters
+        tallies["events", "dead_letter"] += result.dead_letters - result.engine_failures
+        if result.engine_failures:
+            tallies["events", "engine_failure"] += result.engine_failures
         tallies["timers", "fired"] += result.timers_fired
         add_latencies(tallies, self.clock(), stamps)  # the work is done, only writes are left
         batch.add_tallies(tallies)
@@ -448,12 +532,20 @@ class _Clock:
     timer with no later event of its customer in the batch waits for the scheduler."""
 
     def __init__(
-        self, core: DecisionCore, batch: Batch, out: _Collected, audit_all: bool = True
+        self,
+        core: DecisionCore,
+        batch: Batch,
+        out: _Collected,
+        audit_all: bool = True,
+        dropped: dict[str, tuple[str, EngineFailure | None]] | None = None,
+        timers_topic: str = "timers",
     ) -> None:
         self.core = core
         self.audit_all = audit_all
         self.batch = batch
         self.out = out
+        self.dropped = dropped or {}  # timers the core failed on: skipped, as replay does
+        self.timers_topic = timers_topic
         self.heaps: dict[str, list[tuple[float, int, str]]] = {}  # (due, seq, timer id)
         self._seq = 0
 
@@ -473,30 +565,71 @@ class _Clock:
                 heapq.heappush(heap, (timer.due_at.timestamp(), self._seq, timer.timer_id))
         self.out.take(decisions, at)
 
-    def evaluate(self, event: Event, state: CustomerState, raw: bytes) -> None:
-        """Fire the customer's timers that are due, then evaluate ``event`` (``raw``: its
-        JSON) at its own time."""
-        stamp = event.occurred_at.timestamp()
-        out, customer_id = self.out, event.customer_id
-        heap = self.heaps[customer_id]
-        while heap and heap[0][0] <= stamp:
+    def drop(self, state: CustomerState, timer_id: str) -> None:
+        """Take a timer the core failed on out of ``state`` (so the timers table loses it
+        too), with a dead letter saying why unless its own record has one."""
+        ref = state.timers.pop(timer_id, None)
+        why = self.dropped[timer_id][1]
+        if ref is None or why is None:
+            return
+        key = state.customer_id.encode()
+        fired = timer_event(timer_id, state.customer_id, ref.due, "worker")
+        # fired by the worker's clock: no Kafka record of its own, so no partition or offset
+        record = Record(self.timers_topic, -1, -1, key, fired.model_dump_json().encode())
+        self.out.records.append(("dlq", key, dead_letter_value(record, str(why))))
+        self.out.result.dead_letters += 1
+        self.out.result.engine_failures += 1
+
+    def _fire_due(
+        self, heap: list[tuple[float, int, str]], state: CustomerState, at: float
+    ) -> None:
+        """Fire, in due order at their due times, the customer's timers due at or before
+        ``at``."""
+        out, customer_id = self.out, state.customer_id
+        while heap and heap[0][0] <= at:
             due, _, timer_id = heapq.heappop(heap)
             ref = state.timers.get(timer_id)
             if ref is None or ref.due != due:
                 continue  # fired or cancelled meanwhile
+            if timer_id in self.dropped:
+                self.drop(state, timer_id)
+                continue
             fired = timer_event(timer_id, customer_id, due, "worker")
             rebind(event_id=timer_id, customer_id=customer_id)
-            decisions = self.core.evaluate(fired, state, self.batch.ledger, fired.occurred_at, due)
+            try:
+                decisions = self.core.evaluate(
+                    fired, state, self.batch.ledger, fired.occurred_at, due
+                )
+            except Exception as exc:
+                if (failure := _failed(exc, "timer", timer_id)) is None:
+                    raise
+                raise _Failed(failure, timer=(timer_id, customer_id)) from exc
             out.fired.append(timer_id)
             out.result.timers_fired += 1
             if decisions:
                 self._take(decisions, due)
+
+    def evaluate(self, event: Event, state: CustomerState, raw: bytes, item: int) -> None:
+        """Fire the customer's timers that are due, then evaluate ``event`` (``raw``: its
+        JSON; ``item``: its index in the batch) at its own time."""
+        stamp = event.occurred_at.timestamp()
+        out = self.out
+        heap = self.heaps[event.customer_id]
+        if heap and heap[0][0] <= stamp:
+            self._fire_due(heap, state, stamp)
         if isinstance(event, TimerFired):
             out.fired.append(event.data.timer_id)
         else:  # the event first in the trail, then what it caused
             out.audit.append(AuditRow(event.customer_id, stamp, "event", event.event_id, None, raw))
         rebind(event_id=event.event_id, customer_id=event.customer_id)
-        decisions = self.core.evaluate(event, state, self.batch.ledger, event.occurred_at, stamp)
+        try:
+            decisions = self.core.evaluate(
+                event, state, self.batch.ledger, event.occurred_at, stamp
+            )
+        except Exception as exc:
+            if (failure := _failed(exc, "event", event.event_id)) is None:
+                raise
+            raise _Failed(failure, item=item) from exc
         out.result.events += 1
         if (
             not decisions.duplicate

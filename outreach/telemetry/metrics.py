@@ -8,7 +8,8 @@ active one. Each process counts from its start (Prometheus' ``rate`` handles res
 
 Worker: ``outreach_worker_batches_total``, ``outreach_worker_batch_seconds`` (histogram:
 applying one batch, the transaction included), ``outreach_worker_records_total{result}``
-(applied, duplicate, dead_letter, redelivered), ``outreach_worker_partitions_assigned``.
+(applied, duplicate, dead_letter, engine_failure, redelivered),
+``outreach_worker_partitions_assigned``.
 
 Dispatcher: ``outreach_dispatch_attempts_total{kind,target,outcome}`` (kind: effect,
 delivery; target: the tool or channel; outcome: done, retry, failed, held, lost, error),
@@ -123,6 +124,7 @@ class BatchCounts(Protocol):
     events: int
     duplicates: int
     dead_letters: int
+    engine_failures: int
     redelivered: int
 
 
@@ -132,7 +134,8 @@ def observe_batch(result: BatchCounts, seconds: float) -> None:
     WORKER_BATCH_SECONDS.observe(seconds)
     WORKER_RECORDS.labels("applied").inc(result.events - result.duplicates)
     WORKER_RECORDS.labels("duplicate").inc(result.duplicates)
-    WORKER_RECORDS.labels("dead_letter").inc(result.dead_letters)
+    WORKER_RECORDS.labels("dead_letter").inc(result.dead_letters - result.engine_failures)
+    WORKER_RECORDS.labels("engine_failure").inc(result.engine_failures)
     WORKER_RECORDS.labels("redelivered").inc(result.redelivered)
 
 

@@ -1,0 +1,256 @@
+"""An event or timer the decision core raises on (an engine defect, not bad input) is skipped
+with a dead letter saying what failed, in the live runtime and in replay alike, instead of
+failing the batch for ever (every worker that takes the partition would meet it again).
+
+The defect is injected: a core that raises on chosen inputs after changing the state, so the
+tests also see that a skipped input leaves no half-made change behind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+import pytest
+import sqlalchemy as sa
+from livesupport import Feed, drain_records, log_lines, run_to_quiescence, sorted_lines
+from support import make_event, payment_failed, profile
+
+from outreach.core import DecisionCore
+from outreach.decisions import Decisions
+from outreach.events import Event, TimerFired
+from outreach.replay import replay
+from outreach.rulebook import RuleBook
+from outreach.sample import generate
+from outreach.state import CustomerState
+from outreach.store import Store
+from outreach.store.operator import Operator
+from outreach.streams.processor import BatchProcessor, timer_event
+
+Failing = Callable[[Event], bool]
+
+
+class FaultyCore(DecisionCore):
+    """The real core, except that it raises on the events ``fails`` picks, after a change to
+    the state that a skipped event must not leave behind."""
+
+    def __init__(self, book: RuleBook, fails: Failing, error: Exception | None = None) -> None:
+        super().__init__(book)
+        self.fails = fails
+        self.error = error or ZeroDivisionError("division by zero")
+        self.raised = 0
+
+    def evaluate(self, event: Event, state: CustomerState, *args: Any, **kw: Any) -> Decisions:
+        if self.fails(event):
+            state.rules.seen[f"half-made:{event.event_id}"] = 0.0
+            state.timers.clear()
+            self.raised += 1
+            raise self.error
+        return super().evaluate(event, state, *args, **kw)
+
+
+def processor(core: DecisionCore, store: Store) -> BatchProcessor:
+    return BatchProcessor(core, store, group="g", timers_topic="timers", max_event_bytes=65536)
+
+
+def state_of(store: Store, customer: str = "cus_1") -> CustomerState:
+    return msgspec.json.decode(store.load_state(customer) or b"", type=CustomerState)
+
+
+def line(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event)
+
+
+def letters(store: Store) -> list[dict[str, Any]]:
+    return [orjson.loads(v) for v in drain_records(store).get("dlq", [])]
+
+
+def test_an_event_the_core_raises_on_is_dead_lettered_and_the_rest_of_the_batch_applied(
+    book: RuleBook, store: Store
+) -> None:
+    core = FaultyCore(book, lambda e: e.event_id == "evt_bad")
+    feed = Feed()
+    bad_event = payment_failed("2026-10-01T10:00:00Z", "cus_1") | {"event_id": "evt_bad"}
+    records = [
+        feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1"))),
+        bad := feed.line(line(bad_event)),
+        feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_2"))),
+        feed.line(line(profile("2026-10-01T11:00:00Z", "cus_1"))),
+    ]
+    result = processor(core, store).apply(records)
+    assert (result.events, result.dead_letters, result.engine_failures) == (3, 1, 1)
+    (letter,) = letters(store)
+    assert (letter["topic"], letter["partition"], letter["offset"]) == (
+        bad.topic, bad.partition, bad.offset,
+    )  # fmt: skip
+    assert orjson.loads(letter["raw"])["event_id"] == "evt_bad"
+    assert letter["error"].startswith(
+        "the engine failed on this event (evt_bad): ZeroDivisionError: division by zero at "
+        "test_engine_failure.py:"
+    )
+    # skipped as if it had never come: no half-made change, no retries for cus_1
+    state = state_of(store)
+    assert "evt_bad" not in state.rules.seen
+    assert not any(key.startswith("half-made") for key in state.rules.seen)
+    assert state.timers == {}
+    # the rest applied: cus_2's decline schedules its retries
+    assert state_of(store, "cus_2").timers
+    assert store.count("timers") == len(state_of(store, "cus_2").timers)
+    assert {r.customer_id for r in store.outbox_rows()} <= {"cus_2"}
+    tallies = Operator(store).tallies()
+    assert tallies[("events", "engine_failure")] == 1
+    assert tallies.get(("events", "dead_letter"), 0) == 0
+    assert tallies[("events", "applied")] == 3
+    # applied is applied: a redelivery neither retries the event nor dead-letters it again
+    again = processor(core, store).apply(records)
+    assert again.redelivered == 4 and core.raised == 1
+    assert letters(store) == []
+
+
+def test_a_timer_the_core_raises_on_is_dropped_with_a_dead_letter_of_its_own(
+    book: RuleBook, store: Store
+) -> None:
+    core = FaultyCore(book, lambda e: isinstance(e, TimerFired) and e.customer_id == "cus_1")
+    feed = Feed()
+    apply = processor(core, store).apply
+    apply([
+        feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1"))),
+        feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_1"))),
+    ])  # fmt: skip
+    retries = dict(state_of(store).timers)  # the payment retries and a message's
+    assert len(retries) >= 3 and store.count("timers") == len(retries)
+    drain_records(store)
+    last = datetime.fromtimestamp(max(r.due for r in retries.values()), UTC)
+    later = profile((last + timedelta(days=1)).isoformat(), "cus_1")
+    result = apply([feed.line(line(later))])
+    # every timer's firing raised: each dropped, in due order, with a dead letter naming it
+    assert (result.events, result.timers_fired) == (1, 0)
+    assert result.engine_failures == result.dead_letters == len(retries)
+    dropped = letters(store)
+    assert [orjson.loads(d["raw"])["event_id"] for d in dropped] == sorted(
+        retries, key=lambda t: retries[t].due
+    )
+    for letter in dropped:
+        assert (letter["topic"], letter["partition"], letter["offset"]) == ("timers", -1, -1)
+        assert letter["error"].startswith("the engine failed on this timer (")
+        assert "a dropped timer does not come back" in letter["error"]
+    state = state_of(store)
+    assert state.timers == {} and later["event_id"] in state.rules.seen
+    assert not any(key.startswith("half-made") for key in state.rules.seen)
+    assert store.count("timers") == 0, "the scheduler would deliver a dropped timer again"
+    assert Operator(store).tallies()[("events", "engine_failure")] == len(retries)
+
+
+def test_a_timer_record_the_core_raises_on_is_dead_lettered_and_its_timer_dropped(
+    book: RuleBook, store: Store
+) -> None:
+    """The scheduler delivers a due timer as a record of the timers topic: a failure on it
+    dead-letters that record, and the timer leaves the state and the timers table, or the
+    scheduler would deliver it again every minute."""
+    core = FaultyCore(book, lambda e: isinstance(e, TimerFired))
+    feed = Feed()
+    apply = processor(core, store).apply
+    apply([
+        feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1"))),
+        feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_1"))),
+    ])  # fmt: skip
+    drain_records(store)
+    timer_id, ref = min(state_of(store).timers.items(), key=lambda item: item[1].due)
+    fired = timer_event(timer_id, "cus_1", ref.due, "scheduler").model_dump_json().encode()
+    record = feed.record("timers", b"cus_1", fired)
+    result = apply([record])
+    assert (result.dead_letters, result.engine_failures, result.timers_fired) == (1, 1, 0)
+    (letter,) = letters(store)
+    assert (letter["topic"], letter["offset"]) == ("timers", record.offset)
+    assert letter["error"].startswith(f"the engine failed on this event ({timer_id}):")
+    assert timer_id not in state_of(store).timers
+    left = len(state_of(store).timers)
+    assert left == store.count("timers") == 3
+
+
+def test_a_database_error_inside_the_core_is_not_taken_for_a_bad_event(
+    book: RuleBook, store: Store
+) -> None:
+    """The store's errors (an outage, a lock timeout) are the batch's to retry: the batch
+    fails as a whole, nothing is dead-lettered and nothing is applied."""
+    error = sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+    core = FaultyCore(book, lambda e: e.type == "payment.failed", error)
+    feed = Feed()
+    records = [
+        feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1"))),
+        feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_1"))),
+    ]
+    with pytest.raises(sa.exc.OperationalError):
+        processor(core, store).apply(records)
+    assert store.load_state("cus_1") is None
+    assert drain_records(store) == {}
+
+
+def test_live_and_replay_skip_the_same_failing_inputs_and_agree_on_everything_else(
+    book: RuleBook, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=40)
+    lines = [raw.rstrip(b"\n") for raw in generate(80, 30, 3, start)]
+    declines = [orjson.loads(raw) for raw in lines if b'"payment.failed"' in raw]
+    assert len(declines) >= 4
+    # one event of a customer, and the timers of another (its payment retries)
+    bad_event, timers_of = declines[0]["event_id"], declines[-1]["customer_id"]
+
+    def fails(event: Event) -> bool:
+        if isinstance(event, TimerFired):
+            return event.customer_id == timers_of
+        return event.event_id == bad_event
+
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(lines) + b"\n")
+    monkeypatch.setattr("outreach.replay.DecisionCore", lambda b: FaultyCore(b, fails))
+    result = replay(events, book, tmp_path / "replay")
+    feed = Feed()
+    live = processor(FaultyCore(book, fails), store)
+    run_to_quiescence(live, store, [feed.line(raw) for raw in lines], feed, 100)
+    out = drain_records(store)
+    for name in ("signals", "actions", "messages"):
+        want = sorted_lines(log_lines(tmp_path / "replay", name))
+        assert want, name
+        assert sorted_lines(out[name]) == want, name
+    skipped = [orjson.loads(raw) for raw in log_lines(tmp_path / "replay", "dlq")]
+    live_skipped = [orjson.loads(raw) for raw in out["dlq"]]
+    assert len(skipped) == len(live_skipped) == result.summary["events"]["engine_failures"] >= 2
+    assert result.summary["events"]["invalid"] == 0
+    assert sorted(d["error"] for d in skipped) == sorted(d["error"] for d in live_skipped)
+    assert [d["line"] for d in skipped if d["line"]] == [
+        1 + next(i for i, raw in enumerate(lines) if bad_event.encode() in raw)
+    ]
+    assert store.count("timers") == 0
+
+
+def test_a_replay_restarted_after_a_failure_skips_exactly_the_failing_line(
+    book: RuleBook, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay starts over with the failing line in the DLQ: every other line, the same
+    customer's included, is decided as in a file without that line."""
+    lines = [
+        line(profile("2026-10-01T09:00:00Z", "cus_1")),
+        line(make_event("usage.reported", "2026-10-01T09:30:00Z", "cus_1", event_id="evt_u",
+                        metric="api_calls", value=1.0, period_start="2026-09-30T00:00:00Z",
+                        period_end="2026-10-01T00:00:00Z")),
+        line(payment_failed("2026-10-01T10:00:00Z", "cus_1")),
+    ]  # fmt: skip
+    events, without = tmp_path / "events.jsonl", tmp_path / "without.jsonl"
+    events.write_bytes(b"\n".join(lines) + b"\n")
+    without.write_bytes(b"\n".join(lines[:1] + lines[2:]) + b"\n")
+    replay(without, book, tmp_path / "clean")
+    monkeypatch.setattr(
+        "outreach.replay.DecisionCore", lambda b: FaultyCore(b, lambda e: e.event_id == "evt_u")
+    )
+    result = replay(events, book, tmp_path / "faulty")
+    (letter,) = [orjson.loads(raw) for raw in log_lines(tmp_path / "faulty", "dlq")]
+    assert letter["line"] == 2 and letter["error"].startswith(
+        "the engine failed on this event (evt_u): ZeroDivisionError"
+    )
+    assert result.summary["events"]["engine_failures"] == 1
+    for name in ("signals", "actions", "messages"):
+        assert log_lines(tmp_path / "faulty", name) == log_lines(tmp_path / "clean", name), name
