@@ -8,11 +8,22 @@ batch redelivered after a crash is skipped by the store's positions, so Faust's 
 never causes a double application. Faust's ``exactly_once`` mode is not used (broken upstream,
 and the embedded broker rejects the transactional producer).
 
+The store's positions are the truth, as with the aiokafka driver: whenever Faust seeks its
+partitions to Kafka's committed offsets (on assignment, and when it resumes after a rebalance),
+``StoreSeekingConsumer`` then seeks each to the position the store has applied (the beginning
+if none), so a committed offset ahead of the store never skips a record.
+
+A batch whose apply fails with anything but a database outage (which is waited out, the batch
+held) stops the process: the agent reports the error through ``failed``, applies nothing more,
+and from then on the consumer commits no offset. Letting the exception out lost the batch:
+faust-streaming's ``take_events`` acks the buffered events in a ``finally``, the agent's
+supervisor restarted it on the next records, and the acked offsets were committed. (Holding the
+batch unacked instead hangs the app's stop, which waits for every event to be acked.)
+
 What the Faust driver does not do, and why ``outreach worker`` uses the aiokafka driver by
 default: event-time alignment across partitions (Faust merges its topics' streams in fetch
-order), seeking to the store's positions on assignment (it trusts Kafka's committed offsets,
-which are only a hint here), and throughput: Faust's per-event machinery caps it well below
-the aiokafka driver (see the README for the figures ``make bench`` printed).
+order), and throughput: Faust's per-event machinery caps it well below the aiokafka driver
+(see the README for the figures ``make bench`` printed).
 """
 
 from __future__ import annotations
@@ -20,10 +31,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
+from faust.transport.drivers.aiokafka import Consumer
 
+from outreach.store import Store
 from outreach.streams.codec import Record
 from outreach.streams.outage import Outage, unavailable
 from outreach.streams.processor import BatchProcessor, BatchResult
@@ -31,6 +44,53 @@ from outreach.streams.relay import Relay
 from outreach.streams.topics import Topics
 
 log = logging.getLogger(__name__)
+
+
+class BatchFailedError(RuntimeError):
+    """A batch could not be applied (not a database outage): the worker stops with it unacked."""
+
+
+class OutreachApp(faust.App):
+    """A Faust app whose consumer seeks to ``positions`` (the store and the consumer group
+    whose applied positions it holds) and commits nothing once ``failed`` is done."""
+
+    positions: tuple[Store, str]
+    failed: asyncio.Future[None]
+
+
+class StoreSeekingConsumer(Consumer):
+    """Faust's aiokafka consumer, moving each assigned partition on to the store's position
+    after Faust seeks them to Kafka's committed offsets (module docstring)."""
+
+    async def commit(self, *args: Any, **kwargs: Any) -> bool:
+        """Commit acked offsets, unless a batch failed: its events are acked all the same."""
+        if cast(OutreachApp, self.app).failed.done():
+            return False
+        return await super().commit(*args, **kwargs)
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        store, group = cast(OutreachApp, self.app).positions
+        assigned = list(self.assignment())
+        wanted = [(tp.topic, tp.partition) for tp in assigned]
+        try:
+            positions = await asyncio.to_thread(
+                store.run, lambda batch: batch.positions(group, wanted)
+            )
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            # never ahead of the store's positions but for a lost batch's, which stopping the
+            # process on such a failure keeps from being committed; the store skips the rest
+            log.warning(
+                "faust worker: the database is unavailable, so %s start from Kafka's "
+                "committed offsets", sorted(f"{t}[{p}]" for t, p in wanted),
+            )  # fmt: skip
+            return
+        for tp in assigned:
+            # 0 (nothing applied) also clears Faust's read offset, or it would drop the
+            # records below the committed offset as already seen
+            await self.seek(tp, positions.get((tp.topic, tp.partition), 0))
 
 
 def make_app(
@@ -42,15 +102,17 @@ def make_app(
     group: str,
     totals: BatchResult,
     datadir: Path,
+    failed: asyncio.Future[None],
     batch_max: int = 5000,
     within: float = 0.1,
 ) -> faust.App:
     """A Faust app applying the engine's topics through ``processor`` (start it with
     ``await app.start()``; ``await app.stop()`` leaves the group). Faust keeps its own files
     in ``datadir`` (by default it would write ``<group>-data`` into the working directory),
-    created here with its parents: Faust makes only the last level."""
+    created here with its parents: Faust makes only the last level. ``failed`` gets the
+    ``BatchFailedError`` of a batch that could not be applied: stop the app then."""
     datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = OutreachApp(
         group,
         broker=f"kafka://{bootstrap}",
         datadir=str(datadir),
@@ -64,6 +126,9 @@ def make_app(
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
     )
+    app.positions, app.failed = (processor.store, group), failed
+    # the transport's consumer class (a class attribute) for this app's transport only
+    app.transport.Consumer = StoreSeekingConsumer  # type: ignore[misc]
     source = app.topic(
         *topics.inputs, topics.timers, key_type=bytes, value_type=bytes,
         key_serializer="raw", value_serializer="raw",
@@ -74,21 +139,45 @@ def make_app(
     @app.agent(source, name="apply")
     async def apply(stream: Any) -> None:
         async for events in stream.take_events(batch_max, within=within):
-            records = [_record(e.message) for e in events]
-            while True:  # the database away: the same batch again, unacked, after a backoff
-                try:
-                    result = await asyncio.to_thread(processor.apply, records)
-                except Exception as exc:
-                    if not unavailable(exc):
-                        raise
-                    await asyncio.sleep(outage.failed(exc))
-                    continue
-                outage.recovered()
-                break
+            if failed.done():  # stopping after a failed batch: apply nothing more
+                continue
+            try:
+                result = await _apply(processor, [_record(e.message) for e in events], outage)
+            except Exception as exc:
+                _report(events, exc, failed)
+                continue
             totals.add(result)
             relay.wake()
 
     return app
+
+
+async def _apply(processor: BatchProcessor, records: list[Record], outage: Outage) -> BatchResult:
+    """Apply ``records``; while the database is away, the same batch again (unacked) after a
+    backoff."""
+    while True:
+        try:
+            result = await asyncio.to_thread(processor.apply, records)
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            await asyncio.sleep(outage.failed(exc))
+            continue
+        outage.recovered()
+        return result
+
+
+def _report(events: list[Any], exc: Exception, failed: asyncio.Future[None]) -> None:
+    """Report a batch that could not be applied (the process stops, committing nothing)."""
+    first = events[0].message
+    why = BatchFailedError(
+        f"a batch of {len(events)} records from {first.topic}[{first.partition}] offset "
+        f"{first.offset} on could not be applied: {exc!r}; nothing of it was committed, and "
+        f"the next worker to own these partitions starts again from the store's positions"
+    )
+    why.__cause__ = exc
+    if not failed.done():
+        failed.set_exception(why)
 
 
 def _record(message: Any) -> Record:

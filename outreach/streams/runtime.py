@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -184,11 +184,13 @@ class LiveEngine:
             if settings.runtime == "faust":
                 relay = Relay(store, topics, bootstrap)
                 totals, worker = BatchResult(), None
+                failed = asyncio.get_running_loop().create_future()
                 app = make_app(processor, relay, topics, bootstrap, group=kafka.group_id,
-                               totals=totals, datadir=settings.data_dir / "faust")  # fmt: skip
+                               totals=totals, datadir=settings.data_dir / "faust",
+                               failed=failed)  # fmt: skip
                 await relay.start()
                 await app.start()
-                runs = {"relay": relay.run(stop)}
+                runs = {"relay": relay.run(stop), "faust agent": _failure(failed, stop)}
             else:
                 worker = Worker(processor, store, topics, bootstrap, group=kafka.group_id)
                 totals, relay = worker.stats.totals, worker.relay
@@ -222,6 +224,18 @@ class LiveEngine:
                 closing = getattr(self.connector, "aclose", None)
                 if closing is not None:  # the connectors' HTTP connections
                     await closing()
+
+
+async def _failure(failed: asyncio.Future[None], stop: asyncio.Event) -> None:
+    """Until ``stop``: raise what the Faust agent reports through ``failed``."""
+    stopping = asyncio.ensure_future(stop.wait())
+    either: list[asyncio.Future[Any]] = [failed, stopping]
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if failed.done():
+        failed.result()
 
 
 def _tune_gc() -> None:

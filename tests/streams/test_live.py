@@ -481,6 +481,95 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+async def commit_offsets_at_the_end(
+    bootstrap: str, topics: Topics, group: str, records: int
+) -> None:
+    """Commit ``group``'s Kafka offsets past the ``records`` in the input topics, as if batches
+    the store never applied had been committed. (Read to the end: the embedded broker's
+    ``end_offsets`` is wrong, docs/live-runtime.md.)"""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False, auto_offset_reset="earliest")  # fmt: skip
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for topic in topics.inputs for p in range(4)])
+        ends: dict[TopicPartition, int] = {}
+        read, deadline = 0, asyncio.get_running_loop().time() + 60
+        while read < records:
+            assert asyncio.get_running_loop().time() < deadline, f"read {read} of {records}"
+            fetched = await consumer.getmany(timeout_ms=1000)
+            for tp, messages in fetched.items():
+                ends[tp], read = messages[-1].offset + 1, read + len(messages)
+        await consumer.commit(ends)
+    finally:
+        await consumer.stop()
+
+
+async def test_the_faust_driver_starts_from_the_stores_positions_not_kafkas_committed_offsets(
+    kafka_bootstrap: str, topics: Topics, group_id: str, tmp_path: Path, book: RuleBook
+) -> None:
+    """Kafka's committed offsets are only a hint: past a batch the store never applied (Faust
+    acks a batch whose apply raised, and commits it on its way down), they would skip it."""
+    work = make_workload(tmp_path / "work", book, 40, 10, 3)
+    report = await publish_file(work.events, kafka_bootstrap, topics)
+    await commit_offsets_at_the_end(kafka_bootstrap, topics, group_id, report.total)
+    url, data = f"sqlite:///{tmp_path}/store.db", tmp_path / "data"
+    worker = WorkerProcess(kafka_bootstrap, topics, group_id, url, data, "--runtime", "faust")
+    worker.start()
+    await asyncio.to_thread(
+        wait_for, lambda: inputs_applied(url, group_id, topics) >= report.total, 120,
+        "every published record applied",
+    )  # fmt: skip
+    assert worker.stop() == 0, worker.log()
+    assert inputs_applied(url, group_id, topics) == report.total
+
+
+async def test_a_faust_batch_that_cannot_be_applied_stops_the_worker_and_loses_nothing(
+    kafka_bootstrap: str,
+    topics: Topics,
+    group_id: str,
+    tmp_path: Path,
+    book: RuleBook,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not a database outage (that is waited out): the worker stops with the reason and the
+    batch unacked; the next run applies it. Before, faust-streaming acked the batch and the
+    agent carried on with the next one: the batch was lost and the process exited 0."""
+    from outreach.streams.processor import BatchProcessor
+    from outreach.streams.runtime import LiveEngine, WorkerSettings, quiet
+    from outreach.streams.topics import KafkaSettings
+
+    work = make_workload(tmp_path / "work", book, 40, 10, 3)
+    report = await publish_file(work.events, kafka_bootstrap, topics)
+    settings = WorkerSettings(
+        rules=REPO / "rules", database_url=f"sqlite:///{tmp_path}/store.db",
+        data_dir=tmp_path / "data", runtime="faust", scheduler=False, dispatch=False,
+    )  # fmt: skip
+    kafka = KafkaSettings(kafka_url=kafka_bootstrap, topic_prefix=topics.prefix,
+                          partitions=4, group_id=group_id)  # fmt: skip
+
+    def failing(self: BatchProcessor, records: list) -> object:
+        raise RuntimeError("injected: a constraint the store refused")
+
+    monkeypatch.setattr(BatchProcessor, "apply", failing)
+    stop = asyncio.Event()
+    async with LiveEngine(settings, kafka).running(stop) as parts:
+        await asyncio.wait_for(stop.wait(), 60)
+    assert parts.failure is not None
+    assert "could not be applied" in parts.failure and "injected" in parts.failure
+    assert parts.totals.records == 0, "went on with the next batches"
+    monkeypatch.undo()
+    stop = asyncio.Event()
+    async with LiveEngine(settings, kafka).running(stop) as parts:
+        await asyncio.to_thread(
+            wait_for, lambda: quiet(parts, since=2.0), 120, "the restarted worker to go idle"
+        )
+        stop.set()
+    assert parts.failure is None
+    assert inputs_applied(settings.database_url, group_id, topics) == report.total
+
+
 async def test_the_faust_driver_starts_in_a_data_dir_that_does_not_exist_yet(
     kafka_bootstrap: str, topics: Topics, group_id: str, tmp_path: Path
 ) -> None:
