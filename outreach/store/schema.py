@@ -50,6 +50,11 @@ outbox = sa.Table(
     sa.Column("result", sa.LargeBinary, nullable=True),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("done_at", sa.Double, nullable=True),
+    # when a dispatcher first called the provider for it (written with that call's outcome;
+    # NULL until then): a transient failure's retries are counted from here, not from
+    # created_at, since a row can wait for hours before its first call (due after quiet
+    # hours, held by a kill switch or an open circuit)
+    sa.Column("first_tried_at", sa.Double, nullable=True),
 )
 sa.Index("outbox_due", outbox.c.status, outbox.c.next_at)
 sa.Index("outbox_finished", outbox.c.done_at)  # retention: NULL until done or failed

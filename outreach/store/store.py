@@ -9,8 +9,9 @@ deadlock or lock timeout rolls the batch back and it is tried again (``Store.run
 
 Outbox rows are claimed with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several
 dispatchers never take the same row (timers belong to the one active scheduler:
-``outreach.store.schedule``). Records for Kafka are relayed by
-one relay at a time (an advisory lock), so they reach Kafka in the order they were written.
+``outreach.store.schedule``). Records for Kafka are relayed by one relay at a time (PostgreSQL:
+an advisory lock; a SQLite file: ``flock`` on ``<database file>.relay.lock``), so they reach
+Kafka in the order they were written.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import contextlib
 import fcntl
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -103,6 +105,7 @@ class OutboxRow:
     payload: bytes
     attempts: int
     created_at: float = 0.0  # when the core decided it (wall clock, epoch seconds)
+    first_tried_at: float | None = None  # when a dispatcher first called the provider for it
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,16 @@ class Store:
                 f"unsupported database URL {self.url.render_as_string()!r}: use sqlite:///FILE "
                 "or postgresql+psycopg://USER:PASSWORD@HOST/DB"
             )
+        relay_lock = None if self.postgres else self._lock_file("relay")
+        self._relay_turn = None if relay_lock is None else _FileTurn(relay_lock)
+
+    def _lock_file(self, name: str) -> Path | None:
+        """SQLite: the file beside the database that processes ``flock`` to claim ``name``
+        (None for an in-memory database, which no other process can open)."""
+        if not self.url.database or self.url.database == ":memory:":
+            return None
+        safe = "".join(c if c.isalnum() else "-" for c in name)
+        return Path(f"{self.url.database}.{safe}.lock")
 
     def hold_exclusive(self, name: str, *, why: str | None = None) -> Claim:
         """Claim ``name`` on this store for this process until the claim is released (or the
@@ -171,10 +184,10 @@ class Store:
                 return True
 
             return Claim(release_pg, alive_pg)
-        if not self.url.database or self.url.database == ":memory:":
+        path = self._lock_file(name)
+        if path is None:
             return Claim(lambda: None, lambda: True)
-        safe = "".join(c if c.isalnum() else "-" for c in name)
-        handle = Path(f"{self.url.database}.{safe}.lock").open("a")  # noqa: SIM115 - held
+        handle = path.open("a")  # noqa: SIM115 - held until released
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -262,7 +275,8 @@ class Store:
             )
         return [
             OutboxRow(r["id"], r["idempotency_key"], r["kind"], r["customer_id"], r["ref"],
-                      bytes(r["payload"]), r["attempts"] + 1, r["created_at"])
+                      bytes(r["payload"]), r["attempts"] + 1, r["created_at"],
+                      r["first_tried_at"])
             for r in rows
         ]  # fmt: skip
 
@@ -275,17 +289,19 @@ class Store:
         *,
         claim: int | None = None,
         records: Sequence[tuple[str, bytes | None, bytes]] = (),
+        tried_at: float | None = None,
     ) -> bool:
         """Mark a claimed row ``done`` or ``failed`` for good. With ``claim`` (the row's
         ``attempts`` when it was claimed) only if it is still that claim: a dispatcher whose
         lease ran out must not overwrite what the next claimant did. ``records`` (topic, key,
         value) go to the relay in the same transaction (feedback events about the row).
-        Returns whether it did."""
+        ``tried_at``: when this attempt called the provider (``_tried``). Returns whether it
+        did."""
         with self.batch() as batch:
             result_ = batch.conn.execute(
                 sa.update(outbox).where(*self._fence(row_id, claim)).values(
                     status=status, result=result, last_error=error, done_at=batch.now,
-                    lease_until=None,
+                    lease_until=None, **_tried(tried_at),
                 )
             )  # fmt: skip
             if result_.rowcount > 0 and records:
@@ -303,16 +319,25 @@ class Store:
         return result.rowcount > 0
 
     def retry_later(
-        self, row_id: int, at: float, error: str, *, claim: int | None = None, hold: bool = False
+        self,
+        row_id: int,
+        at: float,
+        error: str,
+        *,
+        claim: int | None = None,
+        hold: bool = False,
+        tried_at: float | None = None,
     ) -> bool:
         """Put a claimed row back, due again at ``at`` (a transient failure); with ``claim``,
         only if it is still that claim. ``hold``: it was not tried at all (a kill switch), so
-        the claim does not count as an attempt. Returns whether it did."""
+        the claim does not count as an attempt. ``tried_at``: when this attempt called the
+        provider (``_tried``). Returns whether it did."""
         values: dict[str, Any] = {
             "status": "pending",
             "next_at": at,
             "last_error": error,
             "lease_until": None,
+            **_tried(tried_at),
         }
         if hold:
             values["attempts"] = outbox.c.attempts - 1
@@ -376,9 +401,11 @@ class Store:
 
     def take_records(self, limit: int, publish: Callable[[list[PendingRecord]], None]) -> int:
         """Hand the oldest waiting records to ``publish`` and delete them once it returns.
-        On PostgreSQL one relay at a time (an advisory lock): two relays publishing side by side
-        could put a later status of an action on the topic before an earlier one, and readers
-        take the last record of an id as its state."""
+        One relay at a time (PostgreSQL: an advisory lock; a SQLite file: ``flock`` on
+        ``<database file>.relay.lock``), taken only once there is something to relay and held
+        from the read to the delete: two relays publishing side by side could put a later
+        status of an action on the topic before an earlier one, and readers take the last
+        record of an id as its state."""
         if not self._any(pending_records):  # no write lock just to find nothing to do
             return 0
         query = sa.select(pending_records).order_by(pending_records.c.seq).limit(limit)
@@ -401,8 +428,9 @@ class Store:
         """Read rows, ``publish`` them, then ``done`` (delete or mark) them. PostgreSQL: in one
         transaction holding the rows (and the advisory ``lock``). SQLite: the rows are read
         without the write lock and marked in a second transaction, so the database's single
-        write lock is never held across a broker round trip (a second relay on the same file
-        may publish a row again: the relays are at least once anyway)."""
+        write lock is never held across a broker round trip; with ``lock``, the relay's file
+        lock is held from the read to the mark instead (in this thread: the relay calls this
+        in a worker thread, so waiting for another process's relay never blocks its loop)."""
         if self.postgres:
             with self.batch() as batch:
                 if lock is not None:
@@ -412,12 +440,14 @@ class Store:
                     publish(rows)
                     done(batch, rows)
             return len(rows)
-        with self.engine.connect().execution_options(read_only=True) as conn:
-            rows = [row(r) for r in conn.execute(query)]  # SQLite ignores FOR UPDATE
-        if rows:
-            publish(rows)
-            with self.batch() as batch:
-                done(batch, rows)
+        turn = self._relay_turn if lock is not None else None
+        with contextlib.nullcontext() if turn is None else turn.held():
+            with self.engine.connect().execution_options(read_only=True) as conn:
+                rows = [row(r) for r in conn.execute(query)]  # SQLite ignores FOR UPDATE
+            if rows:
+                publish(rows)
+                with self.batch() as batch:
+                    done(batch, rows)
         return len(rows)
 
     def forget_positions(self, group: str) -> int:
@@ -449,6 +479,46 @@ class Store:
         ]
         with self.engine.connect().execution_options(read_only=True) as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(target)).scalar() or 0)
+
+
+class _FileTurn:
+    """One holder at a time of ``path``: across processes (``flock``) and across this process's
+    threads. The thread holding it may take it again (a call nested in ``publish``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mutex = threading.RLock()
+        self._handle: IO[str] | None = None
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Wait for the turn, hold it for the block."""
+        with self._mutex:
+            if self._depth == 0:
+                handle = self.path.open("a")  # noqa: SIM115 - closed when the turn ends
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX)  # waits for another process's holder
+                except BaseException:
+                    handle.close()
+                    raise
+                self._handle = handle
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._handle is not None:
+                    self._handle.close()  # closing the file drops the flock
+                    self._handle = None
+
+
+def _tried(at: float | None) -> dict[str, Any]:
+    """The update that records an outbox row's first call to its provider: ``at`` (when this
+    attempt called it), unless an earlier attempt already did."""
+    if at is None:
+        return {}
+    return {"first_tried_at": sa.func.coalesce(outbox.c.first_tried_at, at)}
 
 
 def _serialise_sqlite(engine: Engine) -> None:

@@ -3,10 +3,14 @@
 Each round claims due rows (leased, so a crashed dispatcher's rows come back after the lease),
 performs them, and marks them ``done``; a transient failure puts the row back with exponential
 backoff and full jitter (or the provider's ``retry_after``) until it has been tried
-``max_attempts`` times AND ``retry_for`` seconds have passed since it was decided (so a
-provider down for minutes delays messages, it does not lose them); a permanent failure marks
-it ``failed`` and is never retried. The database away: each round is retried with backoff,
-and the outage is logged once when it starts and once when it ends.
+``max_attempts`` times AND ``retry_for`` seconds have passed since its first call to the
+provider (so a provider down for minutes delays messages, it does not lose them); a permanent
+failure marks it ``failed`` and is never retried. The first call's time (``first_tried_at``)
+is written with that call's outcome, in the same fenced update: a row that waited for hours
+before it (due after quiet hours, held by a kill switch or an open circuit) still gets its
+whole window, and a row from before the column existed starts it at its next call. The
+database away: each round is retried with backoff, and the outage is logged once when it
+starts and once when it ends.
 
 Before a delivery goes, the address is checked against the store's suppressions (written by
 the webhooks the moment a STOP, bounce or unsubscribe arrives), so a message decided before
@@ -93,8 +97,8 @@ class DispatcherOptions:
 
     batch: int = 100
     lease: float = 60.0  # a claimed row is due again if not marked within this
-    max_attempts: int = 8  # a transient failure gives up only past both of these: at
-    retry_for: float = 3600.0  # least this many attempts and this many seconds since decided
+    max_attempts: int = 8  # a transient failure gives up only past both of these: at least
+    retry_for: float = 3600.0  # this many attempts and this many seconds since the first call
     backoff_base: float = 1.0
     backoff_max: float = 600.0
     poll: float = 0.2
@@ -256,6 +260,8 @@ class Dispatcher:
         records: list[tuple[str, bytes | None, bytes]] = []
         target = request.tool if isinstance(request, Effect) else request.channel
         timed = partial(_timed, row.kind, target, self._provider(request))
+        tried = self._clock()  # this call's time: the row's first_tried_at if it has none
+        finish = partial(self._finish, tried_at=tried)
         started = time.perf_counter()
         try:
             if isinstance(request, Effect):
@@ -268,14 +274,14 @@ class Dispatcher:
                 if effect.status == "failed":  # what it reported still goes (a decline)
                     refused = f"the system refused: {effect.detail}"
                     report = _report(row, request, None, refused, now)
-                    await self._finish(row, "failed", result, refused, *records, report)
+                    await finish(row, "failed", result, refused, *records, report)
                     return
             else:
                 retry = row.attempts > 1  # an earlier try may have reached the provider
                 sent = await self.channel.send(request, row.idempotency_key, retry=retry)
                 timed(started)
                 replayed, result = sent.replayed, sent.model_dump_json().encode()
-        except ConnectorPaused as exc:
+        except ConnectorPaused as exc:  # refused before the provider: not a call, not tried
             now = self._clock()
             self.stats.paused += 1
             at = now + (exc.retry_after or self.options.hold)
@@ -292,23 +298,24 @@ class Dispatcher:
             self._provider_error(request, exc)
             code = exc.code if isinstance(exc, PermanentDeliveryError) else None
             report = _report(row, request, code, str(exc), now)
-            await self._finish(row, "failed", None, f"permanent: {exc}", report)
+            await finish(row, "failed", None, f"permanent: {exc}", report)
             return
         except (TransientConnectorError, TransientDeliveryError) as exc:
             timed(started)
             now = self._clock()
             self._provider_error(request, exc)
-            await self._retry(row, now, str(exc), exc.retry_after, request)
+            await self._retry(row, now, str(exc), exc.retry_after, request, tried=tried)
             return
         except Exception as exc:  # an unexpected error is treated as transient, and logged
             timed(started)
             now = self._clock()
             self._provider_error(request, exc)
             log.exception("dispatcher: %s %s raised", row.kind, row.idempotency_key)
-            await self._retry(row, now, f"{type(exc).__name__}: {exc}", None, request)
+            error = f"{type(exc).__name__}: {exc}"
+            await self._retry(row, now, error, None, request, tried=tried)
             return
         self.stats.replayed += replayed
-        await self._finish(row, "done", result, None, *records)
+        await finish(row, "done", result, None, *records)
 
     async def _renewed(self, row: OutboxRow) -> bool:
         """Whether the row's lease was extended for this attempt: the claim covers a round,
@@ -345,12 +352,15 @@ class Dispatcher:
         result: bytes | None,
         error: str | None,
         *reports: tuple[str, bytes | None, bytes] | None,
+        tried_at: float | None = None,
     ) -> None:
+        """Mark ``row`` for good; ``tried_at``: when this attempt called the provider (None:
+        it was refused before any call)."""
         records = [r for r in reports if r is not None]
         kept = await asyncio.to_thread(
             partial(
                 self.store.finish, row.id, status, result, error, claim=row.attempts,
-                records=records,
+                records=records, tried_at=tried_at,
             )
         )  # fmt: skip
         if not kept:  # our lease ran out and another dispatcher has the row now
@@ -372,18 +382,23 @@ class Dispatcher:
         error: str,
         retry_after: float | None,
         request: Effect | Delivery,
+        *,
+        tried: float,
     ) -> None:
+        """After a transient failure at ``now``: give up past both limits, else put the row
+        back with a backoff. ``tried``: when this attempt called the provider."""
         opts = self.options
-        trying_for = max(0.0, now - row.created_at)  # clocks of two hosts may disagree
+        first = tried if row.first_tried_at is None else row.first_tried_at
+        trying_for = max(0.0, now - first)  # clocks of two hosts may disagree
         if row.attempts >= opts.max_attempts and trying_for >= opts.retry_for:
             why = f"gave up after {row.attempts} attempts: {error}"
             report = _report(row, request, "gave_up", why, now)
-            await self._finish(row, "failed", None, why, report)
+            await self._finish(row, "failed", None, why, report, tried_at=tried)
             return
         self.stats.retried += 1
         at = now + self.backoff(row.attempts, retry_after)
         await asyncio.to_thread(
-            partial(self.store.retry_later, row.id, at, error, claim=row.attempts)
+            partial(self.store.retry_later, row.id, at, error, claim=row.attempts, tried_at=tried)
         )
 
 

@@ -5,6 +5,11 @@ topics (``signals``, ``actions``, ``messages``, ``receipts``, ``dlq``; acks=all)
 from the store only after the broker acknowledged them: at least once, never lost (ids are
 deterministic, so a consumer can drop a repeat). Timers are not relayed here: the scheduler
 (``outreach.scheduling``) produces them.
+
+Several workers' relays on one store take turns (``Store.take_records``: a PostgreSQL advisory
+lock, or ``flock`` on ``<database file>.relay.lock`` for a SQLite file), so each id's records
+reach their topic in the order they were written. A turn is waited for in the store's thread,
+never on the event loop, and taken only while there are records to relay, one chunk at a time.
 """
 
 from __future__ import annotations

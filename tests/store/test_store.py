@@ -127,7 +127,7 @@ def test_migrate_again_keeps_the_data_and_one_version_row(store: Store) -> None:
     store.migrate()
     with store.engine.connect() as conn:
         versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-    assert versions == [("0007",)]
+    assert versions == [("0008",)]
     assert [r["idempotency_key"] for r in store.outbox_rows()] == ["k1"]
     assert store.run(lambda b: b.positions("g", [("payments", 0)])) == {("payments", 0): 4}
 
@@ -151,7 +151,7 @@ def test_two_stores_migrating_the_same_empty_database_at_once_both_succeed(
         assert set(sa.inspect(stores[0].engine).get_table_names()) >= TABLES
         with stores[0].engine.connect() as conn:
             versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-        assert versions == [("0007",)]
+        assert versions == [("0008",)]
     finally:
         for made in stores:
             made.close()

@@ -16,6 +16,7 @@ import pytest
 from outreach.agents.connectors import Effect, EffectResult, FakeConnector, FileConnector
 from outreach.decisions import Delivery
 from outreach.errors import (
+    ConnectorPaused,
     PermanentConnectorError,
     PermanentDeliveryError,
     TransientConnectorError,
@@ -269,7 +270,7 @@ async def test_a_provider_down_for_minutes_delays_a_row_but_does_not_lose_it(
     store: Store, tmp_path: Path
 ) -> None:
     # the reliability suite's finding: 8 attempts of 1 s-based backoff are spent within about
-    # a minute; a row keeps its retries for retry_for seconds since it was decided
+    # a minute; a row keeps its retries for retry_for seconds since its first call
     setup = Setup(
         store, tmp_path, max_attempts=3, retry_for=600.0, backoff_base=1.0, backoff_max=1.0
     )
@@ -292,13 +293,71 @@ async def test_past_both_limits_a_row_gives_up(store: Store, tmp_path: Path) -> 
     )
     decided = time.time()
     queue_delivery(store, delivery(), decided)
-    setup.channel.fail_next(*(TransientDeliveryError(f"503 #{i}") for i in range(1, 4)))
-    assert await setup.dispatcher.run_once(decided + 10) == 1
-    assert await setup.dispatcher.run_once(decided + 20) == 1  # 2 attempts, 20 s: retried
+    setup.channel.fail_next(*(TransientDeliveryError(f"503 #{i}") for i in range(1, 5)))
+    assert await setup.dispatcher.run_once(decided + 10) == 1  # the first call
+    assert await setup.dispatcher.run_once(decided + 20) == 1  # 2 attempts, 10 s: retried
+    assert await setup.dispatcher.run_once(decided + 609) == 1  # 3 attempts, 599 s: retried
     assert only_row(store)["status"] == "pending"
-    assert await setup.dispatcher.run_once(decided + 601) == 1  # 3 attempts, 601 s: given up
+    assert await setup.dispatcher.run_once(decided + 610) == 1  # 4 attempts, 600 s: given up
     assert only_row(store)["status"] == "failed"
-    assert only_report(store).data.detail == "gave up after 3 attempts: 503 #3"
+    assert only_report(store).data.detail == "gave up after 4 attempts: 503 #4"
+
+
+async def test_a_row_held_longer_than_retry_for_still_gets_its_window_from_the_first_call(
+    store: Store, tmp_path: Path
+) -> None:
+    """A row can wait for hours before its first call (a kill switch, quiet hours, an
+    approval); a provider outage of a minute once it goes must not make it give up at once:
+    the window counts from the first call, not from when the row was decided."""
+    from outreach.store.operator import Operator
+
+    setup = Setup(
+        store, tmp_path, max_attempts=3, retry_for=600.0, backoff_base=1.0, backoff_max=1.0
+    )
+    operator = Operator(store)
+    decided = time.time()
+    queue_delivery(store, delivery(), decided)
+    operator.set_kill_switch("channel", "sms", True, "provider incident")
+    for held in (0, 3600, 7200):  # two hours held, far past retry_for
+        assert await setup.dispatcher.run_once(decided + held) == 1
+    assert (only_row(store)["attempts"], only_row(store)["first_tried_at"]) == (0, None)
+    operator.set_kill_switch("channel", "sms", False, "")
+    setup.channel.fail_next(*(TransientDeliveryError(f"503 #{i}") for i in range(1, 6)))
+    first = decided + 7300
+    for attempt, since in enumerate((0, 10, 20, 599), start=1):  # 3rd, 4th: under 600 s
+        assert await setup.dispatcher.run_once(first + since) == 1, attempt
+        row = only_row(store)
+        assert (row["status"], row["attempts"]) == ("pending", attempt)
+        assert row["first_tried_at"] == first  # set by the first call, kept by the others
+    assert await setup.dispatcher.run_once(first + 600) == 1  # 5 attempts, 600 s: given up
+    assert only_row(store)["status"] == "failed"
+    assert only_report(store).data.detail == "gave up after 5 attempts: 503 #5"
+
+
+@SQLITE_ONLY
+async def test_a_row_held_by_an_open_circuit_has_not_been_tried(
+    store: Store, tmp_path: Path
+) -> None:
+    """An open circuit refuses an effect before the provider is called: like a kill switch's,
+    the hold does not start the row's window."""
+    setup = Setup(
+        store, tmp_path, max_attempts=2, retry_for=600.0, backoff_base=1.0, backoff_max=1.0
+    )
+    decided = time.time()
+    queue_effect(store, effect(), decided)
+    setup.connector.fail_next(ConnectorPaused("circuit open", retry_after=3600.0))
+    assert await setup.dispatcher.run_once(decided) == 1
+    assert (only_row(store)["attempts"], only_row(store)["first_tried_at"]) == (0, None)
+    setup.connector.fail_next(TransientConnectorError("503 #1"), TransientConnectorError("503 #2"))
+    assert await setup.dispatcher.run_once(decided + 3600) == 1
+    assert await setup.dispatcher.run_once(decided + 3610) == 1  # 2 attempts, 10 s: retried
+    assert (only_row(store)["status"], only_row(store)["first_tried_at"]) == (
+        "pending", decided + 3600,
+    )  # fmt: skip
+    assert await setup.dispatcher.run_once(decided + 3620) == 1  # the provider is back
+    assert (only_row(store)["status"], only_row(store)["first_tried_at"]) == (
+        "done", decided + 3600,
+    )  # fmt: skip
 
 
 # -- the backoff itself ----------------------------------------------------------------------
