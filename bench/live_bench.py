@@ -255,7 +255,7 @@ async def publish_workload(bootstrap: str, topics: Topics, events: Path) -> tupl
     await ensure_topics(bootstrap, topics, PARTITIONS)
     report = await publish_file(events, bootstrap, topics)
     if report.unroutable:
-        raise RuntimeError(f"{report.unroutable} lines of {events} could not be routed")
+        raise RuntimeError(f"{report.unroutable} lines of {events} were not sent")
     return report.total, report.elapsed
 
 

@@ -331,7 +331,8 @@ def publish(
 ) -> None:
     """Publish a JSONL file's events, as they are, to the input topics (keyed by customer_id).
 
-    Exits 1 if some lines could not be routed (they are listed, not sent).
+    Exits 1 if some lines were not sent (they are listed: not routable, too large, or
+    refused by the brokers).
     """
     import asyncio
 
@@ -375,13 +376,13 @@ def publish(
     except (KafkaError, PublishError) as exc:
         err.print(f"[bold red]publishing to {url} failed:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
-    _print_publish_report(report, url, topics.inputs, events)
+    _print_publish_report(events, report, url, topics.inputs)
     if report.unroutable:
         raise typer.Exit(1)
 
 
 def _print_publish_report(
-    report: PublishReport, url: str, inputs: tuple[str, ...], events: Path
+    events: Path, report: PublishReport, url: str, inputs: tuple[str, ...]
 ) -> None:
     table = _table("published", "topic", "events")
     for topic in inputs:
@@ -389,7 +390,7 @@ def _print_publish_report(
     out.print(table)
     out.print(f"{report.total} events acknowledged by {url} in {report.elapsed:.1f}s")
     if report.unroutable:
-        err.print(f"[bold red]{report.unroutable} line(s) not sent: cannot be routed[/]")
+        err.print(f"[bold red]{report.unroutable} line(s) not sent:[/]")
     for line in report.unroutable_lines:
         where = f"{events}:{line.line}: {line.reason}"
         err.print(where, markup=False, highlight=False, soft_wrap=True)
@@ -455,7 +456,9 @@ def worker(
 ) -> None:
     """Run a live worker: consume the input topics, decide, write the store, relay decisions
     to the output topics, and perform due effects and messages (file connector and file
-    channel by default). With no Kafka URL an embedded broker is started. Ctrl-C stops it."""
+    channel by default). With no Kafka URL an embedded broker is started. Ctrl-C stops it.
+    With --publish, the lines not sent are listed when publishing ends, and the exit code is 1
+    (the worker runs on all the same)."""
     import asyncio
 
     from pydantic import ValidationError
@@ -506,10 +509,11 @@ def worker(
         raise typer.Exit(2) from None
     serve_metrics(metrics_port, telemetry)
     try:
-        parts = asyncio.run(
+        parts, report = asyncio.run(
             run_worker(
-                settings, kafka, out, publish=publish, rate=rate, until_idle=until_idle,
-                channel=channel, connector=connector,
+                settings, kafka, out, publish=publish, rate=rate,
+                on_published=_print_publish_report, until_idle=until_idle, channel=channel,
+                connector=connector,
             )
         )  # fmt: skip
     except RuleFileError as exc:
@@ -532,6 +536,9 @@ def worker(
         )
     if parts.failure is not None:
         err.print(f"[bold red]the worker stopped on an error:[/] {parts.failure}", highlight=False)
+        raise typer.Exit(1)
+    if report is not None and report.unroutable:  # listed when publishing ended
+        err.print(f"[bold red]{report.unroutable} line(s) of {publish} not sent[/] (listed above)")
         raise typer.Exit(1)
 
 

@@ -1,7 +1,8 @@
 """``outreach worker`` on a terminal: run the live engine with a live summary.
 
-Optionally publishes a file into the broker once the worker is up (the demo) and stops by
-itself when everything is applied, relayed and dispatched (``until_idle``). Ctrl-C (SIGINT) or
+Optionally publishes a file into the broker once the worker is up (the demo), handing its
+report (with the lines not sent) to ``on_published`` as soon as that ends, and stops by itself
+when everything is applied, relayed and dispatched (``until_idle``). Ctrl-C (SIGINT) or
 SIGTERM stops everything cleanly: the batch in hand is finished and committed, the relays
 flush, the consumer leaves its group, the embedded broker is stopped.
 """
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console, Group
@@ -24,6 +26,9 @@ from outreach.outbound.channels import Channel
 from outreach.streams.publish import PublishReport, publish_file
 from outreach.streams.runtime import LiveEngine, Parts, WorkerSettings, quiet
 from outreach.streams.topics import KafkaSettings
+
+# (the file, what publishing it did, the brokers, the input topics)
+OnPublished = Callable[[Path, PublishReport, str, tuple[str, ...]], None]
 
 
 def summary(parts: Parts, note: str = "") -> Group:
@@ -71,18 +76,23 @@ async def run_worker(
     *,
     publish: Path | None = None,
     rate: float | None = None,
+    on_published: OnPublished | None = None,
     until_idle: bool = False,
     channel: Channel | None = None,
     connector: Connector | None = None,
-) -> Parts:
-    """Run until Ctrl-C/SIGTERM (or, with ``until_idle``, until nothing is left to do)."""
+) -> tuple[Parts, PublishReport | None]:
+    """Run until Ctrl-C/SIGTERM (or, with ``until_idle``, until nothing is left to do).
+
+    ``on_published(publish, report, bootstrap, input_topics)`` is called once ``publish`` is
+    sent, while the live view runs; the report is returned too (None if publishing did not end).
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    report: PublishReport | None = None
     try:
         async with LiveEngine(settings, kafka, channel, connector).running(stop) as parts:
-            report: PublishReport | None = None
             publishing = None
             if publish is not None:
                 publishing = asyncio.create_task(
@@ -91,10 +101,11 @@ async def run_worker(
             live_view = Live(summary(parts), console=console, refresh_per_second=4, transient=True)
             with live_view as live:
                 while not stop.is_set():
+                    if report is None:
+                        report = _ended(publishing, publish, parts, on_published)
                     note = "Ctrl-C to stop"
-                    if publishing is not None and publishing.done():
-                        report = publishing.result()
-                        note = f"published {report.total:,} events; Ctrl-C to stop"
+                    if report is not None:
+                        note = f"{_published(report)}; Ctrl-C to stop"
                     elif publishing is not None:
                         note = "publishing ...; Ctrl-C to stop"
                     live.update(summary(parts, note))
@@ -103,6 +114,8 @@ async def run_worker(
                         break
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=0.25)
+                if report is None:  # it ended as the worker was stopped
+                    report = _ended(publishing, publish, parts, on_published)
                 live.update(summary(parts, "stopping ..."))
             if publishing is not None and not publishing.done():
                 publishing.cancel()
@@ -110,4 +123,24 @@ async def run_worker(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     console.print(summary(parts))
-    return parts
+    return parts, report
+
+
+def _ended(
+    publishing: asyncio.Task[PublishReport] | None,
+    publish: Path | None,
+    parts: Parts,
+    on_published: OnPublished | None,
+) -> PublishReport | None:
+    """The report of a publishing that has ended, handed to ``on_published``; else None."""
+    if publishing is None or publish is None or not publishing.done():
+        return None
+    report = publishing.result()
+    if on_published is not None:
+        on_published(publish, report, parts.bootstrap, parts.topics.inputs)
+    return report
+
+
+def _published(report: PublishReport) -> str:
+    sent = f"published {report.total:,} events"
+    return f"{sent}, {report.unroutable:,} lines not sent" if report.unroutable else sent

@@ -12,15 +12,19 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from support import make_event, payment_failed, profile
 from typer.testing import CliRunner
 
 from outreach.cli import app
 from outreach.events import EVENT_TYPES, InvalidEventError, parse_event
+from outreach.streams import publish as publish_module
 from outreach.streams.publish import (
     EventPublisher,
+    EventTooLargeError,
     PublishError,
     Unroutable,
     publish_file,
@@ -56,6 +60,17 @@ def renewal(customer: str) -> dict[str, Any]:
 
 def suppressed(customer: str) -> dict[str, Any]:
     return make_event("contact.suppressed", AT, customer, channel="sms", reason="stop")
+
+
+def padded(customer: str, size: int) -> bytes:
+    """A routable usage event line of exactly ``size`` bytes (an extra field pads it)."""
+    line = orjson.dumps({**usage(customer), "pad": ""})
+    return line[:-2] + b"x" * (size - len(line)) + line[-2:]
+
+
+def record_size(line: bytes, customer: str) -> int:
+    """What aiokafka counts against ``max_request_size`` for this line keyed by ``customer``."""
+    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(customer.encode(), line, []))
 
 
 def write_lines(path: Path, lines: Iterable[bytes | dict[str, Any]]) -> Path:
@@ -249,6 +264,102 @@ async def test_unroutable_lines_are_reported_with_their_line_numbers_and_not_sen
     assert sorted(r.key for r in records) == [b"cus_1", b"cus_2"]
 
 
+async def test_a_line_over_the_producer_limit_is_named_and_the_rest_of_the_file_is_sent(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    """aiokafka refuses a record over its ``max_request_size`` (1 MiB) by raising from send:
+    that aborted the whole file without naming the line."""
+    big = padded("cus_big", 1_100_000)
+    path = write_lines(tmp_path / "events.jsonl", [usage("cus_1"), big, usage("cus_2")])
+
+    report = await publish_file(path, kafka_bootstrap, topics)
+
+    assert report.unroutable == 1
+    [line] = report.unroutable_lines
+    assert line.line == 2
+    assert f"{record_size(big, 'cus_big'):,} bytes as a Kafka record" in line.reason
+    assert "over the producer's limit of 1,048,576 bytes (max_request_size)" in line.reason
+    assert "shrink the event" in line.reason
+    assert report.published == {topics.usage: 2}
+    records = await read_back(kafka_bootstrap, topics.all, 2)
+    assert sorted(r.key for r in records) == [b"cus_1", b"cus_2"]
+
+
+async def test_the_size_limit_is_aiokafkas_to_the_byte(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    limit = 4096
+    lines = [padded("cus_1", size) for size in range(3990, 4020)]
+    path = write_lines(tmp_path / "events.jsonl", lines)
+
+    report = await publish_file(path, kafka_bootstrap, topics, max_request_size=limit)
+
+    sizes = [record_size(line, "cus_1") for line in lines]
+    assert limit in sizes and limit + 1 in sizes  # the boundary is in the file
+    too_large = [n for n, size in enumerate(sizes, 1) if size > limit]
+    assert [u.line for u in report.unroutable_lines] == too_large
+    assert report.published == {topics.usage: len(lines) - len(too_large)}
+
+
+class BrokerLimitProducer(AIOKafkaProducer):  # type: ignore[misc]
+    """A real producer behind a broker whose ``message.max.bytes`` is 2,000: the future of a
+    bigger record fails with ``MessageSizeTooLargeError``, as a produce response carrying that
+    error fails its batch's futures (Tansu enforces no such limit, so it is played here)."""
+
+    async def send(self, topic: str, value: bytes, key: bytes | None) -> asyncio.Future[Any]:
+        if len(value) > 2000:
+            refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            refused.set_exception(MessageSizeTooLargeError())
+            return refused
+        future: asyncio.Future[Any] = await super().send(topic, value=value, key=key)
+        return future
+
+
+async def test_records_the_broker_refuses_are_named_by_line_and_the_rest_is_sent(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker-side refusal failed ``flush`` for the whole file, with no line named."""
+    monkeypatch.setattr(publish_module, "AIOKafkaProducer", BrokerLimitProducer)
+    refused = [padded(f"cus_{n}", 3000) for n in range(5)]  # their refusals arrive last
+    path = write_lines(tmp_path / "events.jsonl", [*refused, *[b"[]"] * 20, usage("cus_9")])
+
+    report = await publish_file(path, kafka_bootstrap, topics)
+
+    assert report.unroutable == 25
+    assert [u.line for u in report.unroutable_lines] == list(range(1, 21))  # the first 20
+    reason = report.unroutable_lines[0].reason
+    assert reason.startswith("refused by the broker: MESSAGE_SIZE_TOO_LARGE")
+    assert "message.max.bytes" in reason
+    assert report.unroutable_lines[5] == Unroutable(6, "not a JSON object but list")
+    assert report.published == {topics.usage: 1}
+
+
+async def test_a_refusal_fails_flush_when_nobody_takes_refusals(
+    kafka_bootstrap: str, topics: Topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(publish_module, "AIOKafkaProducer", BrokerLimitProducer)
+    async with EventPublisher(kafka_bootstrap, topics, validate=False) as publisher:
+        await publisher.publish(orjson.loads(padded("cus_1", 3000)))
+        with pytest.raises(PublishError, match="1 event.*not acknowledged.*MessageSizeTooLarge"):
+            await publisher.flush()
+
+
+async def test_an_event_over_the_producer_limit_is_refused_before_it_is_queued(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    big = padded("cus_1", 3000)
+    async with EventPublisher(
+        kafka_bootstrap, topics, validate=False, max_request_size=2048
+    ) as publisher:
+        with pytest.raises(EventTooLargeError, match="over the producer's limit of 2,048") as too:
+            await publisher.publish(orjson.loads(big))
+        assert isinstance(too.value, PublishError)
+        assert (too.value.size, too.value.limit) == (record_size(big, "cus_1"), 2048)
+        await publisher.publish(usage("cus_2"))  # the publisher goes on
+        await publisher.flush()
+        assert publisher.delivered == {topics.usage: 1}
+
+
 async def test_rate_paces_the_publishing(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
@@ -307,6 +418,24 @@ def test_outreach_publish_prints_counts_and_unroutable_lines(
     assert f"{path}:2: not JSON" in result.stderr
     records = asyncio.run(read_back(kafka_bootstrap, Topics(prefix).inputs, 2))
     assert sorted(r.topic for r in records) == [f"{prefix}customers", f"{prefix}usage"]
+
+
+def test_outreach_publish_names_a_line_over_the_size_limit_and_sends_the_rest(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    prefix = f"cli{uuid.uuid4().hex}."
+    big = padded("cus_big", 1_100_000)
+    path = write_lines(tmp_path / "events.jsonl", [profile(AT), big, usage("cus_1")])
+    result = CliRunner().invoke(
+        app,
+        ["publish", str(path), "--kafka-url", kafka_bootstrap, "--topic-prefix", prefix],
+        env={"COLUMNS": "120"},
+    )
+    assert result.exit_code == 1, result.output  # a line was not sent
+    assert f"2 events acknowledged by {kafka_bootstrap}" in result.stdout
+    assert "1 line(s) not sent" in result.stderr
+    size = record_size(big, "cus_big")
+    assert f"{path}:2: too large: {size:,} bytes as a Kafka record" in result.stderr
 
 
 def test_outreach_publish_without_kafka_exits_2_saying_what_to_do(
