@@ -82,7 +82,13 @@ def _normalise_locale(tag: str) -> str:
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$"), AfterValidator(_check_currency)]
-MinorUnits = Annotated[int, Field(ge=0, description="integer minor units (cents)")]
+# Integers are bounded: the engine turns amounts into floats (thresholds, reasons) and writes
+# them as JSON, which readers (orjson, JavaScript) hold exactly only up to 2**53 - 1.
+MAX_MINOR_UNITS = 2**53 - 1
+MinorUnits = Annotated[
+    int, Field(ge=0, le=MAX_MINOR_UNITS, description="integer minor units (cents)")
+]
+Attempt = Annotated[int, Field(ge=1, le=10_000)]
 # Every time in an event lies in [1970-01-01, 2200-01-01): the engine adds durations to them
 # (retry schedules, windows, quiet hours), and a "never" sentinel such as 9999-12-31 overflows
 # Python's datetime there. A time that is unknown or never comes is left out or null.
@@ -165,7 +171,7 @@ class PaymentFailedData(Model):
     amount: MinorUnits
     currency: Currency
     decline_code: Text
-    attempt: Annotated[int, Field(ge=1)]
+    attempt: Attempt
 
 
 class PaymentSucceededData(Model):
@@ -252,7 +258,7 @@ class MessageStatusData(Model):
     message_id: Id
     channel: Channel
     status: DeliveryStatus
-    attempt: Annotated[int, Field(ge=1)] = 1
+    attempt: Attempt = 1
     provider: Text
     provider_id: Text | None = None
     error_code: Text | None = None

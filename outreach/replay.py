@@ -55,15 +55,20 @@ Progress = Callable[[int], None]  # called with bytes consumed so far
 
 
 def _occurred(raw: bytes) -> float:
-    """The line's ``occurred_at`` as epoch seconds, or -inf if it cannot be read (-> DLQ)."""
+    """The line's ``occurred_at`` as epoch seconds, or -inf if it is not a valid event
+    (-> DLQ). The common RFC 3339 form is read directly; any other the contract's parser
+    accepts (a numeric string of epoch seconds) is read by it, so the sort agrees with it."""
     try:
         value = orjson.loads(raw).get("occurred_at")
         stamp = datetime.fromisoformat(value.replace("z", "Z").replace("t", "T"))
+        if stamp.tzinfo is not None:
+            return stamp.timestamp()
     except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        pass
+    try:
+        return parse_event(raw).occurred_at.timestamp()
+    except InvalidEventError:
         return float("-inf")
-    if stamp.tzinfo is None:
-        return float("-inf")
-    return stamp.timestamp()
 
 
 def _lines(path: Path, progress: Progress | None = None) -> Iterator[tuple[int, bytes]]:

@@ -252,6 +252,25 @@ def test_negative_money_is_refused() -> None:
     assert line.startswith("data.order_value.amount: ")
 
 
+@pytest.mark.parametrize("amount", [2**53, 2**64, 2**1024])
+def test_money_beyond_what_json_readers_hold_exactly_is_refused(amount: int) -> None:
+    """Unbounded, 2**64 failed the decision log's JSON encoding and 2**1024 the float of a
+    guardrail's reason, after the event was accepted (found by fuzzing the core)."""
+    [line] = problems(altered("payment.failed", amount=amount))
+    assert line.startswith("data.amount: ") and "less than or equal to 9007199254740991" in line
+    order = {"amount": amount, "currency": "USD"}
+    [line] = problems(altered("shipment.updated", order_value=order))
+    assert line.startswith("data.order_value.amount: ")
+    assert parse_event(json.dumps(altered("payment.failed", amount=2**53 - 1)))
+
+
+def test_attempt_numbers_are_bounded() -> None:
+    [line] = problems(altered("payment.failed", attempt=2**64))
+    assert line.startswith("data.attempt: ") and "less than or equal to 10000" in line
+    [line] = problems(altered("message.status", attempt=10_001))
+    assert line.startswith("data.attempt: ")
+
+
 def test_money_must_be_integer_minor_units() -> None:
     [line] = problems(altered("payment.failed", amount=29.99))
     assert line.startswith("data.amount: ") and "integer" in line

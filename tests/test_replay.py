@@ -237,6 +237,25 @@ def test_a_lowercase_z_timestamp_is_sorted_at_its_time(book: RuleBook, tmp_path:
     assert [r["status"] for r in retries] == ["executed", "cancelled", "cancelled"]
 
 
+def test_a_timestamp_the_parser_reads_as_epoch_seconds_is_sorted_at_its_time(
+    book: RuleBook, tmp_path: Path
+) -> None:
+    """The contract's parser also reads a numeric string as epoch seconds; the external sort
+    read it as no time at all and put that event first, before the failure it follows."""
+    paid = make_event("payment.succeeded", "2026-03-04T15:00:00Z", payment_id="ok",
+                      invoice_id="in_1", amount=2900, currency="USD")  # fmt: skip
+    paid["occurred_at"] = str(int(datetime.fromisoformat("2026-03-04T15:00:00+00:00").timestamp()))
+    lines: list[dict[str, Any] | bytes] = [
+        profile("2026-03-01T12:00:00Z"),
+        failed(T),
+        paid,  # two days after the failure: cancels retries 2 and 3
+        profile("2026-02-01T00:00:00Z", "cus_9"),  # out of order: the file must be sorted
+    ]
+    run(book, write(tmp_path / "events.jsonl", lines), tmp_path / "out", chunk_lines=2)
+    retries = final(read(tmp_path / "out", "actions"), "action_id").values()
+    assert [r["status"] for r in retries] == ["executed", "cancelled", "cancelled"]
+
+
 @pytest.mark.parametrize(
     ("external", "chunk"),
     [(False, 7), (True, 1), (True, 7)],
