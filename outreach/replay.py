@@ -203,13 +203,22 @@ class Replayer:
         return state
 
     def _record(self, decisions: Decisions) -> None:
+        self._write(decisions)
+        self._perform(decisions)
+
+    def _write(self, decisions: Decisions) -> None:
+        """Log what one evaluation decided and schedule its timers."""
         if decisions:
             self.log.write(decisions)
             for timer in decisions.timers:
                 self._schedule(timer)
-            if self.connector is not None and self._loop is not None:
-                for effect in decisions.effects:
-                    self._loop.run_until_complete(self.connector.perform(effect))
+
+    def _perform(self, decisions: Decisions) -> None:
+        """Hand the executed actions' effects to the connector, if there is one (its failure
+        is not the event's: it stops the replay)."""
+        if self.connector is not None and self._loop is not None:
+            for effect in decisions.effects:
+                self._loop.run_until_complete(self.connector.perform(effect))
 
     def close(self) -> None:
         """Release the event loop used to call the connector, if any."""
@@ -245,13 +254,14 @@ class Replayer:
                 self.log.dead_letter(0, raw, str(skips.timers[timer_id]), engine_failure=True)
                 continue
             self.log.summary.timers_fired += 1
-            try:
+            try:  # what it decided is written (encoded) in the try too
                 decisions = self.core.evaluate(event, state, self.shared, when)
+                self._write(decisions)
             except Exception as exc:
                 if skips is None or not engine_fault(exc):
                     raise
                 raise _Failed(EngineFailure(exc, "timer", timer_id), timer=timer_id) from exc
-            self._record(decisions)
+            self._perform(decisions)
 
     def feed_lines(self, lines: Iterable[tuple[int, bytes]]) -> None:
         """Process input lines in order; invalid lines go to the DLQ. ``feed_event`` does the
@@ -282,18 +292,19 @@ class Replayer:
                 state = states.get(event.customer_id)
                 if state is None:
                     state = states[event.customer_id] = new_state(event.customer_id)
-                try:
+                try:  # what it decided is written (encoded) in the try too
                     decisions = evaluate(event, state, shared, fromtimestamp(stamp, UTC), stamp)
+                    if decisions and not decisions.duplicate:
+                        self._write(decisions)
                 except Exception as exc:
                     if self.skips is None or not engine_fault(exc):
                         raise
                     failure = EngineFailure(exc, "event", event.event_id)
                     raise _Failed(failure, line=number) from exc
                 events += 1
-                if decisions.duplicate:
-                    duplicates += 1
-                elif decisions:
-                    self._record(decisions)
+                duplicates += decisions.duplicate
+                if decisions.effects:
+                    self._perform(decisions)
         finally:
             self.clock = clock
             summary.events += events

@@ -596,18 +596,18 @@ class _Clock:
                 continue
             fired = timer_event(timer_id, customer_id, due, "worker")
             rebind(event_id=timer_id, customer_id=customer_id)
-            try:
+            try:  # what it decided is collected (encoded) in the try too
                 decisions = self.core.evaluate(
                     fired, state, self.batch.ledger, fired.occurred_at, due
                 )
+                out.fired.append(timer_id)
+                out.result.timers_fired += 1
+                if decisions:
+                    self._take(decisions, due)
             except Exception as exc:
                 if (failure := _failed(exc, "timer", timer_id)) is None:
                     raise
                 raise _Failed(failure, timer=(timer_id, customer_id)) from exc
-            out.fired.append(timer_id)
-            out.result.timers_fired += 1
-            if decisions:
-                self._take(decisions, due)
 
     def evaluate(self, event: Event, state: CustomerState, raw: bytes, item: int) -> None:
         """Fire the customer's timers that are due, then evaluate ``event`` (``raw``: its
@@ -622,14 +622,19 @@ class _Clock:
         else:  # the event first in the trail, then what it caused
             out.audit.append(AuditRow(event.customer_id, stamp, "event", event.event_id, None, raw))
         rebind(event_id=event.event_id, customer_id=event.customer_id)
-        try:
+        try:  # what it decided is collected (encoded) in the try too
             decisions = self.core.evaluate(
                 event, state, self.batch.ledger, event.occurred_at, stamp
             )
+            self._collect(event, decisions, stamp)
         except Exception as exc:
             if (failure := _failed(exc, "event", event.event_id)) is None:
                 raise
             raise _Failed(failure, item=item) from exc
+
+    def _collect(self, event: Event, decisions: Decisions, stamp: float) -> None:
+        """Count what evaluating ``event`` decided and collect it for the batch's writes."""
+        out = self.out
         out.result.events += 1
         if (
             not decisions.duplicate

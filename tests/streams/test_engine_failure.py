@@ -254,3 +254,55 @@ def test_a_replay_restarted_after_a_failure_skips_exactly_the_failing_line(
     assert result.summary["events"]["engine_failures"] == 1
     for name in ("signals", "actions", "messages"):
         assert log_lines(tmp_path / "faulty", name) == log_lines(tmp_path / "clean", name), name
+
+
+def test_decisions_that_cannot_be_written_skip_their_event_live_and_in_replay(
+    book: RuleBook, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Encoding what was decided is part of the evaluation: before the contract bounded
+    amounts, a 2**64 amount passed the core and failed the JSON encoding of its records, which
+    failed the batch (live) or stopped the run (replay)."""
+    import outreach.streams.processor as processor_module
+    from outreach.decisionlog import DecisionLog
+
+    def unwritable(decisions: Decisions) -> bool:
+        return any(s.customer_id == "cus_1" for s in decisions.signals)
+
+    encode, write = processor_module.record_value, DecisionLog.write
+
+    def failing_encode(record: Any) -> bytes:
+        if getattr(record, "customer_id", None) == "cus_1" and hasattr(record, "signal_id"):
+            raise TypeError("Integer exceeds 64-bit range")
+        return encode(record)
+
+    def failing_write(self: DecisionLog, decisions: Decisions) -> None:
+        if unwritable(decisions):
+            raise TypeError("Integer exceeds 64-bit range")
+        write(self, decisions)
+
+    monkeypatch.setattr(processor_module, "record_value", failing_encode)
+    monkeypatch.setattr(DecisionLog, "write", failing_write)
+    lines = [
+        line(profile("2026-10-01T09:00:00Z", "cus_1")),
+        line(payment_failed("2026-10-01T10:00:00Z", "cus_1") | {"event_id": "evt_decline"}),
+        line(profile("2026-10-01T09:00:00Z", "cus_2")),
+        line(payment_failed("2026-10-01T10:00:00Z", "cus_2")),
+    ]
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(lines) + b"\n")
+    result = replay(events, book, tmp_path / "replay")
+    feed = Feed()
+    core = DecisionCore(book)
+    run_to_quiescence(processor(core, store), store, [feed.line(raw) for raw in lines], feed)
+    out = drain_records(store)
+    (letter,) = [orjson.loads(v) for v in out["dlq"]]
+    (skipped,) = [orjson.loads(raw) for raw in log_lines(tmp_path / "replay", "dlq")]
+    assert letter["error"].split(" at ")[0] == skipped["error"].split(" at ")[0]
+    assert letter["error"].startswith(
+        "the engine failed on this event (evt_decline): TypeError: Integer exceeds 64-bit range"
+    )
+    assert skipped["line"] == 2 and result.summary["events"]["engine_failures"] == 1
+    for name in ("signals", "actions", "messages"):
+        want = sorted_lines(log_lines(tmp_path / "replay", name))
+        assert want and sorted_lines(out[name]) == want, name
+        assert b"cus_1" not in b"".join(want)
