@@ -90,7 +90,12 @@ class StoreSeekingConsumer(Consumer):
         for tp in assigned:
             # 0 (nothing applied) also clears Faust's read offset, or it would drop the
             # records below the committed offset as already seen
-            await self.seek(tp, positions.get((tp.topic, tp.partition), 0))
+            at = positions.get((tp.topic, tp.partition), 0)
+            await self.seek(tp, at)
+            # and Faust's idea of the committed offset follows: left at Kafka's, a store more
+            # than one record ahead reads to Faust as a gap before the first acked offset,
+            # and it would never commit that partition again
+            self._committed_offset[tp] = at or None
 
 
 def make_app(
