@@ -79,7 +79,9 @@ def _normalise_locale(tag: str) -> str:
     return "-".join([head, *rest])
 
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# no control characters: ids are keys and database columns (PostgreSQL refuses NUL in text,
+# which would fail the batch on every worker that took the partition)
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$"), AfterValidator(_check_currency)]
 # Integers are bounded: the engine turns amounts into floats (thresholds, reasons) and writes

@@ -264,6 +264,17 @@ def test_money_beyond_what_json_readers_hold_exactly_is_refused(amount: int) -> 
     assert parse_event(json.dumps(altered("payment.failed", amount=2**53 - 1)))
 
 
+@pytest.mark.parametrize("id_", ["evt\u0000", "a\nb", "\u007f", "tab\there"])
+def test_ids_with_control_characters_are_refused(id_: str) -> None:
+    """PostgreSQL refuses NUL in a text column: such an id failed its batch on every worker
+    that took the partition (found in review)."""
+    [line] = problems(dict(EXAMPLES["payment.failed"], event_id=id_))
+    assert line.startswith("event_id: ")
+    [line] = problems(dict(EXAMPLES["payment.failed"], customer_id=id_))
+    assert line.startswith("customer_id: ")
+    assert parse_event(json.dumps(dict(EXAMPLES["payment.failed"], event_id="evt_é-1:ok")))
+
+
 def test_attempt_numbers_are_bounded() -> None:
     [line] = problems(altered("payment.failed", attempt=2**64))
     assert line.startswith("data.attempt: ") and "less than or equal to 10000" in line
