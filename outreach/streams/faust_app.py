@@ -36,7 +36,6 @@ from typing import Any, cast
 import faust
 from faust.transport.drivers.aiokafka import Consumer
 
-from outreach.store import Store
 from outreach.streams.codec import Record
 from outreach.streams.outage import Outage, unavailable
 from outreach.streams.processor import BatchProcessor, BatchResult
@@ -51,10 +50,10 @@ class BatchFailedError(RuntimeError):
 
 
 class OutreachApp(faust.App):
-    """A Faust app whose consumer seeks to ``positions`` (the store and the consumer group
-    whose applied positions it holds) and commits nothing once ``failed`` is done."""
+    """A Faust app whose consumer seeks to what ``processor`` has applied and commits nothing
+    once ``failed`` is done."""
 
-    positions: tuple[Store, str]
+    processor: BatchProcessor
     failed: asyncio.Future[None]
 
 
@@ -70,22 +69,11 @@ class StoreSeekingConsumer(Consumer):
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
-        store, group = cast(OutreachApp, self.app).positions
         assigned = list(self.assignment())
         wanted = [(tp.topic, tp.partition) for tp in assigned]
-        try:
-            positions = await asyncio.to_thread(
-                store.run, lambda batch: batch.positions(group, wanted)
-            )
-        except Exception as exc:
-            if not unavailable(exc):
-                raise
-            # never ahead of the store's positions but for a lost batch's, which stopping the
-            # process on such a failure keeps from being committed; the store skips the rest
-            log.warning(
-                "faust worker: the database is unavailable, so %s start from Kafka's "
-                "committed offsets", sorted(f"{t}[{p}]" for t, p in wanted),
-            )  # fmt: skip
+        processor = cast(OutreachApp, self.app).processor
+        positions = await processor.applied_positions(wanted, "faust worker")
+        if positions is None:
             return
         for tp in assigned:
             # 0 (nothing applied) also clears Faust's read offset, or it would drop the
@@ -131,7 +119,7 @@ def make_app(
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
     )
-    app.positions, app.failed = (processor.store, group), failed
+    app.processor, app.failed = processor, failed
     # the transport's consumer class (a class attribute) for this app's transport only
     app.transport.Consumer = StoreSeekingConsumer  # type: ignore[misc]
     source = app.topic(

@@ -43,6 +43,7 @@ Kafka client of its own.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import time
@@ -64,7 +65,7 @@ from outreach.store import ApprovalRow, AuditRow, Batch, Stamp, Store, TimerRow
 from outreach.store.contacts import address_rows
 from outreach.streams.codec import DeadLetter, Record, dead_letter_value, decode, record_value
 from outreach.streams.latency import add_latencies
-from outreach.streams.outage import store_error
+from outreach.streams.outage import store_error, unavailable
 from outreach.telemetry import metrics
 from outreach.telemetry.logs import correlate, rebind
 
@@ -327,6 +328,27 @@ class BatchProcessor:
             )  # fmt: skip
         log.info("rules reloaded: %s -> %s", self.core.book.fingerprint, book.fingerprint)
         self.core = DecisionCore(book, self.core.planner)
+
+    async def applied_positions(
+        self, wanted: list[tuple[str, int]], part: str
+    ) -> dict[tuple[str, int], int] | None:
+        """What the store says was applied of the ``wanted`` partitions (for a driver to seek
+        to on assignment); None while the database is unavailable, logged: ``part`` then
+        starts them from Kafka's committed offsets, which are never ahead of the store's but
+        for a batch whose failure stopped the process (the store skips the rest). Waiting for
+        the database here would hold up the rebalance and the group's heartbeats."""
+        try:
+            return await asyncio.to_thread(
+                self.store.run, lambda batch: batch.positions(self.group, wanted)
+            )
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            log.warning(
+                "%s: assigned %s; the database is unavailable, so starting from Kafka's "
+                "committed offsets", part, sorted(f"{t}[{p}]" for t, p in wanted),
+            )  # fmt: skip
+            return None
 
     def decode(self, record: Record) -> Decoded:
         """The record with its event or dead letter."""

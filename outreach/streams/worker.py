@@ -185,20 +185,8 @@ class Worker:
         self.aligner.assign((tp.topic, tp.partition) for tp in partitions)
         self.watermark = float("-inf")  # new partitions may hold older events: hold timers
         wanted = [(tp.topic, tp.partition) for tp in partitions]
-        try:
-            positions = await asyncio.to_thread(
-                self.store.run, lambda batch: batch.positions(self.group, wanted)
-            )
-        except Exception as exc:
-            if not unavailable(exc):
-                raise
-            # waiting here would hold up the rebalance (and the group's heartbeats): start
-            # from Kafka's committed offsets instead, which are never ahead of the store's
-            # positions (committed after the batch); the store skips what it applied
-            log.warning(
-                "worker: assigned %s; the database is unavailable, so starting from Kafka's "
-                "committed offsets", sorted(f"{t}[{p}]" for t, p in wanted),
-            )  # fmt: skip
+        positions = await self.processor.applied_positions(wanted, "worker")
+        if positions is None:
             return
         fresh = []
         for tp in partitions:
