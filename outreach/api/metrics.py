@@ -8,7 +8,8 @@ survive restarts): events applied / duplicate / dead-lettered, signals per rule,
 type and status, messages per channel and status, spam complaints per channel and the decision
 latency histogram (a
 record's Kafka timestamp to the batch that applied it, see ``outreach.streams.latency``): running
-totals the workers add to in each batch's transaction; the outbox by kind and status, actions
+totals the workers add to in each batch's transaction (the event results and complaint channels
+the alerts watch are exported at 0 until counted); the outbox by kind and status, actions
 waiting for approval, and the consumer lag per partition (Kafka's end offset minus the store's
 applied position).
 
@@ -53,6 +54,11 @@ log = logging.getLogger(__name__)
 Lag = dict[tuple[str, int], int]
 LagProbe = Callable[[], Awaitable[Lag]]
 _REQUEST_ID = re.compile(r"[\w.:@/+=-]+")
+# engine counters exported at 0 before their first count (see ``EngineCollector.collect``)
+ALWAYS_EXPORTED = (
+    *(("events", r) for r in ("applied", "duplicate", "dead_letter", "engine_failure")),
+    *(("complaints", c) for c in ("sms", "email")),
+)
 
 
 class EngineCollector(Collector):
@@ -87,7 +93,10 @@ class EngineCollector(Collector):
             "Spam complaints reported by a provider (the address is suppressed)",
             labels=["channel"],
         )
-        for (name, label), value in sorted(tallies.items()):
+        # the results and channels the alerts watch are exported from 0: a series that first
+        # appears at 1 is not an increase to Prometheus, so the first failure would go unseen
+        counts = dict.fromkeys(ALWAYS_EXPORTED, 0) | tallies
+        for (name, label), value in sorted(counts.items()):
             if name == "events":
                 events.add_metric([label], value)
             elif name == "signals":

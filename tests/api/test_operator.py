@@ -423,6 +423,16 @@ def test_metrics_count_what_the_workers_applied(
     )
 
 
+def test_metrics_export_the_watched_results_from_zero_before_any_count(api: TestClient) -> None:
+    # increase() takes a series' first sample as its start: a failure counter that first
+    # appeared at 1 would never fire OutreachEngineFailures for that first failure
+    text = api.get("/metrics").text
+    for result in ("applied", "duplicate", "dead_letter", "engine_failure"):
+        assert f'outreach_events_total{{result="{result}"}} 0.0' in text
+    for channel in ("sms", "email"):
+        assert f'outreach_complaints_total{{channel="{channel}"}} 0.0' in text
+
+
 def test_metrics_give_the_decision_latency_as_a_cumulative_histogram(
     api: TestClient, rules: Path, store: Store
 ) -> None:
