@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -15,6 +16,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -197,6 +199,24 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.05)
+
+
+async def until(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    running: asyncio.Task[Any] | None = None,
+) -> None:
+    """``wait_for`` on the event loop (the polled part runs meanwhile); fails at once if
+    ``running`` (the task under test) ends first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if running is not None and running.done():
+            raise AssertionError(f"{running.get_name()} ended before {what}: {running!r}")
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 async def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 60) -> list[bytes]:

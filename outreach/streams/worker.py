@@ -128,6 +128,7 @@ class Worker:
         self.schedule = Schedule(store)
         self.member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.watermark = float("-inf")  # the latest occurred_at applied since the assignment
+        self.assignments = 0  # assignments so far: a batch begun before the latest one is older
         self._consumer: AIOKafkaConsumer | None = None
         # every assigned partition fetched to its high watermark, by a fetch answered lately
         self.caught_up = False
@@ -184,6 +185,7 @@ class Worker:
         assert consumer is not None
         self.aligner.assign((tp.topic, tp.partition) for tp in partitions)
         self.watermark = float("-inf")  # new partitions may hold older events: hold timers
+        self.assignments += 1
         wanted = [(tp.topic, tp.partition) for tp in partitions]
         positions = await self.processor.applied_positions(wanted, "worker")
         if positions is None:
@@ -301,13 +303,17 @@ class Worker:
         if self.aligner.unaligned_by is not None:
             metrics.WORKER_UNALIGNED.labels(self.aligner.unaligned_by).inc()
         self.applying = True
+        generation = self.assignments
         try:
             result = await self._apply(consumer, ready)
         finally:
             self.applying = False
         if result is None:  # stopped during a database outage: nothing applied or committed
             return
-        for _, event in reversed(ready):
+        # a rebalance that completed while the batch applied reset the clock for partitions
+        # that may hold older events; the batch's times (some of partitions now gone) must not
+        # set it again, or timers would be released ahead of those events
+        for _, event in reversed(ready if generation == self.assignments else ()):
             if not isinstance(event, DeadLetter):
                 self.watermark = max(self.watermark, event.occurred_at.timestamp())
                 break

@@ -16,10 +16,10 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -36,6 +36,7 @@ from livesupport import (
     read_topic,
     split_in_halves,
     stopped,
+    until,
     wait_for,
     without_global_running_total,
 )
@@ -363,26 +364,23 @@ async def test_a_hung_broker_is_not_idleness_timers_stay_on_the_stream_clock(
         stop = asyncio.Event()
         running = asyncio.create_task(worker.run(stop))
 
-        async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-            deadline = asyncio.get_running_loop().time() + timeout
-            while not condition():
-                assert not running.done(), running
-                assert asyncio.get_running_loop().time() < deadline, f"no {what}"
-                await asyncio.sleep(0.05)
-
         try:
             idle = float("inf")
-            await until(lambda: worker.timer_limit() == idle, 60, "idle worker")
+            await until(lambda: worker.timer_limit() == idle, 60, "idle worker", running)
             assert worker.stats.totals.records == work.count
             stream_time = worker.watermark
             with hung(broker):
-                await until(lambda: worker.timer_limit() != idle, 10, "hold on the hung broker")
+                await until(
+                    lambda: worker.timer_limit() != idle, 10, "hold on the hung broker", running
+                )
                 assert worker.timer_limit() == stream_time
                 # the outage itself, longer than idle_after several times over: still held
                 for _ in range(30):
                     await asyncio.sleep(0.1)
                     assert worker.timer_limit() == stream_time, "idle while the broker hangs"
-            await until(lambda: worker.timer_limit() == idle, 60, "idle once fetches resume")
+            await until(
+                lambda: worker.timer_limit() == idle, 60, "idle once fetches resume", running
+            )
         finally:
             stop.set()
             await asyncio.wait_for(running, 60)
@@ -590,3 +588,71 @@ async def test_the_faust_driver_starts_in_a_data_dir_that_does_not_exist_yet(
         stop.set()
     assert parts.failure is None
     assert (data / "faust").is_dir()
+
+
+async def test_a_batch_begun_before_a_rebalance_does_not_set_the_new_assignments_clock(
+    kafka_bootstrap: str, topics: Topics, group_id: str, tmp_path: Path, book: RuleBook
+) -> None:
+    """The worker's clock (``timer_limit``) is the latest event time applied since its last
+    assignment: a partition it was just given may hold older events, so timers must wait for
+    them. A rebalance that completes while a batch applies (the apply runs in a thread, the
+    group's coordination goes on) reset the clock, and then the batch's own times, some from
+    partitions no longer owned, set it again. Here the newest event is on a partition the
+    rebalance takes away; once the worker settles, its clock may not be past the newest event
+    of the partitions it still has."""
+    import threading
+
+    from outreach.core import DecisionCore
+    from outreach.streams.processor import BatchProcessor
+    from outreach.streams.worker import Worker, WorkerOptions
+
+    start = datetime(2026, 10, 1, 9, tzinfo=UTC)
+    newest: dict[int, float] = {}  # customers partition -> its newest event time
+    async with EventPublisher(kafka_bootstrap, topics) as publisher:
+        sent = [
+            (await publisher.publish(profile(start + timedelta(minutes=i), f"cus_rb{i}")), i)
+            for i in range(24)
+        ]
+        await publisher.flush()
+    for future, i in sent:
+        at = (start + timedelta(minutes=i)).timestamp()
+        newest[future.result().partition] = max(newest.get(future.result().partition, 0), at)
+    assert len(newest) > 1, "every event on one partition: nothing to take away"
+    gone = max(newest, key=newest.__getitem__)  # the partition holding the newest event
+
+    store = Store(f"sqlite:///{tmp_path}/store.db")
+    store.migrate()
+    processor = BatchProcessor(
+        DecisionCore(book), store, group=group_id, timers_topic=topics.timers,
+        max_event_bytes=65536,
+    )  # fmt: skip
+    entered, release = threading.Event(), threading.Event()
+    apply = processor.apply_decoded
+
+    def held_first(items: Any) -> Any:  # the first batch waits, unapplied, for the rebalance
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(60)
+        return apply(items)
+
+    processor.apply_decoded = held_first  # type: ignore[method-assign]
+    worker = Worker(processor, store, topics, kafka_bootstrap, group=group_id,
+                    options=WorkerOptions(idle_after=0.5))  # fmt: skip
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await until(entered.is_set, 60, "the first batch", running)
+        consumer = worker._consumer
+        assert consumer is not None
+        # what the rebalance listener does when the group takes `gone` away mid-batch
+        kept = [tp for tp in consumer.assignment()
+                if (tp.topic, tp.partition) != (topics.customers, gone)]  # fmt: skip
+        await worker.assigned(kept)
+        release.set()
+        await until(lambda: worker.timer_limit() == float("inf"), 60, "an idle worker", running)
+        still = max(at for partition, at in newest.items() if partition != gone)
+        assert worker.watermark <= still < newest[gone]
+    finally:
+        release.set()
+        stop.set()
+        await asyncio.wait_for(running, 60)
