@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from outreach.cli_kafka import KafkaUrlOption, TopicPrefixOption, dlq_app, kafka_target
+from outreach.cli_kafka import new_table as _table
 from outreach.cli_operator import (
     LogFormatOption,
     MetricsPortOption,
@@ -54,6 +56,7 @@ app.add_typer(connectors_app, name="connectors")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(dlq_app, name="dlq")
 app.command()(explain)
 app.command()(scheduler)
 
@@ -67,16 +70,6 @@ def _every_command() -> None:
     # every command logs through one handler (format, secrets cut, personal data masked);
     # the long-running ones configure it again with their --log-level and --log-format
     setup_logging("warning")
-
-
-def _table(title: str, first: str, *headers: str) -> Table:
-    """A table whose first column (ids) is never cut and whose other cells wrap at spaces,
-    so it stays readable at 80 columns (CI logs, pipes)."""
-    table = Table(title=title)
-    table.add_column(first, no_wrap=True)
-    for header in headers:
-        table.add_column(header, overflow="fold")
-    return table
 
 
 def _load(folder: Path) -> RuleBook:
@@ -322,12 +315,8 @@ def publish(
     rate: Annotated[
         float | None, typer.Option(min=0.001, help="events per second (default: at once)")
     ] = None,
-    kafka_url: Annotated[
-        str | None, typer.Option(help="bootstrap servers (default: $OUTREACH_KAFKA_URL)")
-    ] = None,
-    topic_prefix: Annotated[
-        str | None, typer.Option(help="topic name prefix (default: $OUTREACH_TOPIC_PREFIX)")
-    ] = None,
+    kafka_url: KafkaUrlOption = None,
+    topic_prefix: TopicPrefixOption = None,
 ) -> None:
     """Publish a JSONL file's events, as they are, to the input topics (keyed by customer_id).
 
@@ -339,25 +328,12 @@ def publish(
     from aiokafka.errors import KafkaError  # type: ignore[import-untyped,unused-ignore]
 
     from outreach.streams.publish import PublishError, publish_file
-    from outreach.streams.topics import KafkaSettings, Topics, ensure_topics
+    from outreach.streams.topics import ensure_topics
 
-    settings = KafkaSettings()
-    url = kafka_url or settings.kafka_url
-    if not url:
-        err.print(
-            "[bold red]no Kafka to publish to:[/] pass --kafka-url HOST:PORT or set "
-            "OUTREACH_KAFKA_URL (or run `outreach worker`, which starts an embedded broker "
-            "when none is set)"
-        )
-        raise typer.Exit(2)
+    settings, url, topics = kafka_target(kafka_url, topic_prefix, "to publish to")
     if not events.is_file():
         err.print(f"[bold red]cannot read the events file {events}[/]")
         raise typer.Exit(2)
-    try:
-        topics = Topics(settings.topic_prefix if topic_prefix is None else topic_prefix)
-    except ValueError as exc:
-        err.print(f"[bold red]--topic-prefix:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
     bar = Progress(
         TextColumn("publish"), BarColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
         console=err, transient=True,
