@@ -21,12 +21,36 @@ Errors::
         (retry_after: ACCOUNT_RETRY_AFTER: the messages wait for an operator to fix it)
     any other 4xx (400 bad request, 413 too large)    -> PermanentDeliveryError(code=status)
 
-The window. SendGrid's mail send has no idempotency key, and nothing is reconciled here: a
-dispatcher that crashes (or times out) after SendGrid accepted a message and before its outbox
-row is marked sends it once more when the row's lease runs out, so a recipient may get one
-duplicate per such crash. Looking the message up first would need the Email Activity API
-(``GET /v3/messages?query=unique_args['key']=...``), a paid add-on; it is left out, and
-``retry=True`` changes nothing.
+Reconciliation (``OUTREACH_SENDGRID_RECONCILE``, off by default). Mail send has no idempotency
+key. With the setting on, when the dispatcher says ``retry=True`` (an earlier try of this key
+may have reached SendGrid) the channel first asks the Email Activity API for messages whose
+custom argument ``key`` is ours (``GET /v3/messages`` with ``query=unique_args['key']="<key>"``
+and ``limit``, URL-encoded once by the SDK) and, if one went to the same address, answers with
+its ``msg_id`` (``replayed=True``) instead of sending. The API is a paid add-on ("30 days
+additional email activity history") and the key needs the ``email_activity.read`` scope.
+Lookup errors::
+
+    HTTP 429, 5xx, timeout, connection refused/reset  -> TransientDeliveryError (nothing sent;
+        the row is retried later, as after a send's transient error)
+    HTTP 401, 403, 404 (no add-on, no scope)          -> one warning per channel (the worker
+        builds one per process); sent as usual
+    any other 4xx, an answer without ``messages``     -> a warning; sent as usual
+
+The window that remains:
+
+- With the setting off (the default), or the lookup refused: a message SendGrid accepted is
+  sent once more if its outbox row was not marked (the dispatcher crashed, or the send timed
+  out after SendGrid had taken it): one duplicate per such crash or timeout.
+- The feed is eventually consistent: a message shows up seconds to minutes after SendGrid
+  accepted it (SendGrid states no bound). After a crash the row comes back when its lease runs
+  out (60 s), which usually covers that delay. A send that timed out is tried again after the
+  dispatcher's backoff (up to a second after a first failure), usually before the feed has the
+  message: that one can still go twice.
+- The API allows 6 requests per minute per account: beyond that the lookup answers 429 and the
+  row waits (``Retry-After``, else ``X-RateLimit-Reset``), so many retries at once (after an
+  outage) drain slowly.
+- A key the query language cannot quote (a double quote, backslash or control character; the
+  engine's keys, ``msg:msg_<hex>#<n>``, have none) is not looked up: sent as usual.
 
 Must not import: faust, aiokafka, twilio (the SDK), openai, fastapi, sqlalchemy.
 """
@@ -69,6 +93,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "https://api.sendgrid.com"
 ONE_CLICK = "List-Unsubscribe=One-Click"
+RECONCILE_LIMIT = 10  # messages one lookup reads: a key is sent once, twice after a duplicate
+REFUSED_LOOKUP = (401, 403, 404)  # no Email Activity add-on, or a key without the scope
 
 
 class SendGridSettings(BaseSettings):
@@ -87,6 +113,11 @@ class SendGridSettings(BaseSettings):
     )
     rate: float = Field(default=10.0, gt=0, description="API calls per second, at most")
     timeout: float = Field(default=10.0, gt=0, description="seconds per HTTP request")
+    reconcile: bool = Field(
+        default=False,
+        description="look a retried email up in the Email Activity API before sending it "
+        "again (a paid add-on; the key needs email_activity.read)",
+    )
 
 
 def sendgrid_problems(settings: SendGridSettings) -> list[str]:
@@ -122,10 +153,17 @@ class SendGridEmailChannel:
         self._client = SendGridAPIClient(key, host=(settings.api_host or DEFAULT_HOST).rstrip("/"))
         # capacity 1 refilled every 1/rate s: calls evenly spaced, no burst at start
         self._limiter = AsyncLimiter(1, 1 / settings.rate)
+        self._warned_refused = False  # the lookup's 401/403/404 is logged once
 
     async def send(self, delivery: Delivery, key: str, retry: bool = False) -> SendResult:
-        """Send ``delivery`` as an email (``retry`` changes nothing: see the module docstring)."""
+        """Send ``delivery`` as an email; with ``retry`` (and ``reconcile``) first look for an
+        earlier try in the Email Activity API."""
         body = self.request_body(delivery, key)
+        if retry and self.settings.reconcile:
+            earlier = await self._find_earlier(delivery, key, _recipient(body))
+            if earlier is not None:
+                log.info("sendgrid: %s was accepted before as %s; not sent again", key, earlier)
+                return SendResult(status="sent", provider_id=earlier, replayed=True)
         await self._limiter.acquire()
         message_id = await asyncio.to_thread(self._post, body, delivery)
         return SendResult(status="sent", provider_id=message_id)
@@ -177,6 +215,69 @@ class SendGridEmailChannel:
             return int(delivery.list_id)
         return int(self.settings.marketing_group_id or 0)  # set: checked at construction
 
+    async def _find_earlier(self, delivery: Delivery, key: str, to: str) -> str | None:
+        """The ``msg_id`` of a message to ``to`` that SendGrid accepted with ``key``, if its
+        Email Activity feed has one (``None``: none found, or the lookup was refused)."""
+        query = activity_query(key)
+        if query is None:
+            log.warning("sendgrid: %r cannot be quoted in an Email Activity query; sending", key)
+            return None
+        await self._limiter.acquire()
+        messages = await asyncio.to_thread(self._get_messages, query, delivery)
+        for message in messages:
+            if str(message.get("to_email", "")).casefold() == to.casefold():
+                found = message.get("msg_id")
+                if found:
+                    return str(found)
+        if messages:  # our key, another address: the query did not mean what we meant
+            log.warning(
+                "sendgrid: Email Activity has %d message(s) with key %s, none to the "
+                "delivery's address; sending",
+                len(messages),
+                key,
+            )
+        return None
+
+    def _get_messages(self, query: str, delivery: Delivery) -> list[dict[str, Any]]:
+        """GET /v3/messages (worker thread): the messages the query matched."""
+        try:
+            response = self._client.client.messages.get(
+                query_params={"query": query, "limit": RECONCILE_LIMIT},
+                timeout=self.settings.timeout,
+            )
+        except HTTPError as exc:
+            status = int(exc.status_code)
+            message = f"sendgrid: looking up message {delivery.message_id}: HTTP {status}"
+            if status == 429 or status >= 500 or status < 400:
+                raise TransientDeliveryError(
+                    f"{message}: {_reason(exc)}",
+                    retry_after=_retry_after(exc.headers or {}),
+                    code=str(status),
+                ) from exc
+            self._lookup_refused(status, f"{message}: {_reason(exc)}")
+            return []
+        except OSError as exc:  # URLError, socket timeouts, refused or reset connections
+            raise TransientDeliveryError(
+                f"sendgrid: looking up message {delivery.message_id}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return _messages(response.body, delivery)
+
+    def _lookup_refused(self, status: int, message: str) -> None:
+        """Log a refused lookup: the add-on or the scope missing once, anything else each time."""
+        if status not in REFUSED_LOOKUP:
+            log.warning("%s; sending it without a lookup", message)
+            return
+        if self._warned_refused:
+            return
+        self._warned_refused = True
+        log.warning(
+            "%s: OUTREACH_SENDGRID_RECONCILE needs the Email Activity API (the paid add-on "
+            "'30 days additional email activity history') and an API key with the "
+            "email_activity.read scope; until then retried emails are sent without a lookup "
+            "(a crash after SendGrid accepted one can duplicate it)",
+            message,
+        )
+
     def _post(self, body: dict[str, Any], delivery: Delivery) -> str | None:
         """POST /v3/mail/send (worker thread); the ``X-Message-Id`` SendGrid answered."""
         try:
@@ -191,6 +292,37 @@ class SendGridEmailChannel:
             ) from exc
         message_id = response.headers.get("X-Message-Id")
         return str(message_id) if message_id else None
+
+
+def activity_query(key: str) -> str | None:
+    """The Email Activity query for the messages whose custom argument ``key`` is ``key``
+    (``None``: ``key`` holds a double quote, a backslash or a control character, which the
+    query language has no documented way to quote)."""
+    if '"' in key or "\\" in key or not key.isprintable():
+        return None
+    return f"unique_args['key']=\"{key}\""
+
+
+def _recipient(body: Mapping[str, Any]) -> str:
+    """The address a mail send body goes to (the one personalization's first ``to``)."""
+    return str(body["personalizations"][0]["to"][0]["email"])
+
+
+def _messages(raw: bytes | str, delivery: Delivery) -> list[dict[str, Any]]:
+    """The ``messages`` of an Email Activity answer (a warning and none if it has none)."""
+    try:
+        messages = json.loads(raw)["messages"]
+        if not isinstance(messages, list):
+            raise TypeError(type(messages).__name__)
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning(
+            "sendgrid: looking up message %s: the Email Activity API answered no messages "
+            "list (%s); sending it",
+            delivery.message_id,
+            type(exc).__name__,
+        )
+        return []
+    return [message for message in messages if isinstance(message, dict)]
 
 
 def _delivery_error(

@@ -1,4 +1,5 @@
-"""Local HTTP doubles of the Twilio Messages API and SendGrid v3 mail send.
+"""Local HTTP doubles of the Twilio Messages API and SendGrid v3 mail send (and its Email
+Activity API's ``GET /v3/messages``).
 
 Each double is a real HTTP server on 127.0.0.1 (a free port) in a thread, so the real SDKs
 talk to it over the network. It checks the credentials the way the provider does (Twilio:
@@ -22,6 +23,7 @@ from __future__ import annotations
 import abc
 import base64
 import json
+import re
 import threading
 import time
 import uuid
@@ -354,17 +356,49 @@ def _sent_after(date_sent: str | None, after: str) -> bool:
     return parsedate_to_datetime(date_sent) >= limit
 
 
+# the one Email Activity query form the double understands: unique_args['name']="value"
+_UNIQUE_ARG_QUERY = re.compile(r"unique_args\['([^']+)'\]=" r'"([^"\\]*)"')
+
+
 class SendGridDouble(HttpDouble):
-    """SendGrid v3 mail send for one API key."""
+    """SendGrid v3 mail send for one API key, and the Email Activity feed's message filter.
+
+    The feed holds what ``add_to_feed`` put there, and (``feed_sends = True``) every mail
+    accepted, as if SendGrid had indexed it at once; ``GET /v3/messages`` answers only the
+    query ``unique_args['<name>']="<value>"`` (anything else: 400, as SendGrid's parser)."""
 
     def __init__(self, api_key: str, port: int = 0) -> None:
         super().__init__(port)
         self.api_key = api_key
         self.accepted: list[tuple[str, Any]] = []  # (X-Message-Id, the JSON body)
+        self.feed: list[dict[str, Any]] = []  # newest last; each with its "unique_args"
+        self.feed_sends = False
 
     def sends(self) -> list[Recorded]:
         """The mail send requests received (answered or not)."""
         return [r for r in self.requests if r.path == "/v3/mail/send"]
+
+    def lookups(self) -> list[Recorded]:
+        """The Email Activity ``GET /v3/messages`` requests received."""
+        return [r for r in self.requests if r.path == "/v3/messages"]
+
+    def add_to_feed(
+        self, unique_args: Mapping[str, str], to_email: str, msg_id: str | None = None
+    ) -> dict[str, Any]:
+        """Put a message in the Email Activity feed (``msg_id``: SendGrid-shaped by default)."""
+        message = {
+            "from_email": "news@acme.example",
+            "msg_id": msg_id or f"{uuid.uuid4().hex[:22]}.filterdrecv-5645d9c87f-2dpvp-1-0",
+            "subject": "a message",
+            "to_email": to_email,
+            "status": "delivered",
+            "opens_count": 0,
+            "clicks_count": 0,
+            "last_event_time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "unique_args": dict(unique_args),
+        }
+        self.feed.append(message)
+        return message
 
     def authorized(self, request: Recorded) -> bool:
         """``Authorization: Bearer <key>``."""
@@ -377,7 +411,10 @@ class SendGridDouble(HttpDouble):
         )
 
     def handle(self, request: Recorded) -> Answer:
-        """Accept a well-formed mail (202 and an ``X-Message-Id``), else 400 naming the field."""
+        """Accept a well-formed mail (202 and an ``X-Message-Id``), else 400 naming the field;
+        filter the feed for ``GET /v3/messages``."""
+        if request.method == "GET" and request.path == "/v3/messages":
+            return self._filter(request)
         if request.method != "POST" or request.path != "/v3/mail/send":
             return sendgrid_error(404, "not found")
         body = request.json if isinstance(request.json, dict) else {}
@@ -386,7 +423,30 @@ class SendGridDouble(HttpDouble):
             return sendgrid_error(400, problem)
         message_id = uuid.uuid4().hex[:22]
         self.accepted.append((message_id, body))
+        if self.feed_sends:
+            for personalization in body["personalizations"]:
+                self.add_to_feed(
+                    body.get("custom_args") or {},
+                    personalization["to"][0]["email"],
+                    f"{message_id}.filterdrecv-5645d9c87f-2dpvp-1-0",
+                )
         return Answer(202, None, {"X-Message-Id": message_id})
+
+    def _filter(self, request: Recorded) -> Answer:
+        query = request.query.get("query", [""])[-1]
+        limit = request.query.get("limit", [""])[-1]
+        if not limit.isdecimal() or not 1 <= int(limit) <= 1000:
+            return sendgrid_error(400, "limit must be an integer from 1 to 1000")
+        matched = _UNIQUE_ARG_QUERY.fullmatch(query)
+        if matched is None:
+            return sendgrid_error(400, f"error parsing input: {query!r}")
+        name, value = matched.groups()
+        found = [
+            {k: v for k, v in m.items() if k != "unique_args"}
+            for m in reversed(self.feed)
+            if m["unique_args"].get(name) == value
+        ]
+        return Answer(200, {"messages": found[: int(limit)]})
 
 
 def _mail_problem(body: Mapping[str, Any]) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -15,8 +16,9 @@ from pydantic import SecretStr
 
 from outreach.decisions import Delivery
 from outreach.errors import PermanentDeliveryError, TransientDeliveryError
+from outreach.ids import make_id
 from outreach.outbound.config import ChannelConfigError
-from outreach.outbound.sendgrid import SendGridEmailChannel, SendGridSettings
+from outreach.outbound.sendgrid import RECONCILE_LIMIT, SendGridEmailChannel, SendGridSettings
 from outreach.outbound.unsubscribe import (
     MARKETING_LIST,
     UNSUBSCRIBE_MARKER,
@@ -161,14 +163,207 @@ async def test_an_email_without_a_subject_is_refused_before_any_request(
     assert api.requests == []
 
 
-async def test_retry_sends_again_as_there_is_nothing_to_reconcile_with(
+# -- reconciliation (OUTREACH_SENDGRID_RECONCILE) ---------------------------------------------
+
+
+@pytest.fixture
+def reconciling(api: SendGridDouble) -> SendGridEmailChannel:
+    return SendGridEmailChannel(settings(api, reconcile=True), LINKS)
+
+
+def retried() -> Delivery:
+    """A second attempt with an id made as the engine makes them: ``msg:msg_<hex>#2``."""
+    return email(message_id=make_id("msg", "sig-1", "ref-1"), attempt=2)
+
+
+def lookup_query(key: str) -> dict[str, list[str]]:
+    return {"query": [f"unique_args['key']=\"{key}\""], "limit": [str(RECONCILE_LIMIT)]}
+
+
+def test_reconciliation_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert SendGridSettings().reconcile is False
+    monkeypatch.setenv("OUTREACH_SENDGRID_RECONCILE", "true")
+    assert SendGridSettings().reconcile is True
+
+
+async def test_without_reconcile_a_retry_sends_again_without_a_lookup(
     api: SendGridDouble, channel: SendGridEmailChannel
 ) -> None:
+    api.feed_sends = True  # the feed knows the first try: only a lookup would find it
     first = await channel.send(email(), "msg:m-1")
     second = await channel.send(email(), "msg:m-1", retry=True)
     assert len(api.accepted) == 2
+    assert api.lookups() == []
     assert first.provider_id != second.provider_id
     assert not second.replayed
+
+
+async def test_a_retry_found_in_the_activity_feed_is_not_sent_again(
+    api: SendGridDouble, reconciling: SendGridEmailChannel
+) -> None:
+    delivery = retried()
+    assert delivery.key.startswith("msg:msg_") and delivery.key.endswith("#2")
+    earlier = api.add_to_feed({"key": delivery.key}, "ada@example.com")
+
+    result = await reconciling.send(delivery, delivery.key, retry=True)
+
+    assert api.sends() == []
+    assert (result.status, result.provider_id, result.replayed) == (
+        "sent",
+        earlier["msg_id"],
+        True,
+    )
+    [lookup] = api.lookups()
+    assert lookup.method == "GET"
+    assert lookup.header("Authorization") == f"Bearer {KEY}"
+    assert lookup.query == lookup_query(delivery.key)  # '#' and quotes encoded once
+
+
+async def test_a_crash_after_sendgrid_accepted_is_reconciled_on_the_retry(
+    api: SendGridDouble, reconciling: SendGridEmailChannel
+) -> None:
+    """The whole story: the first try reached SendGrid, its row was not marked, the retry
+    finds it (here the feed has it at once; SendGrid's takes seconds to minutes)."""
+    api.feed_sends = True
+    delivery = retried()
+    first = await reconciling.send(delivery, delivery.key)
+    second = await reconciling.send(delivery, delivery.key, retry=True)
+    assert len(api.accepted) == 1
+    assert second.replayed
+    assert first.provider_id is not None and second.provider_id is not None
+    assert second.provider_id.startswith(first.provider_id + ".")  # msg_id: X-Message-Id.<...>
+
+
+async def test_a_retry_not_in_the_feed_is_sent_once(
+    api: SendGridDouble, reconciling: SendGridEmailChannel
+) -> None:
+    api.add_to_feed({"key": "msg:another#2"}, "ada@example.com")
+    delivery = retried()
+    result = await reconciling.send(delivery, delivery.key, retry=True)
+    assert len(api.lookups()) == 1
+    [request] = api.sends()
+    assert request.json["custom_args"]["key"] == delivery.key
+    [(message_id, _)] = api.accepted
+    assert (result.provider_id, result.replayed) == (message_id, False)
+
+
+async def test_a_message_with_the_key_to_another_address_is_not_taken_for_it(
+    api: SendGridDouble, reconciling: SendGridEmailChannel, caplog: pytest.LogCaptureFixture
+) -> None:
+    delivery = retried()
+    api.add_to_feed({"key": delivery.key}, "someone.else@example.com")
+    result = await reconciling.send(delivery, delivery.key, retry=True)
+    assert len(api.accepted) == 1
+    assert not result.replayed
+    assert "none to the delivery's address" in caplog.text
+
+
+async def test_a_first_try_is_not_looked_up(
+    api: SendGridDouble, reconciling: SendGridEmailChannel
+) -> None:
+    delivery = retried()
+    api.add_to_feed({"key": delivery.key}, "ada@example.com")
+    result = await reconciling.send(delivery, delivery.key)
+    assert api.lookups() == []
+    assert len(api.accepted) == 1
+    assert not result.replayed
+
+
+@pytest.mark.parametrize("refused", [401, 403, 404])
+async def test_a_refused_lookup_warns_once_and_sends(
+    api: SendGridDouble,
+    reconciling: SendGridEmailChannel,
+    caplog: pytest.LogCaptureFixture,
+    refused: int,
+) -> None:
+    """No add-on, or a key without email_activity.read: the operator hears it once, and the
+    retries go out as they would without the setting."""
+    api.script(sendgrid_error(refused, "access forbidden"))
+    first = await reconciling.send(retried(), retried().key, retry=True)
+    api.script(sendgrid_error(refused, "access forbidden"))
+    second = await reconciling.send(retried(), retried().key, retry=True)
+
+    assert [r.path for r in api.requests] == ["/v3/messages", "/v3/mail/send"] * 2
+    assert len(api.accepted) == 2
+    assert not first.replayed and not second.replayed
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "email_activity.read" in warnings[0].getMessage()
+    assert "add-on" in warnings[0].getMessage()
+    assert KEY not in caplog.text
+
+
+async def test_another_refusal_of_the_lookup_warns_each_time_and_sends(
+    api: SendGridDouble, reconciling: SendGridEmailChannel, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(2):
+        api.script(sendgrid_error(400, "error parsing input"))
+        await reconciling.send(retried(), retried().key, retry=True)
+    assert len(api.accepted) == 2
+    assert caplog.text.count("error parsing input") == 2
+
+
+async def test_an_answer_without_messages_warns_and_sends(
+    api: SendGridDouble, reconciling: SendGridEmailChannel, caplog: pytest.LogCaptureFixture
+) -> None:
+    api.script(Answer(200, {"result": []}))
+    result = await reconciling.send(retried(), retried().key, retry=True)
+    assert len(api.accepted) == 1
+    assert not result.replayed
+    assert "no messages list (KeyError)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("answer", "code", "retry_after"),
+    [(status(503), "503", None), (status(429, retry_after="7"), "429", 7.0)],
+)
+async def test_a_failed_lookup_is_transient_and_sends_nothing(
+    api: SendGridDouble,
+    reconciling: SendGridEmailChannel,
+    answer: Answer,
+    code: str,
+    retry_after: float | None,
+) -> None:
+    api.script(answer)
+    with pytest.raises(TransientDeliveryError) as caught:
+        await reconciling.send(retried(), retried().key, retry=True)
+    assert (caught.value.code, caught.value.retry_after) == (code, retry_after)
+    assert "looking up" in str(caught.value)
+    assert len(api.lookups()) == 1
+    assert api.sends() == []
+
+
+async def test_a_lookup_that_times_out_is_transient_and_sends_nothing(
+    api: SendGridDouble,
+) -> None:
+    channel = SendGridEmailChannel(settings(api, reconcile=True, timeout=0.2), LINKS)
+    api.script(slow(30))
+    with pytest.raises(TransientDeliveryError, match="timed out"):
+        await channel.send(retried(), retried().key, retry=True)
+    assert api.sends() == []
+
+
+async def test_a_key_that_cannot_be_quoted_is_not_looked_up(
+    api: SendGridDouble, reconciling: SendGridEmailChannel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine's keys have no quotes; one that had could close the string and match
+    other messages, so it is sent as it would be without the setting."""
+    key = 'msg:m"1" OR unique_args[\'key\']!="x'
+    result = await reconciling.send(email(), key, retry=True)
+    assert api.lookups() == []
+    assert len(api.accepted) == 1
+    assert not result.replayed
+    assert "cannot be quoted" in caplog.text
+
+
+async def test_a_lookup_waits_its_turn_on_the_rate_limit(api: SendGridDouble) -> None:
+    channel = SendGridEmailChannel(settings(api, rate=20.0, reconcile=True), LINKS)
+    await asyncio.gather(
+        *(channel.send(email(message_id=f"m-{i}"), f"msg:m-{i}", retry=True) for i in range(4))
+    )
+    arrivals = sorted(r.received_at for r in api.requests)
+    assert [len(api.lookups()), len(api.sends())] == [4, 4]
+    assert arrivals[-1] - arrivals[0] >= 0.8 * 7 / 20  # 8 calls at 20/s: 7 gaps of 50 ms
 
 
 # -- errors ---------------------------------------------------------------------------------
