@@ -20,6 +20,14 @@ faust-streaming's ``take_events`` acks the buffered events in a ``finally``, the
 supervisor restarted it on the next records, and the acked offsets were committed. (Holding the
 batch unacked instead hangs the app's stop, which waits for every event to be acked.)
 
+Stopping while the database is away (``stop`` set while a batch is held for an outage): the
+agent gives the batch up rather than wait for the database, since the app's stop waits for
+that batch's events to be acked and would never return. As after a failed batch, it applies
+nothing more and the consumer commits no offset from then on (``gave_up``), so Kafka's
+committed offsets stay behind what the store applied; but this is a clean stop, not a failure
+(exit code 0), logged as such: the batch is applied on the next start, which seeks to the
+store's positions.
+
 What the Faust driver does not do, and why ``outreach worker`` uses the aiokafka driver by
 default: event-time alignment across partitions (Faust merges its topics' streams in fetch
 order), and throughput: Faust's per-event machinery caps it well below the aiokafka driver
@@ -29,6 +37,7 @@ order), and throughput: Faust's per-event machinery caps it well below the aioka
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any, cast
@@ -51,10 +60,11 @@ class BatchFailedError(RuntimeError):
 
 class OutreachApp(faust.App):
     """A Faust app whose consumer seeks to what ``processor`` has applied and commits nothing
-    once ``failed`` is done."""
+    once ``failed`` is done or ``gave_up`` is true."""
 
     processor: BatchProcessor
     failed: asyncio.Future[None]
+    gave_up: bool  # stopped during a database outage with a batch held, not applied
 
 
 class StoreSeekingConsumer(Consumer):
@@ -62,8 +72,10 @@ class StoreSeekingConsumer(Consumer):
     after Faust seeks them to Kafka's committed offsets (module docstring)."""
 
     async def commit(self, *args: Any, **kwargs: Any) -> bool:
-        """Commit acked offsets, unless a batch failed: its events are acked all the same."""
-        if cast(OutreachApp, self.app).failed.done():
+        """Commit acked offsets, unless a batch failed or was given up at stop: its events are
+        acked all the same (``take_events`` acks them in a ``finally``)."""
+        app = cast(OutreachApp, self.app)
+        if app.failed.done() or app.gave_up:
             return False
         return await super().commit(*args, **kwargs)
 
@@ -96,6 +108,7 @@ def make_app(
     totals: BatchResult,
     datadir: Path,
     failed: asyncio.Future[None],
+    stop: asyncio.Event,
     batch_max: int = 5000,
     within: float = 0.1,
 ) -> faust.App:
@@ -103,7 +116,8 @@ def make_app(
     ``await app.start()``; ``await app.stop()`` leaves the group). Faust keeps its own files
     in ``datadir`` (by default it would write ``<group>-data`` into the working directory),
     created here with its parents: Faust makes only the last level. ``failed`` gets the
-    ``BatchFailedError`` of a batch that could not be applied: stop the app then."""
+    ``BatchFailedError`` of a batch that could not be applied: stop the app then. Set
+    ``stop`` before ``app.stop()``: a batch held for a database outage is given up then."""
     datadir.mkdir(parents=True, exist_ok=True)
     app = OutreachApp(
         group,
@@ -119,7 +133,7 @@ def make_app(
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
     )
-    app.processor, app.failed = processor, failed
+    app.processor, app.failed, app.gave_up = processor, failed, False
     # the transport's consumer class (a class attribute) for this app's transport only
     app.transport.Consumer = StoreSeekingConsumer  # type: ignore[misc]
     source = app.topic(
@@ -132,12 +146,19 @@ def make_app(
     @app.agent(source, name="apply")
     async def apply(stream: Any) -> None:
         async for events in stream.take_events(batch_max, within=within):
-            if failed.done():  # stopping after a failed batch: apply nothing more
+            # stopping after a failed or given-up batch: apply nothing more (a later batch
+            # would move the store's positions past the one not applied)
+            if failed.done() or app.gave_up:
                 continue
+            records = [_record(e.message) for e in events]
             try:
-                result = await _apply(processor, [_record(e.message) for e in events], outage)
+                result = await _apply(processor, records, outage, stop)
             except Exception as exc:
                 _report(events, exc, failed)
+                continue
+            if result is None:
+                app.gave_up = True  # before the events are acked: none of them is committed
+                _give_up(events)
                 continue
             totals.add(result)
             relay.wake()
@@ -145,19 +166,27 @@ def make_app(
     return app
 
 
-async def _apply(processor: BatchProcessor, records: list[Record], outage: Outage) -> BatchResult:
+async def _apply(
+    processor: BatchProcessor, records: list[Record], outage: Outage, stop: asyncio.Event
+) -> BatchResult | None:
     """Apply ``records``; while the database is away, the same batch again (unacked) after a
-    backoff."""
+    backoff, until ``stop``: None then, nothing applied. A try under way when ``stop`` comes
+    is finished (a store call cannot be interrupted), so a batch in hand with the database up
+    is still applied."""
     while True:
         try:
             result = await asyncio.to_thread(processor.apply, records)
         except Exception as exc:
             if not unavailable(exc):
                 raise
-            await asyncio.sleep(outage.failed(exc))
-            continue
-        outage.recovered()
-        return result
+            delay = outage.failed(exc)
+        else:
+            outage.recovered()
+            return result
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        if stop.is_set():
+            return None
 
 
 def _report(events: list[Any], exc: Exception, failed: asyncio.Future[None]) -> None:
@@ -171,6 +200,17 @@ def _report(events: list[Any], exc: Exception, failed: asyncio.Future[None]) -> 
     why.__cause__ = exc
     if not failed.done():
         failed.set_exception(why)
+
+
+def _give_up(events: list[Any]) -> None:
+    """Say that a batch held for a database outage was not applied, as the worker stops."""
+    first = events[0].message
+    log.warning(
+        "faust worker: stopping with the database away: a batch of %d records from %s[%d] "
+        "offset %d on was held and not applied; nothing of it was committed, and it is applied "
+        "on the next start (from the store's positions)",
+        len(events), first.topic, first.partition, first.offset,
+    )  # fmt: skip
 
 
 def _record(message: Any) -> Record:

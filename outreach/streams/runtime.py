@@ -180,17 +180,20 @@ class LiveEngine:
             exporter = None
             if settings.export:
                 exporter = DecisionExporter(bootstrap, topics, settings.data_dir / "decisions")
-            app = None
+            app, app_stopped = None, asyncio.Event()
             if settings.runtime == "faust":
                 relay = Relay(store, topics, bootstrap)
                 totals, worker = BatchResult(), None
                 failed = asyncio.get_running_loop().create_future()
                 app = make_app(processor, relay, topics, bootstrap, group=kafka.group_id,
                                totals=totals, datadir=settings.data_dir / "faust",
-                               failed=failed)  # fmt: skip
+                               failed=failed, stop=stop)  # fmt: skip
                 await relay.start()
                 await app.start()
-                runs = {"relay": relay.run(stop), "faust agent": _failure(failed, stop)}
+                runs = {
+                    "relay": relay.run(stop),
+                    "faust agent": _failure(failed, app_stopped),
+                }
             else:
                 worker = Worker(processor, store, topics, bootstrap, group=kafka.group_id)
                 totals, relay = worker.stats.totals, worker.relay
@@ -218,7 +221,10 @@ class LiveEngine:
             finally:
                 stop.set()
                 if app is not None:
-                    await app.stop()
+                    try:
+                        await app.stop()
+                    finally:
+                        app_stopped.set()
                     await relay.stop()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 closing = getattr(self.connector, "aclose", None)
@@ -226,14 +232,17 @@ class LiveEngine:
                     await closing()
 
 
-async def _failure(failed: asyncio.Future[None], stop: asyncio.Event) -> None:
-    """Until ``stop``: raise what the Faust agent reports through ``failed``."""
-    stopping = asyncio.ensure_future(stop.wait())
-    either: list[asyncio.Future[Any]] = [failed, stopping]
+async def _failure(failed: asyncio.Future[None], app_stopped: asyncio.Event) -> None:
+    """Raise what the Faust agent reports through ``failed``, until the app has stopped, not
+    merely until ``stop``: the app's stop waits for the batch in hand, and a failure of that
+    one, left unawaited, let the process exit 0 (and asyncio log "Future exception was never
+    retrieved")."""
+    stopped = asyncio.ensure_future(app_stopped.wait())
+    either: list[asyncio.Future[Any]] = [failed, stopped]
     try:
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stopping.cancel()
+        stopped.cancel()
     if failed.done():
         failed.result()
 

@@ -31,6 +31,7 @@ from livesupport import (
     log_lines,
     performed_keys,
     read_topic,
+    split_in_halves,
     wait_for,
 )
 
@@ -333,3 +334,127 @@ async def test_scheduler_steps_down_in_an_outage_and_takes_over_again(
         stop.set()
         await asyncio.gather(running, return_exceptions=True)
         store.close()
+
+
+async def committed_offsets(
+    bootstrap: str, group: str, partitions: list[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """Kafka's committed offsets of ``group`` (partitions with none left out)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        found = {}
+        for topic, partition in partitions:
+            at = await consumer.committed(TopicPartition(topic, partition))
+            if at is not None:
+                found[(topic, partition)] = at
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def test_faust_worker_stopped_in_an_outage_stops_and_the_next_start_applies_the_held_batch(
+    kafka_bootstrap: str,
+    topics: Topics,
+    group_id: str,
+    tmp_path: Path,
+    postgres_db: str,
+    proxy: CutProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`--runtime faust`, its store behind the proxy: the database is cut while records are
+    still coming, and the worker is stopped while its agent holds a batch for the outage.
+    Faust's stop waits for every event of that batch to be acked, and the agent waited for
+    the database: the stop never returned. Now the batch is given up, nothing of it applied
+    or committed, and the stop is clean; the next start applies every event exactly once."""
+    from datetime import UTC, datetime, timedelta
+
+    from livesupport import REPO
+
+    from outreach.streams.runtime import LiveEngine, WorkerSettings
+    from outreach.streams.topics import KafkaSettings
+
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=60)
+    lines = [raw.rstrip(b"\n") for raw in generate(200, 20, 3, start)]
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(lines) + b"\n")
+    settings = WorkerSettings(
+        rules=REPO / "rules", database_url=proxy.url_for(postgres_db),
+        data_dir=tmp_path / "data", runtime="faust",
+    )  # fmt: skip
+    kafka = KafkaSettings(kafka_url=kafka_bootstrap, topic_prefix=topics.prefix,
+                          partitions=4, group_id=group_id)  # fmt: skip
+    # the first half at once, the rest at a pace once the worker is applying: however long
+    # the group takes to form, the cut then comes while records are still arriving
+    before, after = split_in_halves(events, tmp_path)
+    half = (await publish_file(before, kafka_bootstrap, topics)).total
+
+    def progress() -> int:
+        return applied(postgres_db, group_id, topics.inputs)
+
+    def said(text: str) -> bool:
+        return any(text in r.getMessage() for r in list(caplog.records))
+
+    stop = asyncio.Event()
+    with caplog.at_level(logging.WARNING):
+        async with contextlib.AsyncExitStack() as stack:
+            parts = await stack.enter_async_context(LiveEngine(settings, kafka).running(stop))
+            await asyncio.to_thread(wait_for, lambda: progress() >= half, 120,
+                                    "the first half applied")  # fmt: skip
+            publishing = asyncio.create_task(publish_file(after, kafka_bootstrap, topics, 400))
+            await asyncio.to_thread(wait_for, lambda: progress() > half + 100, 60,
+                                    "the second half coming in")  # fmt: skip
+            proxy.cut()
+            cut_at = progress()
+            assert cut_at < len(lines), "the outage came too late to prove much"
+            await asyncio.to_thread(
+                wait_for, lambda: said("faust worker: the database is unavailable"), 30,
+                "the agent to hold a batch for the outage",
+            )  # fmt: skip
+            stop.set()
+            # bounded, but not with asyncio.wait_for: cancelling a hung Faust stop never
+            # completes (its wait for acks swallows CancelledError), so wait_for hung too
+            stopping = asyncio.ensure_future(stack.aclose())
+            if not (await asyncio.wait({stopping}, timeout=60))[0]:
+                proxy.restore()  # the batch goes through, the stop ends: no hung teardown
+                await stopping
+                pytest.fail("the worker did not stop within 60 s with the database away")
+        assert parts.failure is None, parts.failure  # a clean stop (exit code 0)
+        assert said("was held and not applied"), caplog.text
+    assert progress() == cut_at, "applied while the database was away"
+    # nothing committed past what the store applied, or a start during the next outage
+    # (positions unreadable: Kafka's committed offsets instead) would skip the held batch
+    wanted = [(topic, p) for topic in topics.inputs for p in range(4)]
+    store = Store(postgres_db)
+    try:
+        positions = store.run(lambda batch: batch.positions(group_id, wanted))
+    finally:
+        store.close()
+    kafka_at = await committed_offsets(kafka_bootstrap, group_id, wanted)
+    ahead = {tp: at for tp, at in kafka_at.items() if at > positions.get(tp, 0)}
+    assert not ahead, (ahead, positions)
+
+    proxy.restore()
+    await publishing
+    stop = asyncio.Event()
+    async with LiveEngine(settings, kafka).running(stop) as parts:
+        await asyncio.to_thread(
+            wait_for, lambda: progress() == len(lines), 180, "every event applied on restart"
+        )  # fmt: skip
+        stop.set()
+    assert parts.failure is None, parts.failure
+    # each event in the audit trail once: the held batch applied once, nothing twice
+    ids = {orjson.loads(line)["event_id"] for line in lines}
+    engine = sa.create_engine(postgres_db)
+    try:
+        with engine.connect() as conn:
+            refs = conn.execute(
+                sa.text("SELECT ref FROM audit WHERE kind = 'event' AND ref LIKE 'evt%'")
+            ).scalars().all()  # fmt: skip
+    finally:
+        engine.dispose()
+    assert len(refs) == len(set(refs)) == len(ids) and set(refs) == ids
