@@ -207,8 +207,8 @@ def _give_up(events: list[Any]) -> None:
     first = events[0].message
     log.warning(
         "faust worker: stopping with the database away: a batch of %d records from %s[%d] "
-        "offset %d on was held and not applied; nothing of it was committed, and it is applied "
-        "on the next start (from the store's positions)",
+        "offset %d on was held and not applied; no Kafka offset of it was committed, and what "
+        "the store has not applied is applied on the next start (from its positions)",
         len(events), first.topic, first.partition, first.offset,
     )  # fmt: skip
 

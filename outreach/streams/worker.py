@@ -360,13 +360,27 @@ class Worker:
                 self.outage.recovered()
                 return result
             if self._stop.is_set():
+                self._give_up(ready)
                 return None
             consumer.pause(*consumer.assignment())
             # a rebalance meanwhile may hand over new partitions (not paused yet): keep what
             # they bring in the aligner rather than dropping it
             self._buffer(await consumer.getmany(timeout_ms=int(delay * 1000)))
             if self._stop.is_set():
+                self._give_up(ready)
                 return None
+
+    def _give_up(self, ready: list[Decoded]) -> None:
+        """Say that the batch held for a database outage was not applied, as the worker stops
+        (no Kafka offset of it is committed; the next start reads it again from the store's
+        positions)."""
+        first = ready[0][0]
+        log.warning(
+            "worker: stopping with the database away: a batch of %d records from %s[%d] "
+            "offset %d on was held and not applied; no Kafka offset of it was committed, and "
+            "what the store has not applied is applied on the next start (from its positions)",
+            len(ready), first.topic, first.partition, first.offset,
+        )  # fmt: skip
 
     def _buffer(self, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Decode fetched messages into the aligner."""

@@ -357,7 +357,9 @@ async def committed_offsets(
         await consumer.stop()
 
 
-async def test_faust_worker_stopped_in_an_outage_stops_and_the_next_start_applies_the_held_batch(
+@pytest.mark.parametrize("runtime", ["faust", "aiokafka"])
+async def test_a_worker_stopped_in_an_outage_stops_and_the_next_start_applies_the_held_batch(
+    runtime: str,
     kafka_bootstrap: str,
     topics: Topics,
     group_id: str,
@@ -366,11 +368,12 @@ async def test_faust_worker_stopped_in_an_outage_stops_and_the_next_start_applie
     proxy: CutProxy,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """`--runtime faust`, its store behind the proxy: the database is cut while records are
-    still coming, and the worker is stopped while its agent holds a batch for the outage.
-    Faust's stop waits for every event of that batch to be acked, and the agent waited for
-    the database: the stop never returned. Now the batch is given up, nothing of it applied
-    or committed, and the stop is clean; the next start applies every event exactly once."""
+    """A worker whose store is behind the proxy: the database is cut while records are
+    still coming, and the worker is stopped while it holds a batch for the outage. With
+    `--runtime faust`, Faust's stop waits for every event of that batch to be acked, and the
+    agent waited for the database: the stop never returned. Now (both drivers) the batch is
+    given up, said in the log, nothing of it applied or committed, and the stop is clean; the
+    next start applies every event exactly once."""
     from datetime import UTC, datetime, timedelta
 
     from livesupport import REPO
@@ -384,7 +387,7 @@ async def test_faust_worker_stopped_in_an_outage_stops_and_the_next_start_applie
     events.write_bytes(b"\n".join(lines) + b"\n")
     settings = WorkerSettings(
         rules=REPO / "rules", database_url=proxy.url_for(postgres_db),
-        data_dir=tmp_path / "data", runtime="faust",
+        data_dir=tmp_path / "data", runtime=runtime,
     )  # fmt: skip
     kafka = KafkaSettings(kafka_url=kafka_bootstrap, topic_prefix=topics.prefix,
                           partitions=4, group_id=group_id)  # fmt: skip
@@ -412,8 +415,8 @@ async def test_faust_worker_stopped_in_an_outage_stops_and_the_next_start_applie
             cut_at = progress()
             assert cut_at < len(lines), "the outage came too late to prove much"
             await asyncio.to_thread(
-                wait_for, lambda: said("faust worker: the database is unavailable"), 30,
-                "the agent to hold a batch for the outage",
+                wait_for, lambda: said("worker: the database is unavailable"), 30,
+                "the worker to hold a batch for the outage",
             )  # fmt: skip
             stop.set()
             # bounded, but not with asyncio.wait_for: cancelling a hung Faust stop never
