@@ -3,6 +3,7 @@
     OutreachError
     ├── InvalidEventError            an input that is not a valid event (-> DLQ, never retried)
     ├── EngineFailure                the core raised on a valid event or timer (-> DLQ, skipped)
+    ├── StoreRefusal                 the database refused what a valid event produced (-> DLQ)
     ├── RuleFileError                a rules folder that cannot be loaded (file:line:field problems)
     ├── TemplateRenderError          a message template that cannot render with its data
     ├── ConnectorError               a remediation side effect that did not complete
@@ -52,6 +53,28 @@ class EngineFailure(OutreachError):  # noqa: N818 - what happened to one input, 
             )
         )
         self.what = what
+        self.ident = ident
+
+
+class StoreRefusal(OutreachError):  # noqa: N818 - what happened to one input, like a dead letter
+    """The database refused what a valid event produced (a value its schema does not take but
+    the contract does, a constraint), told apart from the rest of its batch by applying the
+    batch in halves. The live runtime skips that event as it skips an ``EngineFailure``, with
+    this text in its dead letter; see docs/live-runtime.md, "An event the engine fails on".
+
+    ``ident``: the event id; ``cause``: the database's error."""
+
+    def __init__(self, cause: BaseException, ident: str) -> None:
+        orig = getattr(cause, "orig", None) or cause  # SQLAlchemy's wraps the driver's
+        first = (str(orig).strip().splitlines() or [""])[0]
+        detail = f"{type(orig).__name__}: {first}"[:1000]
+        super().__init__(
+            f"the store refused what this event ({ident}) produced: {detail}. It was skipped: "
+            f"the customer's state is as before it, and the other records of its batch were "
+            f"applied. The event passed the contract but not the database schema (a value "
+            f"too long, a constraint): report it with this record; once fixed, publish the "
+            f"event again"
+        )
         self.ident = ident
 
 

@@ -13,11 +13,14 @@ files, heap merge) and replayed from the start. Memory grows with customers and 
 timers, not with events.
 
 An event the engine fails on (the core raises on a valid event: an engine defect) is skipped
-as the live runtime skips it (``outreach.streams.processor``): the partial output is
-discarded and the file replayed from the start with that line in ``dlq.jsonl``, saying what
-failed, so the customer's state is as if the event had never come. A timer whose firing
-raises is dropped the same way (its ``dlq.jsonl`` entry has line 0 and the ``timer.fired``
-event as ``raw``). Each such failure costs one more pass over the file.
+as the live runtime skips it (``outreach.streams.processor``), with its line in ``dlq.jsonl``
+saying what failed, so the customer's state is as if the event had never come. A timer whose
+firing raises is dropped the same way (its ``dlq.jsonl`` entry has line 0 and the
+``timer.fired`` event as ``raw``). A pass goes on after a failure without that customer (its
+later lines and timers are not evaluated: its state is suspect); after a pass with failures,
+its output is discarded and the file replayed from the start with all of them skipped. A
+customer's later lines may fail too, found only by the next pass: a replay takes one pass
+more than the most failures of any one customer, not one per failure.
 
 By default no effect is performed: a backtest must not touch customers; executed actions and
 sent messages are recorded and counted. Given a ``Connector`` (tests, the fake connector, a
@@ -85,22 +88,22 @@ def _lines(path: Path, progress: Progress | None = None) -> Iterator[tuple[int, 
 
 
 class Skips:
-    """What a replay skips because the engine failed on it (kept across its restarts): input
-    lines by number and timers by id, each with the failure."""
+    """Inputs the engine failed on, each with the failure: input lines by number and timers
+    by id (what a replay skips, kept across its passes, or what one pass found)."""
 
     def __init__(self) -> None:
         self.lines: dict[int, EngineFailure] = {}
         self.timers: dict[str, EngineFailure] = {}
 
+    def __bool__(self) -> bool:
+        return bool(self.lines or self.timers)
 
-class _Failed(Exception):  # noqa: N818 - carries an EngineFailure out to ``replay``
-    """The core raised on input line ``line`` or on the timer ``timer``."""
-
-    def __init__(self, failure: EngineFailure, line: int = 0, timer: str | None = None) -> None:
-        super().__init__(str(failure))
-        self.failure = failure
-        self.line = line
-        self.timer = timer
+    def add(self, found: Skips) -> None:
+        """Skip what a pass ``found`` as well (each failure logged with its traceback)."""
+        for failure in (*found.lines.values(), *found.timers.values()):
+            _log.error("%s", failure, exc_info=failure.__cause__)
+        self.lines.update(found.lines)
+        self.timers.update(found.timers)
 
 
 class OutOfOrderError(Exception):
@@ -182,10 +185,15 @@ class Replayer:
         connector: Connector | None = None,
         skips: Skips | None = None,
     ) -> None:
-        """``skips``: inputs the engine failed on in earlier passes (skipped), to which a
-        new failure is reported by raising; without it, the core's exception propagates."""
+        """``skips``: inputs the engine failed on in earlier passes (skipped). With it, a
+        new failure is kept in ``failed`` and its customer tainted: the customer's later
+        inputs are not evaluated in this pass (its state is suspect), the others' are, and
+        the caller replays again skipping them all. Without it, the core's exception
+        propagates."""
         self.core = DecisionCore(book)
         self.skips = skips
+        self.failed = Skips()
+        self.tainted: set[str] = set()
         self.log = log
         self.require_order = require_order
         self.connector = connector
@@ -215,8 +223,11 @@ class Replayer:
 
     def _perform(self, decisions: Decisions) -> None:
         """Hand the executed actions' effects to the connector, if there is one (its failure
-        is not the event's: it stops the replay)."""
-        if self.connector is not None and self._loop is not None:
+        is not the event's: it stops the replay). Not once an input failed in this pass: the
+        pass is replayed, and what it decides from then on is not what the next decides (the
+        failing customer's later events do not spend the shared budgets), so only that pass
+        performs it."""
+        if self.connector is not None and self._loop is not None and not self.tainted:
             for effect in decisions.effects:
                 self._loop.run_until_complete(self.connector.perform(effect))
 
@@ -231,11 +242,24 @@ class Replayer:
             self.timers, (timer.due_at.timestamp(), self._seq, timer.timer_id, timer.customer_id)
         )
 
+    def _fail(self, exc: Exception, customer_id: str, what: str, ident: str) -> EngineFailure:
+        """The failure to skip an input the core raised ``exc`` on with (kept by the caller in
+        ``failed``), tainting its customer for the rest of the pass; re-raises ``exc`` when
+        it is not to be skipped (no ``skips``, or not the engine failing on its input)."""
+        if self.skips is None or not engine_fault(exc):
+            raise exc
+        failure = EngineFailure(exc, what, ident)
+        failure.__cause__ = exc
+        self.tainted.add(customer_id)
+        return failure
+
     def fire_until(self, until: float) -> None:
         """Fire, in due order, every timer due at or before ``until``."""
-        timers = self.timers
+        timers, tainted = self.timers, self.tainted
         while timers and timers[0][0] <= until:
             due, _, timer_id, customer_id = heapq.heappop(timers)
+            if tainted and customer_id in tainted:
+                continue  # an input of the customer failed in this pass
             when = datetime.fromtimestamp(due, UTC)
             event = TimerFired.model_construct(
                 event_id=timer_id,
@@ -258,9 +282,8 @@ class Replayer:
                 decisions = self.core.evaluate(event, state, self.shared, when)
                 self._write(decisions)
             except Exception as exc:
-                if skips is None or not engine_fault(exc):
-                    raise
-                raise _Failed(EngineFailure(exc, "timer", timer_id), timer=timer_id) from exc
+                self.failed.timers[timer_id] = self._fail(exc, customer_id, "timer", timer_id)
+                continue
             self._perform(decisions)
 
     def feed_lines(self, lines: Iterable[tuple[int, bytes]]) -> None:
@@ -270,6 +293,7 @@ class Replayer:
         evaluate, new_state, shared = self.core.evaluate, self.core.new_state, self.shared
         fromtimestamp, clock, require_order = datetime.fromtimestamp, self.clock, self.require_order
         skipped = self.skips.lines if self.skips is not None else {}
+        failed, tainted = self.failed.lines, self.tainted
         events = duplicates = 0
         try:
             for number, raw in lines:
@@ -289,6 +313,8 @@ class Replayer:
                     clock = stamp
                 if timers and timers[0][0] <= stamp:
                     self.fire_until(stamp)
+                if tainted and event.customer_id in tainted:
+                    continue  # an input of the customer failed in this pass
                 state = states.get(event.customer_id)
                 if state is None:
                     state = states[event.customer_id] = new_state(event.customer_id)
@@ -297,10 +323,8 @@ class Replayer:
                     if decisions and not decisions.duplicate:
                         self._write(decisions)
                 except Exception as exc:
-                    if self.skips is None or not engine_fault(exc):
-                        raise
-                    failure = EngineFailure(exc, "event", event.event_id)
-                    raise _Failed(failure, line=number) from exc
+                    failed[number] = self._fail(exc, event.customer_id, "event", event.event_id)
+                    continue
                 events += 1
                 duplicates += decisions.duplicate
                 if decisions.effects:
@@ -359,15 +383,12 @@ def replay(
                         (n, raw) for _, n, raw in sorted_lines(events, chunk_lines, progress)
                     )
                 replayer.drain()
-                break
-            except OutOfOrderError:
-                in_order = False
-            except _Failed as failed:
-                _log.error("%s", failed.failure, exc_info=failed.failure.__cause__)
-                if failed.timer is not None:
-                    skips.timers[failed.timer] = failed.failure
-                else:
-                    skips.lines[failed.line] = failed.failure
+            except OutOfOrderError:  # only ever in the first pass: what it found was found
+                in_order = False  # in file order, not in the order the next pass follows
+            else:
+                if not replayer.failed:
+                    break
+                skips.add(replayer.failed)
             finally:
                 replayer.close()
             log.reset()

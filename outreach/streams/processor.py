@@ -20,13 +20,29 @@ added to a histogram in the tallies (``outreach.streams.latency`` says what is m
 is not: redeliveries, records without a timestamp and the timers topic's records are not).
 
 An event the engine fails on. If the decision core raises on a valid event (an engine
-defect: a rule's own failure is caught inside the core), the batch is rolled back and applied
-again with that record as a dead letter saying what failed (``outreach.errors.EngineFailure``):
-the event is skipped as if it had never come, the customer's state stays as it was before it,
-and the rest of the batch is applied. A timer whose firing raises is dropped from its
-customer's state (and the timers table) with a dead letter of its own, so the scheduler does
-not deliver it again. Replay does the same (``outreach.replay``), so the two still agree.
-Database errors are not the event's fault and propagate as before.
+defect: a rule's own failure is caught inside the core), the event is skipped as if it had
+never come, with a dead letter saying what failed (``outreach.errors.EngineFailure``): the
+customer's state stays as it was before it, and the rest of the batch is applied. A timer
+whose firing raises is dropped from its customer's state (and the timers table) with a dead
+letter of its own, so the scheduler does not deliver it again. A pass over the batch goes on
+after a failure, but without that customer: its state is now suspect, so its later events and
+timers wait. After a pass with failures the transaction is rolled back and the batch applied
+again with every failure found skipped. A customer's later inputs may fail too, which only
+the next pass can tell: a batch takes one pass more than the most failures of any one
+customer, not one per failure (a pass per failure made a 10,000-record batch with 5% failing
+take 95 s instead of 1, and asked the core, an LLM planner maybe, again each time). Replay
+does the same (``outreach.replay``), so the two still agree. Database errors are not the
+event's fault and propagate as before, even after a failure in the same pass.
+
+A write the store refuses. A batch whose writes the database refuses without being away
+(``sqlalchemy.exc.DataError`` or ``IntegrityError``: a value its schema does not take though
+the contract does, a constraint) would fail on every worker taking its partition, for ever. It
+is applied in halves instead (a prefix, then the rest: each partition keeps its order, as with
+smaller batches), down to the records whose own batch is refused, each skipped as an engine
+failure is, with a dead letter saying what the store refused (``outreach.errors.StoreRefusal``)
+and counted as one. When even that dead letter cannot be written, the error is not the
+record's and propagates. A timer the batch's clock fires has no record of its own: what the
+store refuses of its firing is put on the event it fired before.
 
 Complaints. A ``contact.suppressed`` event with reason ``complaint`` (a spam report, see
 ``outreach.outbound.feedback``) adds to the tally ``("complaints", channel)``, which the API
@@ -53,10 +69,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import msgspec
+import sqlalchemy as sa
 
 from outreach.core import DecisionCore
 from outreach.decisions import Decisions
-from outreach.errors import EngineFailure, engine_fault
+from outreach.errors import EngineFailure, StoreRefusal, engine_fault
 from outreach.events import ContactSuppressed, Event, TimerFired, TimerFiredData, is_engine_type
 from outreach.rulebook import load_rulebook
 from outreach.rules.yamlfile import RuleFileError
@@ -238,21 +255,34 @@ class StateCache:
             kept.popitem(last=False)
 
 
-class _Failed(Exception):  # noqa: N818 - carries one input's EngineFailure out of the batch
-    """The core raised on one input of a batch: the batch's ``item`` (an index), or a timer
-    fired by the batch's clock (``timer``: its id and customer)."""
+@dataclass(frozen=True)
+class _Failure:
+    """One input the core raised on in a pass over a batch: the batch's ``item`` (an index),
+    or a timer fired by the batch's clock (``timer``: its id and customer)."""
 
-    def __init__(
-        self, failure: EngineFailure, item: int | None = None, timer: tuple[str, str] | None = None
-    ) -> None:
-        super().__init__(str(failure))
-        self.failure = failure
-        self.item = item
-        self.timer = timer
+    failure: EngineFailure
+    item: int | None = None
+    timer: tuple[str, str] | None = None
+
+
+class _Failed(Exception):  # noqa: N818 - carries a pass's EngineFailures out of the batch
+    """The core raised on inputs of a batch (``found``, in the order met): the pass is rolled
+    back, to be applied again with all of them skipped."""
+
+    def __init__(self, found: list[_Failure]) -> None:
+        super().__init__(f"the engine failed on {len(found)} input(s) of the batch")
+        self.found = found
 
 
 class _Skipped(DeadLetter):
-    """A valid event's record the core failed on (``str(self)``: the ``EngineFailure``)."""
+    """A valid event's record the core failed on (``str(self)``: the ``EngineFailure``), or
+    whose writes the store refused (``StoreRefusal``)."""
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether ``exc`` is the database refusing what a batch wrote (a value too long for its
+    column, a constraint), which may be one record's doing; never an outage."""
+    return isinstance(exc, sa.exc.DataError | sa.exc.IntegrityError) and not unavailable(exc)
 
 
 def _failed(exc: Exception, what: str, ident: str) -> EngineFailure | None:
@@ -362,31 +392,76 @@ class BatchProcessor:
 
     def apply_decoded(self, items: Sequence[Decoded]) -> BatchResult:
         """Apply already decoded records, in the order given (per partition: offset order).
-        An input the core raises on is skipped with a dead letter and the batch applied again
-        without it (module docstring, "An event the engine fails on")."""
+        The inputs the core raises on are skipped with dead letters and the batch applied
+        again without them; a batch whose writes the store refuses is applied in halves, down
+        to the records it refuses, which are skipped the same way (module docstring, "An
+        event the engine fails on", "A write the store refuses")."""
         if not items:
             return BatchResult()
+        try:
+            return self._commit(items, {})
+        except Exception as exc:
+            if not _refused(exc):
+                raise
+            if len(items) == 1:
+                return self._refuse(items[0], exc)
+            log.warning(
+                "the store refused a batch of %d records (%s): applying it in halves to find "
+                "the records it refuses", len(items), type(exc).__name__,
+            )  # fmt: skip
+        half = len(items) // 2  # a prefix and the rest: each partition keeps its order
+        result = self.apply_decoded(items[:half])
+        result.add(self.apply_decoded(items[half:]))
+        return result
+
+    def _refuse(self, item: Decoded, exc: Exception) -> BatchResult:
+        """Apply one record whose batch the store refused (``exc``) as a dead letter saying
+        so; ``exc`` again when the record is already a dead letter: then its writes are not
+        what the store refuses."""
+        record, event = item
+        if isinstance(event, DeadLetter):
+            raise exc
+        refusal = StoreRefusal(exc, event.event_id)
+        log.error("%s", refusal, exc_info=exc)
+        dropped: dict[str, tuple[str, EngineFailure | None]] = {}
+        if isinstance(event, TimerFired):  # or the scheduler delivers it again
+            dropped[event.data.timer_id] = (event.customer_id, None)
+        return self._commit([(record, _Skipped(str(refusal)))], dropped)
+
+    def _commit(
+        self, items: Sequence[Decoded], dropped: dict[str, tuple[str, EngineFailure | None]]
+    ) -> BatchResult:
+        """Apply ``items`` in one transaction, in as many passes as the inputs the core fails
+        on take; ``dropped``: timers to drop (id: customer, why)."""
         started = time.perf_counter()
         todo = list(items)
-        dropped: dict[str, tuple[str, EngineFailure | None]] = {}  # timer id: customer, why
         while True:
             try:
                 result, saved = self.store.run(lambda batch: self._apply(batch, todo, dropped))
                 break
-            except _Failed as failed:  # rolled back: apply the batch again without it
-                log.error("%s", failed.failure, exc_info=failed.failure.__cause__)
-                if failed.timer is not None:
-                    timer_id, customer_id = failed.timer
-                    dropped[timer_id] = (customer_id, failed.failure)
-                    continue
-                assert failed.item is not None
-                record, event = todo[failed.item]
-                todo[failed.item] = (record, _Skipped(str(failed.failure)))
-                if isinstance(event, TimerFired):  # or the scheduler delivers it again
-                    dropped[event.data.timer_id] = (event.customer_id, None)
+            except _Failed as failed:  # rolled back: apply the batch again without them
+                for found in failed.found:
+                    self._skip(found, todo, dropped)
         self.states.put(saved)  # committed: these are the stored states now
         metrics.observe_batch(result, time.perf_counter() - started)
         return result
+
+    @staticmethod
+    def _skip(
+        found: _Failure, todo: list[Decoded], dropped: dict[str, tuple[str, EngineFailure | None]]
+    ) -> None:
+        """Skip, in the batch's next pass, an input the core failed on: its record becomes a
+        dead letter, a timer is dropped."""
+        log.error("%s", found.failure, exc_info=found.failure.__cause__)
+        if found.timer is not None:
+            timer_id, customer_id = found.timer
+            dropped[timer_id] = (customer_id, found.failure)
+            return
+        assert found.item is not None
+        record, event = todo[found.item]
+        todo[found.item] = (record, _Skipped(str(found.failure)))
+        if isinstance(event, TimerFired):  # or the scheduler delivers it again
+            dropped[event.data.timer_id] = (event.customer_id, None)
 
     def _lock_states(
         self, batch: Batch, customers: Collection[str]
@@ -478,9 +553,7 @@ class BatchProcessor:
             timers_before[customer_id] = set(state.timers)
             clock.watch(state)
         events.sort(key=lambda item: item[0].occurred_at)  # stable: ties keep arrival order
-        with correlate():  # each evaluation rebinds its event's ids; restored after the loop
-            for event, raw, index in events:
-                clock.evaluate(event, states[event.customer_id], raw, index)
+        clock.run(events, states)
         for timer_id, (customer_id, _) in dropped.items():  # those no event passed
             clock.drop(states[customer_id], timer_id)
         batch.save_states({c: self._encode(s) for c, s in states.items()})
@@ -570,6 +643,11 @@ class _Clock:
         self.timers_topic = timers_topic
         self.heaps: dict[str, list[tuple[float, int, str]]] = {}  # (due, seq, timer id)
         self._seq = 0
+        # inputs the core failed on in this pass, and their customers, whose later inputs are
+        # not evaluated in this pass: their states are suspect (a pass with failures is
+        # rolled back and the batch applied again with them skipped)
+        self.failures: list[_Failure] = []
+        self.tainted: set[str] = set()
 
     def watch(self, state: CustomerState) -> None:
         """Take the customer's pending timers into the clock."""
@@ -602,11 +680,16 @@ class _Clock:
         self.out.result.dead_letters += 1
         self.out.result.engine_failures += 1
 
+    def _fail(self, customer_id: str, found: _Failure) -> None:
+        """Keep a failure of this pass and taint its customer."""
+        self.failures.append(found)
+        self.tainted.add(customer_id)
+
     def _fire_due(
         self, heap: list[tuple[float, int, str]], state: CustomerState, at: float
-    ) -> None:
+    ) -> bool:
         """Fire, in due order at their due times, the customer's timers due at or before
-        ``at``."""
+        ``at``; False when one failed (the customer is then tainted, the rest left)."""
         out, customer_id = self.out, state.customer_id
         while heap and heap[0][0] <= at:
             due, _, timer_id = heapq.heappop(heap)
@@ -629,7 +712,22 @@ class _Clock:
             except Exception as exc:
                 if (failure := _failed(exc, "timer", timer_id)) is None:
                     raise
-                raise _Failed(failure, timer=(timer_id, customer_id)) from exc
+                self._fail(customer_id, _Failure(failure, timer=(timer_id, customer_id)))
+                return False
+        return True
+
+    def run(self, events: list[tuple[Event, bytes, int]], states: dict[str, CustomerState]) -> None:
+        """Evaluate the batch's events (in order, with their JSON and index in the batch); if
+        the core failed on any input, raise ``_Failed`` with them all (the store then rolls
+        the batch back, to be applied again with all of them skipped)."""
+        tainted = self.tainted  # customers an input failed on: the rest of theirs waits
+        with correlate():  # each evaluation rebinds its event's ids; restored after the loop
+            for event, raw, index in events:
+                if tainted and event.customer_id in tainted:
+                    continue
+                self.evaluate(event, states[event.customer_id], raw, index)
+        if self.failures:
+            raise _Failed(self.failures)
 
     def evaluate(self, event: Event, state: CustomerState, raw: bytes, item: int) -> None:
         """Fire the customer's timers that are due, then evaluate ``event`` (``raw``: its
@@ -637,8 +735,8 @@ class _Clock:
         stamp = event.occurred_at.timestamp()
         out = self.out
         heap = self.heaps[event.customer_id]
-        if heap and heap[0][0] <= stamp:
-            self._fire_due(heap, state, stamp)
+        if heap and heap[0][0] <= stamp and not self._fire_due(heap, state, stamp):
+            return  # a timer before it failed: the customer waits for the next pass
         if isinstance(event, TimerFired):
             out.fired.append(event.data.timer_id)
         else:  # the event first in the trail, then what it caused
@@ -652,7 +750,7 @@ class _Clock:
         except Exception as exc:
             if (failure := _failed(exc, "event", event.event_id)) is None:
                 raise
-            raise _Failed(failure, item=item) from exc
+            self._fail(event.customer_id, _Failure(failure, item=item))
 
     def _collect(self, event: Event, decisions: Decisions, stamp: float) -> None:
         """Count what evaluating ``event`` decided and collect it for the batch's writes."""

@@ -17,8 +17,9 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from livesupport import Feed, drain_records, log_lines, run_to_quiescence, sorted_lines
-from support import make_event, payment_failed, profile
+from support import make_event, payment_failed, profile, shipment_exception
 
+from outreach.agents.connectors import FakeConnector
 from outreach.core import DecisionCore
 from outreach.decisions import Decisions
 from outreach.events import Event, TimerFired
@@ -42,8 +43,10 @@ class FaultyCore(DecisionCore):
         self.fails = fails
         self.error = error or ZeroDivisionError("division by zero")
         self.raised = 0
+        self.calls = 0  # evaluations, failed or not (each pass over a batch calls again)
 
     def evaluate(self, event: Event, state: CustomerState, *args: Any, **kw: Any) -> Decisions:
+        self.calls += 1
         if self.fails(event):
             state.rules.seen[f"half-made:{event.event_id}"] = 0.0
             state.timers.clear()
@@ -306,3 +309,202 @@ def test_decisions_that_cannot_be_written_skip_their_event_live_and_in_replay(
         want = sorted_lines(log_lines(tmp_path / "replay", name))
         assert want and sorted_lines(out[name]) == want, name
         assert b"cus_1" not in b"".join(want)
+
+
+# -- the cost of failures: passes grow with one customer's failures, not with their total ------
+
+
+def updates(plan: dict[str, str]) -> list[dict[str, Any]]:
+    """Profile updates an hour apart per customer, ``plan`` saying for each customer which
+    of its events fail ("x", with event id ``evt_bad_<customer>_<n>``) and which do not
+    ("."); customers interleaved in arrival order."""
+    events = []
+    for hour in range(max(len(p) for p in plan.values())):
+        for customer, marks in plan.items():
+            if hour < len(marks):
+                kind = "bad" if marks[hour] == "x" else "ok"
+                at = f"2026-10-01T{9 + hour:02d}:00:00Z"
+                events.append(profile(at, customer) | {"event_id": f"evt_{kind}_{customer}_{hour}"})
+    return events
+
+
+def failing(event: Event) -> bool:
+    return event.event_id.startswith("evt_bad_")
+
+
+def applied_without_failures(
+    book: RuleBook, store: Store, tmp_path: Path, events: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], FaultyCore]:
+    """Apply ``events`` in one batch with a core failing on the bad ones, and check the
+    outcome is that of a batch without them; the dead letters and the core."""
+    core = FaultyCore(book, failing)
+    feed = Feed()
+    result = processor(core, store).apply([feed.line(line(e)) for e in events])
+    good = [e for e in events if not e["event_id"].startswith("evt_bad_")]
+    assert (result.events, result.engine_failures) == (len(good), len(events) - len(good))
+    clean = Store(f"sqlite:///{tmp_path}/clean.db")
+    clean.migrate()
+    try:
+        again = Feed()
+        processor(DecisionCore(book), clean).apply([again.line(line(e)) for e in good])
+        for customer in {e["customer_id"] for e in events}:
+            assert store.load_state(customer) == clean.load_state(customer), customer
+    finally:
+        clean.close()
+    return letters(store), core
+
+
+def test_failures_of_many_customers_cost_one_more_pass_not_one_each(
+    book: RuleBook, store: Store, tmp_path: Path
+) -> None:
+    """Each failure used to cost a pass over the whole batch, and each pass asks the core (an
+    LLM planner, maybe) again: a 10,000-record batch with 5% failing took minutes. One pass
+    now finds the failures of every customer, and one more applies the batch without them."""
+    plan = {f"cus_{n}": ".x." for n in range(12)}
+    dead, core = applied_without_failures(book, store, tmp_path, updates(plan))
+    assert sorted(orjson.loads(d["raw"])["event_id"] for d in dead) == sorted(
+        f"evt_bad_{customer}_1" for customer in plan
+    )
+    # first pass: each customer's first event and its failing one (the last waits: the
+    # customer's state is suspect); second: the first and the last
+    assert core.calls == 2 * 12 + 2 * 12
+
+
+def test_a_customer_failing_twice_costs_a_pass_per_failure_of_its_own(
+    book: RuleBook, store: Store, tmp_path: Path
+) -> None:
+    """The second failure of a customer is met only once its first is skipped (its events
+    after a failure are not evaluated in that pass), so it takes one more pass; the failures
+    of the other customers do not add any."""
+    plan = {"cus_1": ".x.x."} | {f"cus_{n}": ".x." for n in range(2, 5)}
+    dead, core = applied_without_failures(book, store, tmp_path, updates(plan))
+    assert sorted(orjson.loads(d["raw"])["event_id"] for d in dead) == sorted(
+        ["evt_bad_cus_1_1", "evt_bad_cus_1_3"] + [f"evt_bad_cus_{n}_1" for n in range(2, 5)]
+    )
+    # cus_1 evaluates 2, 3 and 3 events in its three passes; the others 2 in each
+    assert core.calls == (2 + 3 + 3) + 3 * (2 + 2 + 2)
+
+
+def test_timers_failing_for_many_customers_cost_one_more_pass(book: RuleBook, store: Store) -> None:
+    """A timer fired by the batch's clock that fails taints its customer as an event does."""
+    customers = [f"cus_{n}" for n in range(8)]
+    feed = Feed()
+    setup = []
+    for customer in customers:
+        setup.append(feed.line(line(profile("2026-10-01T09:00:00Z", customer))))
+        setup.append(feed.line(line(payment_failed("2026-10-01T10:00:00Z", customer))))
+    processor(DecisionCore(book), store).apply(setup)
+    drain_records(store)
+    first = {  # each customer's first timer to fire fails
+        min(state.timers, key=lambda t: state.timers[t].due)
+        for state in (state_of(store, c) for c in customers)
+    }
+    last = max(r.due for c in customers for r in state_of(store, c).timers.values())
+    after = datetime.fromtimestamp(last, UTC) + timedelta(days=1)
+    batch = [feed.line(line(profile(after.isoformat(), c))) for c in customers]
+    core = FaultyCore(book, lambda e: isinstance(e, TimerFired) and e.event_id in first)
+    result = processor(core, store).apply(batch)
+    assert (result.events, result.engine_failures) == (len(customers), len(first))
+    assert sorted(orjson.loads(d["raw"])["event_id"] for d in letters(store)) == sorted(first)
+    # first pass: one evaluation per customer (its failing timer); second: the rest
+    second = result.events + result.timers_fired
+    assert core.calls == len(customers) + second
+    for customer in customers:
+        assert not first & set(state_of(store, customer).timers)
+
+
+def test_a_database_error_after_an_engine_failure_still_fails_the_batch(
+    book: RuleBook, store: Store
+) -> None:
+    """Going on after a failure must not turn the store's errors into dead letters: the
+    batch fails as a whole, and nothing of it is applied."""
+    error = sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+    class Core(FaultyCore):
+        def evaluate(self, event: Event, *args: Any, **kw: Any) -> Decisions:
+            if event.event_id == "evt_ok_cus_2_2":  # after cus_1's failure
+                raise error
+            return super().evaluate(event, *args, **kw)
+
+    core = Core(book, failing)
+    feed = Feed()
+    events = updates({"cus_1": ".x.", "cus_2": "..."})
+    with pytest.raises(sa.exc.OperationalError):
+        processor(core, store).apply([feed.line(line(e)) for e in events])
+    assert core.raised == 1
+    assert store.load_state("cus_1") is None
+    assert drain_records(store) == {}
+
+
+def replayed(
+    book: RuleBook, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, events: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[FaultyCore]]:
+    """Replay ``events`` with a core failing on the bad ones and check the decision log is
+    that of a file without them; the ``dlq.jsonl`` entries and the cores, one per pass."""
+    good = [e for e in events if not e["event_id"].startswith("evt_bad_")]
+    files = tmp_path / "events.jsonl", tmp_path / "good.jsonl"
+    files[0].write_bytes(b"\n".join(map(line, events)) + b"\n")
+    files[1].write_bytes(b"\n".join(map(line, good)) + b"\n")
+    replay(files[1], book, tmp_path / "clean")
+    cores: list[FaultyCore] = []
+
+    def core(b: RuleBook) -> FaultyCore:
+        cores.append(FaultyCore(b, failing))
+        return cores[-1]
+
+    monkeypatch.setattr("outreach.replay.DecisionCore", core)
+    result = replay(files[0], book, tmp_path / "faulty")
+    assert result.summary["events"]["engine_failures"] == len(events) - len(good)
+    for name in ("signals", "actions", "messages"):
+        assert log_lines(tmp_path / "faulty", name) == log_lines(tmp_path / "clean", name)
+    return [orjson.loads(raw) for raw in log_lines(tmp_path / "faulty", "dlq")], cores
+
+
+def test_a_replay_finds_the_failures_of_many_customers_in_one_pass(
+    book: RuleBook, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replay used to start the file over once per failure."""
+    plan = {f"cus_{n}": ".x." for n in range(12)}
+    events = updates(plan)
+    dead, cores = replayed(book, tmp_path, monkeypatch, events)
+    assert [d["line"] for d in dead] == [
+        n for n, e in enumerate(events, start=1) if e["event_id"].startswith("evt_bad_")
+    ]
+    assert len(cores) == 2
+    assert [c.calls for c in cores] == [2 * 12, 2 * 12]
+
+
+def test_a_replay_takes_a_pass_per_failure_of_one_customer(
+    book: RuleBook, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = {"cus_1": ".x.x."} | {f"cus_{n}": ".x." for n in range(2, 5)}
+    events = updates(plan)
+    dead, cores = replayed(book, tmp_path, monkeypatch, events)
+    assert [orjson.loads(d["raw"])["event_id"] for d in dead] == [
+        e["event_id"] for e in events if e["event_id"].startswith("evt_bad_")
+    ]
+    assert [c.calls for c in cores] == [2 + 3 * 2, 3 + 3 * 2, 3 + 3 * 2]
+
+
+def test_a_replay_performs_no_effect_after_a_failure_in_a_pass_it_replays(
+    book: RuleBook, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass with a failure goes on to find the other customers' failures, but what it
+    decides after the first one may differ from the next pass (shared budgets), so it hands
+    no effect to the connector from then on: each effect is performed by one pass only."""
+    lines = [
+        line(profile("2026-03-02T09:00:00Z", "cus_1")),
+        line(profile("2026-03-02T09:00:00Z", "cus_2")),
+        line(profile("2026-03-02T10:00:00Z", "cus_1") | {"event_id": "evt_bad"}),
+        line(shipment_exception("2026-03-02T11:00:00Z", "cus_2")),
+    ]
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(lines) + b"\n")
+    monkeypatch.setattr(
+        "outreach.replay.DecisionCore", lambda b: FaultyCore(b, lambda e: e.event_id == "evt_bad")
+    )
+    connector = FakeConnector()
+    result = replay(events, book, tmp_path / "replay", connector=connector)
+    assert result.summary["events"]["engine_failures"] == 1
+    assert connector.performed, "the shipment exception's remediations"
+    assert sorted(c.idempotency_key for c in connector.calls) == sorted(connector.performed)
