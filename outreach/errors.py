@@ -115,14 +115,25 @@ class DeliveryError(OutreachError):
 
 
 class TransientDeliveryError(DeliveryError):
-    """Worth retrying after ``retry_after`` seconds (timeouts, 429, 5xx)."""
+    """Worth retrying after ``retry_after`` seconds (timeouts, 429, 5xx).
+
+    ``unsent``: the provider certainly holds no copy of the message after this call: it
+    refused the send outright (429, 401/403: nothing was processed) and, when the call was a
+    retry, its lookup of earlier tries found none. The dispatcher's next attempt then needs no
+    lookup (``retry=False``). A timeout, a 5xx or a failed lookup leave it False: the message
+    may have gone."""
 
     def __init__(
-        self, message: str, retry_after: float | None = None, code: str | None = None
+        self,
+        message: str,
+        retry_after: float | None = None,
+        code: str | None = None,
+        unsent: bool = False,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.code = code
+        self.unsent = unsent
 
 
 class PermanentDeliveryError(DeliveryError):

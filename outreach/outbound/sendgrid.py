@@ -48,7 +48,9 @@ The window that remains:
   message: that one can still go twice.
 - The API allows 6 requests per minute per account: beyond that the lookup answers 429 and the
   row waits (``Retry-After``, else ``X-RateLimit-Reset``), so many retries at once (after an
-  outage) drain slowly.
+  outage) drain slowly. A send SendGrid refused outright (429, 401, 403) raises with
+  ``unsent=True``, and the dispatcher's next attempt then asks for no lookup; a failed lookup
+  leaves the earlier try unknown (``unsent`` False).
 - A key the query language cannot quote (a double quote, backslash or control character; the
   engine's keys, ``msg:msg_<hex>#<n>``, have none) is not looked up: sent as usual.
 
@@ -332,10 +334,14 @@ def _delivery_error(
     headers: Mapping[str, str] = exc.headers or {}
     message = f"sendgrid: message {delivery.message_id}: HTTP {status}: {_reason(exc)}"
     if status == 429 or status >= 500 or status < 400:
-        return TransientDeliveryError(message, retry_after=_retry_after(headers), code=str(status))
+        return TransientDeliveryError(
+            message, retry_after=_retry_after(headers), code=str(status), unsent=status == 429
+        )
     if status in (401, 403):
         log.error("%s: check OUTREACH_SENDGRID_API_KEY and the account", message)
-        return TransientDeliveryError(message, retry_after=ACCOUNT_RETRY_AFTER, code=str(status))
+        return TransientDeliveryError(
+            message, retry_after=ACCOUNT_RETRY_AFTER, code=str(status), unsent=True
+        )
     return PermanentDeliveryError(message, code=str(status))
 
 

@@ -191,7 +191,11 @@ class TwilioSmsChannel:
     async def send(self, delivery: Delivery, key: str, retry: bool = False) -> SendResult:
         """Send ``delivery`` as an SMS; with ``retry``, first look for an earlier try."""
         if retry:
-            earlier = await self._call(self._find_earlier, delivery)
+            try:
+                earlier = await self._call(self._find_earlier, delivery)
+            except TransientDeliveryError as exc:
+                exc.unsent = False  # the earlier try is still unknown
+                raise
             if earlier is not None:
                 log.info("twilio: %s was accepted before as %s; not sent again", key, earlier)
                 return SendResult(status="sent", provider_id=earlier, replayed=True)
@@ -231,10 +235,14 @@ class TwilioSmsChannel:
         message = f"twilio: message {delivery.message_id}: HTTP {status}, code {code}: {text}"
         if status == 429 or status >= 500:
             retry_after = retry_after_seconds(self._http.error_headers().get("Retry-After"))
-            return TransientDeliveryError(message, retry_after=retry_after, code=code)
+            return TransientDeliveryError(
+                message, retry_after=retry_after, code=code, unsent=status == 429
+            )
         if status in (401, 403):
             log.error("%s: check OUTREACH_TWILIO_ACCOUNT_SID/AUTH_TOKEN and the account", message)
-            return TransientDeliveryError(message, retry_after=ACCOUNT_RETRY_AFTER, code=code)
+            return TransientDeliveryError(
+                message, retry_after=ACCOUNT_RETRY_AFTER, code=code, unsent=True
+            )
         return PermanentDeliveryError(message, code=code)
 
     def _sender(self) -> dict[str, str]:

@@ -35,8 +35,11 @@ Crash between "performed" and "marked": the row's lease runs out and it is perfo
 with the same idempotency key. Connectors pass the key on (Stripe, HTTP ``Idempotency-Key``)
 and the file channel/connector keep each key once, so the second call changes nothing the
 customer sees. A provider with no idempotency key of its own must be reconciled by its
-channel (look the key up before sending again); the window that remains is documented in the
-README.
+channel (look the key up before sending again): the channel is told ``retry`` when an earlier
+try may have reached the provider, which is from the second attempt on unless the attempt
+just before was this process's and the channel said it left no copy
+(``TransientDeliveryError.unsent``: a 429, a refused account). The window that remains is
+documented in docs/live-runtime.md.
 
 Logs and metrics. Each row is performed with its ids bound for log lines (``kind``,
 ``idempotency_key``, ``customer_id``, and ``action_id``/``tool``/``signal_id`` or
@@ -140,6 +143,9 @@ class Dispatcher:
         self._switches: dict[tuple[str, str], str] = {}
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._clock: Callable[[], float] = time.time  # the round's (run_once sets it)
+        # outbox row id -> the attempt after which its provider surely held no copy (the
+        # channel said ``unsent``): the next attempt, if it is this process's, needs no lookup
+        self._unsent: dict[int, int] = {}
         metrics.watch_circuits(connector)
 
     def backoff(self, attempts: int, retry_after: float | None) -> float:
@@ -277,8 +283,9 @@ class Dispatcher:
                     await finish(row, "failed", result, refused, *records, report)
                     return
             else:
-                retry = row.attempts > 1  # an earlier try may have reached the provider
-                sent = await self.channel.send(request, row.idempotency_key, retry=retry)
+                sent = await self.channel.send(
+                    request, row.idempotency_key, retry=self._maybe_sent(row)
+                )
                 timed(started)
                 replayed, result = sent.replayed, sent.model_dump_json().encode()
         except ConnectorPaused as exc:  # refused before the provider: not a call, not tried
@@ -304,6 +311,8 @@ class Dispatcher:
             timed(started)
             now = self._clock()
             self._provider_error(request, exc)
+            if isinstance(exc, TransientDeliveryError) and exc.unsent:
+                self._note_unsent(row)
             await self._retry(row, now, str(exc), exc.retry_after, request, tried=tried)
             return
         except Exception as exc:  # an unexpected error is treated as transient, and logged
@@ -316,6 +325,24 @@ class Dispatcher:
             return
         self.stats.replayed += replayed
         await finish(row, "done", result, None, *records)
+
+    def _maybe_sent(self, row: OutboxRow) -> bool:
+        """Whether an earlier try of ``row`` may have reached the provider (the channel then
+        looks it up before sending: ``retry``): yes from the second attempt on, unless the
+        attempt just before was this process's and the channel said it left no copy. A crash,
+        a timeout, a 5xx or another dispatcher's attempt in between leave the doubt. Looking
+        up after a clean refusal cost a provider call each time (SendGrid's lookup allows 6 a
+        minute), which a burst of retries after a provider's outage would queue behind."""
+        clean = self._unsent.pop(row.id, None)
+        return row.attempts > 1 and clean != row.attempts - 1
+
+    def _note_unsent(self, row: OutboxRow) -> None:
+        """Remember that after this attempt of ``row`` the provider holds no copy (bounded:
+        a row finished or taken by another dispatcher is never asked about again)."""
+        unsent = self._unsent
+        unsent[row.id] = row.attempts
+        while len(unsent) > 10_000:
+            del unsent[next(iter(unsent))]
 
     async def _renewed(self, row: OutboxRow) -> bool:
         """Whether the row's lease was extended for this attempt: the claim covers a round,

@@ -492,3 +492,45 @@ def test_without_unsubscribe_links_the_channel_does_not_start(api: SendGridDoubl
         SendGridEmailChannel(settings(api), None)
     assert "OUTREACH_UNSUBSCRIBE_SECRET" in str(caught.value)
     assert "OUTREACH_PUBLIC_URL" in str(caught.value)
+
+
+# -- what a failed try says about the message (the dispatcher's next lookup) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "unsent"),
+    [
+        (status(429, retry_after="5"), True),
+        (sendgrid_error(401), True),
+        (sendgrid_error(403, "access forbidden"), True),
+        (status(500), False),  # SendGrid may have taken it before failing
+        (status(503, retry_after="1"), False),
+    ],
+)  # fmt: skip
+async def test_only_an_outright_refusal_says_the_email_was_not_sent(
+    api: SendGridDouble, channel: SendGridEmailChannel, answer: Answer, unsent: bool
+) -> None:
+    api.script(answer)
+    with pytest.raises(TransientDeliveryError) as caught:
+        await channel.send(email(), "msg:m-1")
+    assert caught.value.unsent is unsent
+
+
+async def test_a_refused_lookup_leaves_the_earlier_try_unknown(
+    api: SendGridDouble, reconciling: SendGridEmailChannel
+) -> None:
+    api.script(status(429, retry_after="7"))
+    with pytest.raises(TransientDeliveryError) as caught:
+        await reconciling.send(retried(), retried().key, retry=True)
+    assert caught.value.unsent is False
+    assert api.sends() == []
+
+
+async def test_a_send_refused_after_a_lookup_found_nothing_says_the_email_was_not_sent(
+    api: SendGridDouble, reconciling: SendGridEmailChannel
+) -> None:
+    api.script(Answer(200, {"messages": []}), status(429, retry_after="7"))
+    with pytest.raises(TransientDeliveryError) as caught:
+        await reconciling.send(retried(), retried().key, retry=True)
+    assert caught.value.unsent is True
+    assert (len(api.lookups()), len(api.accepted)) == (1, 0)

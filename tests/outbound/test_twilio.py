@@ -376,3 +376,36 @@ def test_settings_come_from_outreach_twilio_variables(monkeypatch: pytest.Monkey
     assert (loaded.account_sid, loaded.from_number, loaded.rate) == (SID, NUMBER, 2.5)
     assert loaded.auth_token is not None and loaded.auth_token.get_secret_value() == TOKEN
     assert TOKEN not in repr(loaded)
+
+
+# -- what a failed try says about the message (the dispatcher's next lookup) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "unsent"),
+    [
+        (Answer(429, {"code": 20429, "message": "Too Many Requests", "status": 429}), True),
+        (twilio_error(20003, 401, "Authenticate"), True),
+        (status(500), False),  # Twilio may have taken it before failing
+        (status(503, retry_after="2"), False),
+    ],
+)  # fmt: skip
+async def test_only_an_outright_refusal_says_the_message_was_not_sent(
+    api: TwilioDouble, channel: TwilioSmsChannel, answer: Answer, unsent: bool
+) -> None:
+    """A 429 or a refused account is Twilio not processing the request at all: the next try
+    needs no lookup. After a 5xx the message may exist: it does."""
+    api.script(answer)
+    with pytest.raises(TransientDeliveryError) as caught:
+        await channel.send(sms(), "msg:m-1")
+    assert caught.value.unsent is unsent
+
+
+async def test_a_refused_lookup_leaves_the_earlier_try_unknown(
+    api: TwilioDouble, channel: TwilioSmsChannel
+) -> None:
+    api.script(Answer(429, {"code": 20429, "message": "Too Many Requests", "status": 429}))
+    with pytest.raises(TransientDeliveryError) as caught:
+        await channel.send(sms(), "msg:m-1", retry=True)
+    assert caught.value.unsent is False  # the message an earlier try sent may still be there
+    assert api.creates() == []

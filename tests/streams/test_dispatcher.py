@@ -643,6 +643,41 @@ async def test_the_channel_is_told_retry_on_the_second_claim_of_a_row(store: Sto
     assert {r["status"] for r in store.outbox_rows()} == {"done"}
 
 
+async def test_after_an_outright_refusal_the_next_attempt_is_not_a_retry(store: Store) -> None:
+    """A channel that says its failed try left no copy at the provider (a 429: ``unsent``)
+    spares the next attempt its lookup; a lookup per retry after a provider's outage queued
+    every row behind SendGrid's 6 lookups a minute."""
+    refused = TransientDeliveryError("429: too many requests", unsent=True)
+    channel = RecordingChannel(refused, TransientDeliveryError("timeout: it may have gone"))
+    options = DispatcherOptions(lease=LEASE, backoff_base=1.0, backoff_max=1.0)
+    dispatcher = Dispatcher(store, FakeConnector(), channel, options, random.Random(3))
+    key = queue_delivery(store, delivery(), 0.0)
+    now = time.time()
+    assert await dispatcher.run_once(now) == 1  # refused outright
+    assert await dispatcher.run_once(now + 2) == 1  # no lookup needed; then it times out
+    assert await dispatcher.run_once(now + 4) == 1  # the timeout may have sent it: look up
+    assert channel.calls == [(key, False), (key, False), (key, True)]
+    assert only_row(store)["status"] == "done"
+
+
+async def test_a_refusal_does_not_spare_the_lookup_when_another_attempt_came_between(
+    store: Store,
+) -> None:
+    """What this dispatcher knows holds only for the attempt right after its own: another
+    dispatcher's attempt between (it crashed mid-send here) may have sent the message."""
+    channel = RecordingChannel(TransientDeliveryError("429", unsent=True))
+    options = DispatcherOptions(lease=LEASE, backoff_base=1.0, backoff_max=1.0)
+    dispatcher = Dispatcher(store, FakeConnector(), channel, options, random.Random(3))
+    key = queue_delivery(store, delivery(), 0.0)
+    now = time.time()
+    assert await dispatcher.run_once(now) == 1
+    [claimed] = store.claim_due(now + 2, 10, LEASE)  # another dispatcher, dead mid-send
+    assert claimed.attempts == 2
+    assert await dispatcher.run_once(now + 2 + LEASE) == 1
+    assert channel.calls == [(key, False), (key, True)]
+    assert (only_row(store)["status"], only_row(store)["attempts"]) == ("done", 3)
+
+
 async def test_the_channel_is_told_retry_after_a_crashed_dispatchers_lease_ran_out(
     store: Store,
 ) -> None:
