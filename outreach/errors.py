@@ -12,6 +12,7 @@
     │   └── PermanentConnectorError  will never succeed as asked; record and escalate
     └── DeliveryError                a message a channel did not accept
         ├── TransientDeliveryError   may succeed if retried later (``retry_after`` seconds)
+        │   └── DeliveryHeld         an earlier try could not be looked up: held, not an attempt
         └── PermanentDeliveryError   will never be delivered as addressed; never retried
 
 Error policy (retry, dead-letter, escalate) lives at the edges (runtimes, dispatcher); the
@@ -134,6 +135,14 @@ class TransientDeliveryError(DeliveryError):
         self.retry_after = retry_after
         self.code = code
         self.unsent = unsent
+
+
+class DeliveryHeld(TransientDeliveryError):  # noqa: N818 - a state, like ConnectorPaused
+    """The channel could not tell whether an earlier try reached the provider (its lookup was
+    rate-limited, the provider's API failed or timed out) and sent nothing: hold the row
+    untried until ``retry_after``, not counted as an attempt. Counted, a burst of retries
+    behind a lookup limited to a few calls a minute (SendGrid's Email Activity: 6) ran out
+    its attempts and was given up unsent."""
 
 
 class PermanentDeliveryError(DeliveryError):

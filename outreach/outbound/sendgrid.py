@@ -30,8 +30,8 @@ its ``msg_id`` (``replayed=True``) instead of sending. The API is a paid add-on 
 additional email activity history") and the key needs the ``email_activity.read`` scope.
 Lookup errors::
 
-    HTTP 429, 5xx, timeout, connection refused/reset  -> TransientDeliveryError (nothing sent;
-        the row is retried later, as after a send's transient error)
+    HTTP 429, 5xx, timeout, connection refused/reset  -> DeliveryHeld (nothing sent; the row
+        is held untried until Retry-After / X-RateLimit-Reset, not counted as an attempt)
     HTTP 401, 403, 404 (no add-on, no scope)          -> one warning per channel (the worker
         builds one per process); sent as usual
     any other 4xx, an answer without ``messages``     -> a warning; sent as usual
@@ -47,10 +47,10 @@ The window that remains:
   dispatcher's backoff (up to a second after a first failure), usually before the feed has the
   message: that one can still go twice.
 - The API allows 6 requests per minute per account: beyond that the lookup answers 429 and the
-  row waits (``Retry-After``, else ``X-RateLimit-Reset``), so many retries at once (after an
-  outage) drain slowly. A send SendGrid refused outright (429, 401, 403) raises with
-  ``unsent=True``, and the dispatcher's next attempt then asks for no lookup; a failed lookup
-  leaves the earlier try unknown (``unsent`` False).
+  row is held (``Retry-After``, else ``X-RateLimit-Reset``) without counting an attempt, so
+  many retries at once (after an outage) drain slowly but are not given up for it. A send
+  SendGrid refused outright (429, 401, 403) raises with ``unsent=True``, and the dispatcher's
+  next attempt then asks for no lookup; a failed lookup leaves the earlier try unknown.
 - A key the query language cannot quote (a double quote, backslash or control character; the
   engine's keys, ``msg:msg_<hex>#<n>``, have none) is not looked up: sent as usual.
 
@@ -86,7 +86,7 @@ from sendgrid.helpers.mail import (
 from sendgrid.helpers.mail.exceptions import SendGridException
 
 from outreach.decisions import Delivery
-from outreach.errors import PermanentDeliveryError, TransientDeliveryError
+from outreach.errors import DeliveryHeld, PermanentDeliveryError, TransientDeliveryError
 from outreach.outbound.channels import SendResult
 from outreach.outbound.config import ACCOUNT_RETRY_AFTER, ChannelConfigError, retry_after_seconds
 from outreach.outbound.unsubscribe import MARKETING_LIST, UnsubscribeLinks
@@ -251,7 +251,7 @@ class SendGridEmailChannel:
             status = int(exc.status_code)
             message = f"sendgrid: looking up message {delivery.message_id}: HTTP {status}"
             if status == 429 or status >= 500 or status < 400:
-                raise TransientDeliveryError(
+                raise DeliveryHeld(
                     f"{message}: {_reason(exc)}",
                     retry_after=_retry_after(exc.headers or {}),
                     code=str(status),
@@ -259,7 +259,7 @@ class SendGridEmailChannel:
             self._lookup_refused(status, f"{message}: {_reason(exc)}")
             return []
         except OSError as exc:  # URLError, socket timeouts, refused or reset connections
-            raise TransientDeliveryError(
+            raise DeliveryHeld(
                 f"sendgrid: looking up message {delivery.message_id}: {type(exc).__name__}: {exc}"
             ) from exc
         return _messages(response.body, delivery)

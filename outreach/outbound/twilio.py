@@ -64,7 +64,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from outreach.decisions import Delivery
-from outreach.errors import PermanentDeliveryError, TransientDeliveryError
+from outreach.errors import DeliveryHeld, PermanentDeliveryError, TransientDeliveryError
 from outreach.outbound.channels import SendResult
 from outreach.outbound.config import ACCOUNT_RETRY_AFTER, ChannelConfigError, retry_after_seconds
 
@@ -193,9 +193,11 @@ class TwilioSmsChannel:
         if retry:
             try:
                 earlier = await self._call(self._find_earlier, delivery)
-            except TransientDeliveryError as exc:
-                exc.unsent = False  # the earlier try is still unknown
-                raise
+            except TransientDeliveryError as exc:  # the earlier try is still unknown
+                if exc.retry_after == ACCOUNT_RETRY_AFTER:  # the account's problem: an attempt
+                    exc.unsent = False
+                    raise
+                raise DeliveryHeld(str(exc), retry_after=exc.retry_after, code=exc.code) from exc
             if earlier is not None:
                 log.info("twilio: %s was accepted before as %s; not sent again", key, earlier)
                 return SendResult(status="sent", provider_id=earlier, replayed=True)

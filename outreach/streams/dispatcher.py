@@ -25,7 +25,9 @@ An effect's result: ``failed`` (the system answered that it could not do it: the
 reports (``EffectResult.events``, e.g. a new delivery estimate after a rebooking) become input
 events for the customer, relayed in the same transaction as the row's ``done`` (one that does
 not validate goes to the dead-letter topic instead). A connector whose circuit is open
-(``ConnectorPaused``) has its rows held like a kill switch's, not counted as attempts.
+(``ConnectorPaused``) has its rows held like a kill switch's, not counted as attempts; so
+has a delivery whose channel could not look up an earlier try (``DeliveryHeld``: the lookup
+rate-limited or failing), since sending blind might send it twice.
 
 A kill switch thrown by an operator (``POST /v1/killswitch``) holds the rows of its tool or
 channel already in the outbox: they are put back untried (not counted as attempts) and go
@@ -69,6 +71,7 @@ from outreach.agents.connectors import Connector, Effect, EffectResult
 from outreach.decisions import Delivery
 from outreach.errors import (
     ConnectorPaused,
+    DeliveryHeld,
     PermanentConnectorError,
     PermanentDeliveryError,
     TransientConnectorError,
@@ -288,7 +291,7 @@ class Dispatcher:
                 )
                 timed(started)
                 replayed, result = sent.replayed, sent.model_dump_json().encode()
-        except ConnectorPaused as exc:  # refused before the provider: not a call, not tried
+        except (ConnectorPaused, DeliveryHeld) as exc:  # nothing done, nothing known: not tried
             now = self._clock()
             self.stats.paused += 1
             at = now + (exc.retry_after or self.options.hold)

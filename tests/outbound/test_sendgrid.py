@@ -15,7 +15,7 @@ from outbound.doubles import Answer, SendGridDouble, sendgrid_error, slow, statu
 from pydantic import SecretStr
 
 from outreach.decisions import Delivery
-from outreach.errors import PermanentDeliveryError, TransientDeliveryError
+from outreach.errors import DeliveryHeld, PermanentDeliveryError, TransientDeliveryError
 from outreach.ids import make_id
 from outreach.outbound.config import ChannelConfigError
 from outreach.outbound.sendgrid import RECONCILE_LIMIT, SendGridEmailChannel, SendGridSettings
@@ -520,7 +520,7 @@ async def test_a_refused_lookup_leaves_the_earlier_try_unknown(
     api: SendGridDouble, reconciling: SendGridEmailChannel
 ) -> None:
     api.script(status(429, retry_after="7"))
-    with pytest.raises(TransientDeliveryError) as caught:
+    with pytest.raises(DeliveryHeld) as caught:  # held untried by the dispatcher
         await reconciling.send(retried(), retried().key, retry=True)
     assert caught.value.unsent is False
     assert api.sends() == []

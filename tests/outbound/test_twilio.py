@@ -16,7 +16,7 @@ from outbound.doubles import Answer, TwilioDouble, slow, status, twilio_error
 from pydantic import SecretStr
 
 from outreach.decisions import Delivery
-from outreach.errors import PermanentDeliveryError, TransientDeliveryError
+from outreach.errors import DeliveryHeld, PermanentDeliveryError, TransientDeliveryError
 from outreach.outbound.config import ChannelConfigError
 from outreach.outbound.twilio import TwilioSettings, TwilioSmsChannel, status_callback_url
 
@@ -405,7 +405,20 @@ async def test_a_refused_lookup_leaves_the_earlier_try_unknown(
     api: TwilioDouble, channel: TwilioSmsChannel
 ) -> None:
     api.script(Answer(429, {"code": 20429, "message": "Too Many Requests", "status": 429}))
-    with pytest.raises(TransientDeliveryError) as caught:
+    with pytest.raises(DeliveryHeld) as caught:  # held untried by the dispatcher
         await channel.send(sms(), "msg:m-1", retry=True)
     assert caught.value.unsent is False  # the message an earlier try sent may still be there
+    assert api.creates() == []
+
+
+async def test_a_lookup_refused_for_the_account_counts_as_an_attempt(api: TwilioDouble) -> None:
+    """The account's problem (a wrong token) is not held for ever: the dispatcher counts it,
+    gives the row up at its last attempt and the core alerts, as for a send."""
+    channel = TwilioSmsChannel(settings(api, auth_token=SecretStr("not-the-token")))
+    try:
+        with pytest.raises(TransientDeliveryError) as caught:
+            await channel.send(sms(), "msg:m-1", retry=True)
+    finally:
+        channel.close()
+    assert not isinstance(caught.value, DeliveryHeld)
     assert api.creates() == []

@@ -17,6 +17,7 @@ from outreach.agents.connectors import Effect, EffectResult, FakeConnector, File
 from outreach.decisions import Delivery
 from outreach.errors import (
     ConnectorPaused,
+    DeliveryHeld,
     PermanentConnectorError,
     PermanentDeliveryError,
     TransientConnectorError,
@@ -657,6 +658,31 @@ async def test_after_an_outright_refusal_the_next_attempt_is_not_a_retry(store: 
     assert await dispatcher.run_once(now + 2) == 1  # no lookup needed; then it times out
     assert await dispatcher.run_once(now + 4) == 1  # the timeout may have sent it: look up
     assert channel.calls == [(key, False), (key, False), (key, True)]
+    assert only_row(store)["status"] == "done"
+
+
+async def test_a_delivery_whose_earlier_try_cannot_be_looked_up_is_held_not_counted(
+    store: Store,
+) -> None:
+    """A lookup the provider rate-limits (SendGrid's Email Activity: 6 a minute) or fails
+    tells nothing about the earlier try: sending blind might send twice, and counting it as
+    an attempt gave a burst of retries up unsent within the hour. The row is held untried
+    until the provider's Retry-After, as many times as it takes, then looked up again."""
+    lookup_429 = DeliveryHeld("lookup: HTTP 429", retry_after=60.0)
+    channel = RecordingChannel(TransientDeliveryError("503"), *[lookup_429] * 12)
+    options = DispatcherOptions(lease=LEASE, backoff_base=1.0, backoff_max=1.0, max_attempts=2,
+                                retry_for=0.0)  # fmt: skip
+    dispatcher = Dispatcher(store, FakeConnector(), channel, options, random.Random(3))
+    key = queue_delivery(store, delivery(), 0.0)
+    now = time.time()
+    assert await dispatcher.run_once(now) == 1  # a 5xx: it may have gone
+    for round_ in range(12):  # far past max_attempts, had they counted
+        now += 61
+        assert await dispatcher.run_once(now) == 1
+        row = only_row(store)
+        assert (row["status"], row["attempts"]) == ("pending", 1), round_
+    assert await dispatcher.run_once(now + 61) == 1
+    assert channel.calls == [(key, False)] + [(key, True)] * 13
     assert only_row(store)["status"] == "done"
 
 
