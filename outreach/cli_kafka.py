@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 out = Console()
 err = Console(stderr=True)
+SHOWN = 200  # rows of the table `dlq republish` shows before asking
 dlq_app = typer.Typer(
     help="The dead-letter topic: list dead letters, publish them again once fixed.",
     no_args_is_help=True,
@@ -215,11 +216,13 @@ def dlq_republish(
     plan = plan_republish(letters, topics)
     table = new_table(f"{len(letters)} dead letters chosen", "dlq", "source", "key", "size", "to")
     chosen: list[Resend | Refusal] = [*plan.resend, *plan.refused]
-    for item in chosen:
+    for item in chosen[:SHOWN]:  # a table of tens of thousands takes Rich minutes to draw
         dlq, _, source, key, _, size = letter_row(item.letter)
         to = item.topic if isinstance(item, Resend) else f"refused: {item.reason}"
         table.add_row(*(Text(cell) for cell in (dlq, source, key, size, to)))
     out.print(table)
+    if len(chosen) > SHOWN:
+        out.print(f"... and {len(chosen) - SHOWN} more (`outreach dlq list --json` lists them all)")
     repeats = f"; {plan.repeats} repeat(s) of another, sent once" if plan.repeats else ""
     out.print(f"{len(plan.resend)} to republish, {len(plan.refused)} refused{repeats}")
     failed = bool(plan.refused or reader.unfinished)

@@ -160,7 +160,11 @@ class TopicReader:
             bootstrap_servers=self.bootstrap, client_id="outreach-dlq", group_id=None,
             enable_auto_commit=False, auto_offset_reset="earliest",
         )  # fmt: skip
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:  # no broker: close what start() opened (else "Unclosed consumer")
+            await consumer.stop()
+            raise
         try:
             await consumer.topics()  # the metadata partitions_for_topic reads
             parts = []
