@@ -191,13 +191,7 @@ class TwilioSmsChannel:
     async def send(self, delivery: Delivery, key: str, retry: bool = False) -> SendResult:
         """Send ``delivery`` as an SMS; with ``retry``, first look for an earlier try."""
         if retry:
-            try:
-                earlier = await self._call(self._find_earlier, delivery)
-            except TransientDeliveryError as exc:  # the earlier try is still unknown
-                if exc.retry_after == ACCOUNT_RETRY_AFTER:  # the account's problem: an attempt
-                    exc.unsent = False
-                    raise
-                raise DeliveryHeld(str(exc), retry_after=exc.retry_after, code=exc.code) from exc
+            earlier = await self._call(self._find_earlier, delivery, lookup=True)
             if earlier is not None:
                 log.info("twilio: %s was accepted before as %s; not sent again", key, earlier)
                 return SendResult(status="sent", provider_id=earlier, replayed=True)
@@ -208,28 +202,35 @@ class TwilioSmsChannel:
         """Close the HTTP connections."""
         self._http.close()
 
-    async def _call(self, call: Callable[[Delivery], T], delivery: Delivery) -> T:
+    async def _call(
+        self, call: Callable[[Delivery], T], delivery: Delivery, lookup: bool = False
+    ) -> T:
         await self._limiter.acquire()
-        return await asyncio.to_thread(self._mapped, call, delivery)
+        return await asyncio.to_thread(self._mapped, call, delivery, lookup)
 
-    def _mapped(self, call: Callable[[Delivery], T], delivery: Delivery) -> T:
-        """``call(delivery)`` with the SDK's and the network's errors as ours (worker thread)."""
+    def _mapped(self, call: Callable[[Delivery], T], delivery: Delivery, lookup: bool) -> T:
+        """``call(delivery)`` with the SDK's and the network's errors as ours (worker thread).
+        ``lookup``: the call looks for an earlier try, so a failure leaves it unknown: held
+        (``DeliveryHeld``) when Twilio cannot answer now, never ``unsent``."""
         try:
             return call(delivery)
         except TwilioException as exc:
-            error = self._delivery_error(exc, delivery)
+            error = self._delivery_error(exc, delivery, lookup)
             if error is None:
                 raise
             raise error from exc
         except (requests.Timeout, requests.ConnectionError) as exc:
-            raise TransientDeliveryError(
+            kind = DeliveryHeld if lookup else TransientDeliveryError
+            raise kind(
                 f"twilio: message {delivery.message_id}: {type(exc).__name__}: {exc}"
             ) from exc
 
     def _delivery_error(
-        self, exc: TwilioException, delivery: Delivery
+        self, exc: TwilioException, delivery: Delivery, lookup: bool
     ) -> TransientDeliveryError | PermanentDeliveryError | None:
-        """Ours for an HTTP error answer (``None``: not an answer from Twilio)."""
+        """Ours for an HTTP error answer (``None``: not an answer from Twilio). An account
+        refused (401/403) counts as an attempt even for a lookup: a broken account must give
+        its rows up and alert, not hold them for ever."""
         answer = _http_answer(exc)
         if answer is None:
             return None
@@ -237,13 +238,15 @@ class TwilioSmsChannel:
         message = f"twilio: message {delivery.message_id}: HTTP {status}, code {code}: {text}"
         if status == 429 or status >= 500:
             retry_after = retry_after_seconds(self._http.error_headers().get("Retry-After"))
+            if lookup:
+                return DeliveryHeld(message, retry_after=retry_after, code=code)
             return TransientDeliveryError(
                 message, retry_after=retry_after, code=code, unsent=status == 429
             )
         if status in (401, 403):
             log.error("%s: check OUTREACH_TWILIO_ACCOUNT_SID/AUTH_TOKEN and the account", message)
             return TransientDeliveryError(
-                message, retry_after=ACCOUNT_RETRY_AFTER, code=code, unsent=True
+                message, retry_after=ACCOUNT_RETRY_AFTER, code=code, unsent=not lookup
             )
         return PermanentDeliveryError(message, code=code)
 
