@@ -260,6 +260,9 @@ class Replayer:
             due, _, timer_id, customer_id = heapq.heappop(timers)
             if tainted and customer_id in tainted:
                 continue  # an input of the customer failed in this pass
+            state = self._state(customer_id)
+            if timer_id not in state.timers:
+                continue  # cancelled meanwhile (ids name their due time): as live, not fired
             when = datetime.fromtimestamp(due, UTC)
             event = TimerFired.model_construct(
                 event_id=timer_id,
@@ -270,7 +273,6 @@ class Replayer:
                 schema_version=1,
                 data=TimerFiredData.model_construct(timer_id=timer_id, due_at=when),
             )
-            state = self._state(customer_id)
             skips = self.skips
             if skips is not None and timer_id in skips.timers:
                 state.timers.pop(timer_id, None)  # dropped, as the live runtime drops it

@@ -63,17 +63,19 @@ class Feed:
 
 def run_to_quiescence(
     processor: BatchProcessor, store: Store, records: Sequence[Record], feed: Feed, batch: int = 500
-) -> None:
-    """Apply ``records`` in batches, then fire every pending timer until none is left."""
+) -> int:
+    """Apply ``records`` in batches, then fire every pending timer until none is left; how
+    many timers fired (cancelled ones are delivered too, and not fired)."""
+    fired = 0
     for start in range(0, len(records), batch):
-        processor.apply(records[start : start + batch])
+        fired += processor.apply(records[start : start + batch]).timers_fired
     while True:
         due = Schedule(store).pending()
         if not due:
-            return
-        processor.apply(
+            return fired
+        fired += processor.apply(
             [feed.record("timers", r.customer_id.encode(), timer_value(r)) for r in due]
-        )
+        ).timers_fired
 
 
 def drain_records(store: Store) -> dict[str, list[bytes]]:
