@@ -10,8 +10,8 @@ latency histogram (a
 record's Kafka timestamp to the batch that applied it, see ``outreach.streams.latency``): running
 totals the workers add to in each batch's transaction (the event results and complaint channels
 the alerts watch are exported at 0 until counted); the outbox by kind and status, actions
-waiting for approval, and the consumer lag per partition (Kafka's end offset minus the store's
-applied position).
+waiting for approval, and the consumer lag per partition (the partition's high watermark, from
+a fetch, minus the store's applied position).
 
 Every request runs with a ``request_id`` bound for its log lines (``outreach.telemetry.logs``):
 the caller's ``X-Request-ID`` when it sends a sane one, else a new one; the answer carries it.
@@ -229,21 +229,45 @@ def request_id_of(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-async def kafka_lag(bootstrap: str, operator: Operator, group: str) -> Lag:
-    """End offsets of the partitions the store has positions for, minus those positions."""
+async def kafka_lag(bootstrap: str, operator: Operator, group: str, wait: float = 3.0) -> Lag:
+    """The high watermarks of the partitions the store has positions for, minus those
+    positions. A watermark comes from a fetch at the position (the reply carries it, records
+    or none), not from ListOffsets: the embedded broker answers that short of the log's end
+    once records came in batches. A partition no fetch answers within ``wait`` seconds, or gone
+    from the brokers, is left out."""
     from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped,unused-ignore]
 
     positions = await asyncio.to_thread(operator.positions, group)
     if not positions:
         return {}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, client_id="outreach-lag", group_id=None,
+        enable_auto_commit=False, auto_offset_reset="latest", fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=1024,  # the watermark is wanted, not the records
+    )  # fmt: skip
     try:
-        parts = [TopicPartition(t, p) for t, p in positions]
-        ends = await consumer.end_offsets(parts)
+        await consumer.start()
+        await consumer.topics()  # the metadata partitions_for_topic reads
+        parts = [
+            TopicPartition(t, p)
+            for t, p in sorted(positions)
+            if p in (consumer.partitions_for_topic(t) or ())
+        ]
+        if not parts:
+            return {}
+        consumer.assign(parts)
+        for tp in parts:
+            consumer.seek(tp, positions[tp.topic, tp.partition])
+        highs: dict[Any, int] = {}
+        deadline = time.monotonic() + wait
+        while len(highs) < len(parts) and time.monotonic() < deadline:
+            await consumer.getmany(timeout_ms=100, max_records=1)
+            for tp in parts:
+                if (high := consumer.highwater(tp)) is not None:
+                    highs[tp] = high
     finally:
         await consumer.stop()
     return {
-        (tp.topic, tp.partition): max(0, end - positions[(tp.topic, tp.partition)])
-        for tp, end in ends.items()
+        (tp.topic, tp.partition): max(0, high - positions[tp.topic, tp.partition])
+        for tp, high in highs.items()
     }
