@@ -164,10 +164,18 @@ def logical_topic(event_type: str) -> str:
     return attribute
 
 
+# how long the dead-letter topic keeps a letter when ``ensure_topics`` creates it: longer than
+# Kafka's 7-day default, so a letter outlives a long weekend and a fix's release before it is
+# republished (``outreach dlq republish``); change it on the topic (kafka-configs) to suit
+DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
+
+
 async def ensure_topics(
     bootstrap: str, topics: Topics, partitions: int, *, replication_factor: int = 1
 ) -> None:
-    """Create the topics that are missing (all with ``partitions``); existing ones are kept."""
+    """Create the topics that are missing (all with ``partitions``; the dead-letter topic with
+    ``retention.ms`` = ``DLQ_RETENTION_MS``, the rest with the brokers' defaults); existing
+    ones are kept as they are."""
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, not {partitions}")
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="outreach-admin")
@@ -178,7 +186,10 @@ async def ensure_topics(
         if not missing:
             return
         response = await admin.create_topics(
-            [NewTopic(name, partitions, replication_factor) for name in missing]
+            [
+                NewTopic(name, partitions, replication_factor, topic_configs=_configs(topics, name))
+                for name in missing
+            ]
         )
     finally:
         await admin.close()
@@ -187,3 +198,7 @@ async def ensure_topics(
         if code and error is not TopicAlreadyExistsError:  # already there: another worker won
             detail = (message[0] if message else None) or error.description
             raise error(f"cannot create topic {name!r}: {detail}")
+
+
+def _configs(topics: Topics, name: str) -> dict[str, str]:
+    return {"retention.ms": str(DLQ_RETENTION_MS)} if name == topics.dlq else {}

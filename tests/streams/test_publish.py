@@ -14,6 +14,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from support import make_event, payment_failed, profile
@@ -30,7 +31,7 @@ from outreach.streams.publish import (
     publish_file,
     route_line,
 )
-from outreach.streams.topics import KafkaSettings, Topics, ensure_topics
+from outreach.streams.topics import DLQ_RETENTION_MS, KafkaSettings, Topics, ensure_topics
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -207,6 +208,26 @@ async def test_ensure_topics_is_idempotent(kafka_bootstrap: str, topics: Topics)
     finally:
         await admin.close()
     assert {t["topic"]: len(t["partitions"]) for t in described} == {name: 4 for name in topics.all}
+
+
+async def test_the_dead_letter_topic_keeps_letters_30_days(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        names = [topics.dlq, topics.payments]
+        [described] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+        )
+    finally:
+        await admin.close()
+    retention = {
+        resource[3]: {e[0]: e[1] for e in resource[4]}.get("retention.ms")
+        for resource in described.resources
+    }
+    assert retention[topics.dlq] == str(30 * 24 * 3600 * 1000) == str(DLQ_RETENTION_MS)
+    assert retention[topics.payments] != retention[topics.dlq]  # the brokers' default
 
 
 async def test_publish_file_sends_raw_lines_to_their_topics_keyed_by_customer(
