@@ -87,11 +87,12 @@ class StoreSeekingConsumer(Consumer):
         positions = await processor.applied_positions(wanted, "faust worker")
         if positions is None:
             return
-        for tp in assigned:
-            # 0 (nothing applied) also clears Faust's read offset, or it would drop the
-            # records below the committed offset as already seen
-            at = positions.get((tp.topic, tp.partition), 0)
-            await self.seek(tp, at)
+        # 0 (nothing applied) also clears Faust's read offset, or it would drop the records
+        # below the committed offset as already seen; seek_wait seeks in the consumer's own
+        # thread (aiokafka's consumer is not thread-safe) and waits for the positions
+        wanted_at = {tp: positions.get((tp.topic, tp.partition), 0) for tp in assigned}
+        await self.seek_wait(wanted_at)
+        for tp, at in wanted_at.items():
             # and Faust's idea of the committed offset follows: left at Kafka's, a store more
             # than one record ahead reads to Faust as a gap before the first acked offset,
             # and it would never commit that partition again
