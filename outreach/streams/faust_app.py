@@ -99,6 +99,25 @@ class StoreSeekingConsumer(Consumer):
             self._committed_offset[tp] = at or None
 
 
+def caught_up(app: OutreachApp) -> bool:
+    """Whether every partition the app's consumer is assigned has been applied, as the store
+    says, up to the high watermark its last fetch answered (False while nothing is assigned,
+    as during a group join, or a partition has had no fetch answered yet). Blocks on the
+    store: call it from a thread."""
+    consumer = app.consumer
+    highs: dict[tuple[str, int], int] = {}
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is None:
+            return False
+        highs[tp.topic, tp.partition] = high
+    if not highs:
+        return False
+    group, wanted = app.processor.group, list(highs)
+    applied = app.processor.store.run(lambda batch: batch.positions(group, wanted))
+    return all(applied.get(tp, 0) >= high for tp, high in highs.items())
+
+
 def make_app(
     processor: BatchProcessor,
     relay: Relay,
@@ -112,7 +131,7 @@ def make_app(
     stop: asyncio.Event,
     batch_max: int = 5000,
     within: float = 0.1,
-) -> faust.App:
+) -> OutreachApp:
     """A Faust app applying the engine's topics through ``processor`` (start it with
     ``await app.start()``; ``await app.stop()`` leaves the group). Faust keeps its own files
     in ``datadir`` (by default it would write ``<group>-data`` into the working directory),

@@ -33,7 +33,7 @@ from outreach.streams.codec import DEFAULT_MAX_EVENT_BYTES
 from outreach.streams.dispatcher import Dispatcher, DispatcherOptions
 from outreach.streams.embedded import EmbeddedBroker
 from outreach.streams.export import DecisionExporter
-from outreach.streams.faust_app import make_app
+from outreach.streams.faust_app import OutreachApp, caught_up, make_app
 from outreach.streams.outage import unavailable
 from outreach.streams.processor import DEFAULT_STATE_CACHE, BatchProcessor, BatchResult
 from outreach.streams.relay import Relay
@@ -98,6 +98,7 @@ class Parts:
     scheduler: TimerScheduler | None
     exporter: DecisionExporter | None
     embedded: bool
+    faust: OutreachApp | None = None  # the Faust driver's app (None with the aiokafka driver)
     started: float = field(default_factory=time.monotonic)
     failure: str | None = None  # why a part stopped on its own, if one did
 
@@ -206,7 +207,7 @@ class LiveEngine:
                     options=SchedulerSettings().options(),
                 )  # fmt: skip
             parts = Parts(bootstrap, topics, store, totals, relay, worker, dispatcher, scheduler,
-                          exporter, kafka.kafka_url is None)  # fmt: skip
+                          exporter, kafka.kafka_url is None, app)  # fmt: skip
             if dispatcher is not None:
                 runs["dispatcher"] = dispatcher.run(stop)
             if scheduler is not None:
@@ -268,9 +269,10 @@ def _ended(task: asyncio.Task[None], parts: Parts, stop: asyncio.Event) -> None:
 
 
 def quiet(parts: Parts, *, since: float) -> bool:
-    """Whether nothing is left to do now: every fetched record applied and relayed, no due
-    outbox row (when this process dispatches), no due timer (when it runs a scheduler), and
-    no new batch for ``since`` seconds (never while the database cannot be asked). What
+    """Whether nothing is left to do now: every fetched record applied and relayed (with the
+    Faust driver: every assigned partition applied to its high watermark), no due outbox row
+    (when this process dispatches), no due timer (when it runs a scheduler), and no new batch
+    for ``since`` seconds (never while the database cannot be asked). What
     another process is there to do is not waited for: with ``--no-scheduler`` and no
     scheduler running, a due timer would keep ``--until-idle`` up for ever."""
     worker = parts.worker
@@ -286,6 +288,8 @@ def quiet(parts: Parts, *, since: float) -> bool:
         return False
     store, now = parts.store, time.time()
     try:
+        if parts.faust is not None and not caught_up(parts.faust):
+            return False
         due = store.due_count(
             now, rows=parts.dispatcher is not None, timers_due=parts.scheduler is not None
         )

@@ -259,6 +259,24 @@ async def test_faust_runtime_applies_every_record_and_dead_letters_the_invalid(
     }
 
 
+async def test_a_restarted_faust_worker_until_idle_applies_the_backlog_before_it_ends(
+    kafka_bootstrap: str, topics: Topics, group_id: str, workload: Workload, tmp_path: Path
+) -> None:
+    """``--until-idle`` with the Faust driver ends once everything assigned is applied, not
+    after a quiet spell that the group's join fills (the embedded broker's rejoin is slow)."""
+    before, after = split_in_halves(workload.events, tmp_path)
+    url, data = f"sqlite:///{tmp_path}/store.db", tmp_path / "data"
+    args = ("--runtime", "faust", "--until-idle")
+    first = await publish_file(before, kafka_bootstrap, topics)
+    worker = WorkerProcess(kafka_bootstrap, topics, group_id, url, data, *args).start()
+    assert await asyncio.to_thread(worker.wait, 120) == 0, worker.log()
+    assert inputs_applied(url, group_id, topics) == first.total
+    second = await publish_file(after, kafka_bootstrap, topics)
+    again = WorkerProcess(kafka_bootstrap, topics, group_id, url, data, *args, name="again")
+    assert await asyncio.to_thread(again.start().wait, 120) == 0, again.log()
+    assert inputs_applied(url, group_id, topics) == first.total + second.total, again.log()
+
+
 async def test_broker_outage_mid_stream_then_everything_resumes(
     tmp_path: Path, book: RuleBook, group_id: str
 ) -> None:
