@@ -21,7 +21,10 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from support import payment_failed, profile
 
+from outreach.core import DecisionCore
+from outreach.rulebook import RuleBook
 from outreach.scheduling import timer_value
 from outreach.store import Store
 from outreach.store.schedule import Schedule
@@ -59,6 +62,32 @@ class Feed:
         obj = orjson.loads(raw)
         topic = TOPIC_OF[obj["type"].split(".")[0]]
         return self.record(topic, obj["customer_id"].encode(), raw.rstrip(b"\n"))
+
+
+def declined(feed: Feed, customer: str = "cus_1") -> list[Record]:
+    """The customer's profile, then a payment of theirs failing: its retries become timers."""
+    return [
+        feed.line(orjson.dumps(profile("2026-10-01T09:00:00Z", customer))),
+        feed.line(orjson.dumps(payment_failed("2026-10-01T10:00:00Z", customer))),
+    ]
+
+
+def make_processor(
+    rules: RuleBook | DecisionCore,
+    store: Store,
+    *,
+    group: str = "g",
+    timers_topic: str = "timers",
+    max_event_bytes: int = 65536,
+    **options: Any,
+) -> BatchProcessor:
+    """The worker's processor over ``rules`` (a book, or a core a test made itself) on
+    ``store``; ``options`` go to ``BatchProcessor`` as they are (``clock``, ``state_cache`` ...)."""
+    core = rules if isinstance(rules, DecisionCore) else DecisionCore(rules)
+    return BatchProcessor(
+        core, store, group=group, timers_topic=timers_topic, max_event_bytes=max_event_bytes,
+        **options,
+    )  # fmt: skip
 
 
 def run_to_quiescence(

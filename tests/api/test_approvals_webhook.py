@@ -12,15 +12,13 @@ from pathlib import Path
 
 import orjson
 import pytest
-from livesupport import Feed
+from livesupport import Feed, make_processor
 from support import profile, shipment_exception
 
-from outreach.core import DecisionCore
 from outreach.rulebook import load_rulebook
 from outreach.scheduling import SchedulerOptions, TimerScheduler
 from outreach.scheduling.webhook import ApprovalsWebhook
 from outreach.store import Store
-from outreach.streams.processor import BatchProcessor
 from outreach.streams.topics import Topics
 
 SECRET = "whsec-test"
@@ -78,10 +76,7 @@ def store(rules_copy: Path, tmp_path: Path) -> Iterator[Store]:
     path.write_text(path.read_text().replace("standard: 500,", "standard: 1500,"))
     made = Store(f"sqlite:///{tmp_path}/hook.db")
     made.migrate()
-    processor = BatchProcessor(
-        DecisionCore(load_rulebook(rules_copy)), made, group="g", timers_topic="timers",
-        max_event_bytes=65536,
-    )  # fmt: skip
+    processor = make_processor(load_rulebook(rules_copy), made)
     feed = Feed()
     events = []
     for customer in ("cus_1", "cus_2"):

@@ -7,16 +7,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from livesupport import Feed
+from livesupport import Feed, make_processor
 from support import profile, shipment_exception
 from typer.testing import CliRunner
 
 from outreach.cli import app
-from outreach.core import DecisionCore
 from outreach.rulebook import load_rulebook
 from outreach.store import Store
 from outreach.store.operator import Operator
-from outreach.streams.processor import BatchProcessor
 
 runner = CliRunner()
 AT = "2026-03-09T15:00:00Z"
@@ -31,10 +29,7 @@ def url(rules_copy: Path, tmp_path: Path) -> str:
     store = Store(url)
     store.migrate()
     feed = Feed()
-    processor = BatchProcessor(
-        DecisionCore(load_rulebook(rules_copy)), store, group="g", timers_topic="timers",
-        max_event_bytes=65536,
-    )  # fmt: skip
+    processor = make_processor(load_rulebook(rules_copy), store)
     events = (profile("2026-03-01T12:00:00Z"), shipment_exception(AT))
     processor.apply([feed.line(orjson.dumps(e)) for e in events])
     store.close()
@@ -99,10 +94,7 @@ def test_audit_prune_deletes_old_entries_and_decided_approvals_and_keeps_pending
         assert before >= 3
         # a later customer whose history is recent (2 days ago) and must be kept
         feed = Feed()  # a fresh feed: another group, so its offsets are new
-        processor = BatchProcessor(
-            DecisionCore(load_rulebook(rules_copy)), store, group="g2", timers_topic="timers",
-            max_event_bytes=65536,
-        )  # fmt: skip
+        processor = make_processor(load_rulebook(rules_copy), store, group="g2")
         recent = (datetime.now(UTC) - timedelta(days=2)).replace(microsecond=0)
         processor.apply([feed.line(orjson.dumps(profile(recent, "cus_2")))])
         kept = len(operator.timeline("cus_2"))

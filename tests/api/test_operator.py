@@ -18,18 +18,16 @@ from typing import Any
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from livesupport import Feed, drain_records
+from livesupport import Feed, drain_records, make_processor
 from prometheus_client.parser import text_string_to_metric_families
 from support import make_event, profile, shipment_exception
 
 from outreach.api import ApiSettings, FakeEventSink, create_app
 from outreach.api.operator import LoadedRules
-from outreach.core import DecisionCore
 from outreach.rulebook import load_rulebook
 from outreach.store import Store
 from outreach.store.contacts import Contacts
 from outreach.store.operator import Operator
-from outreach.streams.processor import BatchProcessor
 
 from .conftest import REPLIES
 
@@ -46,10 +44,7 @@ class Engine:
     def __init__(self, rules: Path, store: Store) -> None:
         self.store = store
         self.feed = Feed()
-        self.processor = BatchProcessor(
-            DecisionCore(load_rulebook(rules)), store, group="g", timers_topic="timers",
-            max_event_bytes=65536,
-        )  # fmt: skip
+        self.processor = make_processor(load_rulebook(rules), store)
 
     def apply(self, *events: dict[str, Any] | bytes) -> None:
         lines = [e if isinstance(e, bytes) else orjson.dumps(e) for e in events]

@@ -14,17 +14,15 @@ import orjson
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from livesupport import Feed
+from livesupport import Feed, make_processor
 from support import make_event, profile
 
 from outreach.api import ApiSettings, FakeEventSink, create_app
 from outreach.api.operator import LoadedRules
-from outreach.core import DecisionCore
 from outreach.rulebook import load_rulebook
 from outreach.store import Store
 from outreach.store.contacts import Contacts
 from outreach.store.operator import Operator
-from outreach.streams.processor import BatchProcessor
 
 from .conftest import REPLIES
 
@@ -40,9 +38,7 @@ def fuzzed(rules_copy: Path, tmp_path: Path, settings: ApiSettings) -> Iterator[
         "shipment.updated", "2026-03-09T15:00:00Z", "cus_1", shipment_id="s1", order_id="o1",
         carrier="ups", status="exception", promised_delivery="2026-03-10T15:00:00Z",
     )  # fmt: skip
-    processor = BatchProcessor(
-        DecisionCore(book), store, group="g", timers_topic="timers", max_event_bytes=65536
-    )
+    processor = make_processor(book, store)
     events = (profile("2026-03-01T12:00:00Z"), shipment)
     processor.apply([feed.line(orjson.dumps(e)) for e in events])
     _, token = Operator(store).create_key("fuzz", "admin")

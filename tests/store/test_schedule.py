@@ -10,11 +10,10 @@ from pathlib import Path
 import orjson
 import pytest
 import sqlalchemy as sa
-from livesupport import Feed
+from livesupport import Feed, make_processor
 from pydantic import ValidationError
 from support import make_event, payment_failed, profile
 
-from outreach.core import DecisionCore
 from outreach.rulebook import RuleBook
 from outreach.scheduling import SchedulerSettings, TimerScheduler
 from outreach.store import AuditRow, Store, TimerRow
@@ -22,7 +21,6 @@ from outreach.store.contacts import Contacts
 from outreach.store.operator import Operator
 from outreach.store.schedule import Schedule
 from outreach.store.schema import outbox
-from outreach.streams.processor import BatchProcessor
 from outreach.streams.topics import Topics
 
 WALL = 1_000_000.0
@@ -150,9 +148,7 @@ def test_the_timers_table_follows_the_core_fired_and_cancelled_timers_leave_it(
 ) -> None:
     """A failed payment schedules its retries (timers); the payment succeeding cancels them
     in the core, and the same batch removes their rows (the scheduler drops their jobs)."""
-    processor = BatchProcessor(
-        DecisionCore(book), store, group="g", timers_topic="timers", max_event_bytes=65536
-    )
+    processor = make_processor(book, store)
     feed = Feed()
     processor.apply([
         feed.line(orjson.dumps(profile("2026-10-01T09:00:00Z", "cus_1"))),

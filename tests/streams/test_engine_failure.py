@@ -16,7 +16,15 @@ import msgspec
 import orjson
 import pytest
 import sqlalchemy as sa
-from livesupport import Feed, drain_records, log_lines, run_to_quiescence, sorted_lines
+from livesupport import (
+    Feed,
+    declined,
+    drain_records,
+    log_lines,
+    make_processor,
+    run_to_quiescence,
+    sorted_lines,
+)
 from support import make_event, payment_failed, profile, shipment_exception
 
 from outreach.agents.connectors import FakeConnector
@@ -29,7 +37,7 @@ from outreach.sample import generate
 from outreach.state import CustomerState
 from outreach.store import Store
 from outreach.store.operator import Operator
-from outreach.streams.processor import BatchProcessor, timer_event
+from outreach.streams.processor import timer_event
 
 Failing = Callable[[Event], bool]
 
@@ -53,10 +61,6 @@ class FaultyCore(DecisionCore):
             self.raised += 1
             raise self.error
         return super().evaluate(event, state, *args, **kw)
-
-
-def processor(core: DecisionCore, store: Store) -> BatchProcessor:
-    return BatchProcessor(core, store, group="g", timers_topic="timers", max_event_bytes=65536)
 
 
 def state_of(store: Store, customer: str = "cus_1") -> CustomerState:
@@ -83,7 +87,7 @@ def test_an_event_the_core_raises_on_is_dead_lettered_and_the_rest_of_the_batch_
         feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_2"))),
         feed.line(line(profile("2026-10-01T11:00:00Z", "cus_1"))),
     ]
-    result = processor(core, store).apply(records)
+    result = make_processor(core, store).apply(records)
     assert (result.events, result.dead_letters, result.engine_failures) == (3, 1, 1)
     (letter,) = letters(store)
     assert (letter["topic"], letter["partition"], letter["offset"]) == (
@@ -108,7 +112,7 @@ def test_an_event_the_core_raises_on_is_dead_lettered_and_the_rest_of_the_batch_
     assert tallies.get(("events", "dead_letter"), 0) == 0
     assert tallies[("events", "applied")] == 3
     # applied is applied: a redelivery neither retries the event nor dead-letters it again
-    again = processor(core, store).apply(records)
+    again = make_processor(core, store).apply(records)
     assert again.redelivered == 4 and core.raised == 1
     assert letters(store) == []
 
@@ -118,11 +122,8 @@ def test_a_timer_the_core_raises_on_is_dropped_with_a_dead_letter_of_its_own(
 ) -> None:
     core = FaultyCore(book, lambda e: isinstance(e, TimerFired) and e.customer_id == "cus_1")
     feed = Feed()
-    apply = processor(core, store).apply
-    apply([
-        feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1"))),
-        feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_1"))),
-    ])  # fmt: skip
+    apply = make_processor(core, store).apply
+    apply(declined(feed))
     retries = dict(state_of(store).timers)  # the payment retries and a message's
     assert len(retries) >= 3 and store.count("timers") == len(retries)
     drain_records(store)
@@ -155,11 +156,8 @@ def test_a_timer_record_the_core_raises_on_is_dead_lettered_and_its_timer_droppe
     scheduler would deliver it again every minute."""
     core = FaultyCore(book, lambda e: isinstance(e, TimerFired))
     feed = Feed()
-    apply = processor(core, store).apply
-    apply([
-        feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1"))),
-        feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_1"))),
-    ])  # fmt: skip
+    apply = make_processor(core, store).apply
+    apply(declined(feed))
     drain_records(store)
     timer_id, ref = min(state_of(store).timers.items(), key=lambda item: item[1].due)
     fired = timer_event(timer_id, "cus_1", ref.due, "scheduler").model_dump_json().encode()
@@ -182,12 +180,9 @@ def test_a_database_error_inside_the_core_is_not_taken_for_a_bad_event(
     error = sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
     core = FaultyCore(book, lambda e: e.type == "payment.failed", error)
     feed = Feed()
-    records = [
-        feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1"))),
-        feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_1"))),
-    ]
+    records = declined(feed)
     with pytest.raises(sa.exc.OperationalError):
-        processor(core, store).apply(records)
+        make_processor(core, store).apply(records)
     assert store.load_state("cus_1") is None
     assert drain_records(store) == {}
 
@@ -212,7 +207,7 @@ def test_live_and_replay_skip_the_same_failing_inputs_and_agree_on_everything_el
     monkeypatch.setattr("outreach.replay.DecisionCore", lambda b: FaultyCore(b, fails))
     result = replay(events, book, tmp_path / "replay")
     feed = Feed()
-    live = processor(FaultyCore(book, fails), store)
+    live = make_processor(FaultyCore(book, fails), store)
     run_to_quiescence(live, store, [feed.line(raw) for raw in lines], feed, 100)
     out = drain_records(store)
     for name in ("signals", "actions", "messages"):
@@ -296,7 +291,7 @@ def test_decisions_that_cannot_be_written_skip_their_event_live_and_in_replay(
     result = replay(events, book, tmp_path / "replay")
     feed = Feed()
     core = DecisionCore(book)
-    run_to_quiescence(processor(core, store), store, [feed.line(raw) for raw in lines], feed)
+    run_to_quiescence(make_processor(core, store), store, [feed.line(raw) for raw in lines], feed)
     out = drain_records(store)
     (letter,) = [orjson.loads(v) for v in out["dlq"]]
     (skipped,) = [orjson.loads(raw) for raw in log_lines(tmp_path / "replay", "dlq")]
@@ -339,14 +334,14 @@ def applied_without_failures(
     outcome is that of a batch without them; the dead letters and the core."""
     core = FaultyCore(book, failing)
     feed = Feed()
-    result = processor(core, store).apply([feed.line(line(e)) for e in events])
+    result = make_processor(core, store).apply([feed.line(line(e)) for e in events])
     good = [e for e in events if not e["event_id"].startswith("evt_bad_")]
     assert (result.events, result.engine_failures) == (len(good), len(events) - len(good))
     clean = Store(f"sqlite:///{tmp_path}/clean.db")
     clean.migrate()
     try:
         again = Feed()
-        processor(DecisionCore(book), clean).apply([again.line(line(e)) for e in good])
+        make_processor(DecisionCore(book), clean).apply([again.line(line(e)) for e in good])
         for customer in {e["customer_id"] for e in events}:
             assert store.load_state(customer) == clean.load_state(customer), customer
     finally:
@@ -389,11 +384,8 @@ def test_timers_failing_for_many_customers_cost_one_more_pass(book: RuleBook, st
     """A timer fired by the batch's clock that fails taints its customer as an event does."""
     customers = [f"cus_{n}" for n in range(8)]
     feed = Feed()
-    setup = []
-    for customer in customers:
-        setup.append(feed.line(line(profile("2026-10-01T09:00:00Z", customer))))
-        setup.append(feed.line(line(payment_failed("2026-10-01T10:00:00Z", customer))))
-    processor(DecisionCore(book), store).apply(setup)
+    setup = [record for customer in customers for record in declined(feed, customer)]
+    make_processor(DecisionCore(book), store).apply(setup)
     drain_records(store)
     first = {  # each customer's first timer to fire fails
         min(state.timers, key=lambda t: state.timers[t].due)
@@ -403,7 +395,7 @@ def test_timers_failing_for_many_customers_cost_one_more_pass(book: RuleBook, st
     after = datetime.fromtimestamp(last, UTC) + timedelta(days=1)
     batch = [feed.line(line(profile(after.isoformat(), c))) for c in customers]
     core = FaultyCore(book, lambda e: isinstance(e, TimerFired) and e.event_id in first)
-    result = processor(core, store).apply(batch)
+    result = make_processor(core, store).apply(batch)
     assert (result.events, result.engine_failures) == (len(customers), len(first))
     assert sorted(orjson.loads(d["raw"])["event_id"] for d in letters(store)) == sorted(first)
     # first pass: one evaluation per customer (its failing timer); second: the rest
@@ -430,7 +422,7 @@ def test_a_database_error_after_an_engine_failure_still_fails_the_batch(
     feed = Feed()
     events = updates({"cus_1": ".x.", "cus_2": "..."})
     with pytest.raises(sa.exc.OperationalError):
-        processor(core, store).apply([feed.line(line(e)) for e in events])
+        make_processor(core, store).apply([feed.line(line(e)) for e in events])
     assert core.raised == 1
     assert store.load_state("cus_1") is None
     assert drain_records(store) == {}

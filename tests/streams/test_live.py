@@ -31,6 +31,7 @@ from livesupport import (
     expected_keys,
     hung,
     log_lines,
+    make_processor,
     performed_keys,
     persistent_broker,
     read_topic,
@@ -360,9 +361,7 @@ async def test_a_hung_broker_is_not_idleness_timers_stay_on_the_stream_clock(
     outage precede in event time (a payment retry run before the failure that preceded it,
     seen in `make reliability`). The worker's clock stays on the stream until fetches are
     answered again, and only then may it go idle."""
-    from outreach.core import DecisionCore
     from outreach.store import Store
-    from outreach.streams.processor import BatchProcessor
     from outreach.streams.worker import Worker, WorkerOptions
 
     work = make_workload(tmp_path / "work", book, 20, 5, 23)
@@ -372,10 +371,7 @@ async def test_a_hung_broker_is_not_idleness_timers_stay_on_the_stream_clock(
         topics = Topics("hung.")
         await ensure_topics(broker.bootstrap, topics, 2)
         await publish_file(work.events, broker.bootstrap, topics)
-        processor = BatchProcessor(
-            DecisionCore(book), store, group=group_id, timers_topic=topics.timers,
-            max_event_bytes=65536,
-        )  # fmt: skip
+        processor = make_processor(book, store, group=group_id, timers_topic=topics.timers)
         options = WorkerOptions(idle_after=0.5, session_timeout_ms=30_000)
         worker = Worker(processor, store, topics, broker.bootstrap, group=group_id,
                         options=options)  # fmt: skip
@@ -414,8 +410,6 @@ async def test_a_relay_that_retrying_cannot_mend_stops_the_worker_with_the_reaso
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import MessageSizeTooLargeError
 
-    from outreach.core import DecisionCore
-    from outreach.streams.processor import BatchProcessor
     from outreach.streams.worker import RelayStoppedError, Worker
 
     async with EventPublisher(kafka_bootstrap, topics) as publisher:
@@ -423,10 +417,7 @@ async def test_a_relay_that_retrying_cannot_mend_stops_the_worker_with_the_reaso
         await publisher.publish(payment_failed("2026-10-01T10:00:00Z", "cus_relay"))
     store = Store(f"sqlite:///{tmp_path}/store.db")
     store.migrate()
-    processor = BatchProcessor(
-        DecisionCore(book), store, group=group_id, timers_topic=topics.timers,
-        max_event_bytes=65536,
-    )  # fmt: skip
+    processor = make_processor(book, store, group=group_id, timers_topic=topics.timers)
     worker = Worker(processor, store, topics, kafka_bootstrap, group=group_id)
     # a real producer whose size limit every decision record exceeds: not retriable
     await worker.relay.producer.stop()  # the one it made, never started
@@ -620,8 +611,6 @@ async def test_a_batch_begun_before_a_rebalance_does_not_set_the_new_assignments
     of the partitions it still has."""
     import threading
 
-    from outreach.core import DecisionCore
-    from outreach.streams.processor import BatchProcessor
     from outreach.streams.worker import Worker, WorkerOptions
 
     start = datetime(2026, 10, 1, 9, tzinfo=UTC)
@@ -640,10 +629,7 @@ async def test_a_batch_begun_before_a_rebalance_does_not_set_the_new_assignments
 
     store = Store(f"sqlite:///{tmp_path}/store.db")
     store.migrate()
-    processor = BatchProcessor(
-        DecisionCore(book), store, group=group_id, timers_topic=topics.timers,
-        max_event_bytes=65536,
-    )  # fmt: skip
+    processor = make_processor(book, store, group=group_id, timers_topic=topics.timers)
     entered, release = threading.Event(), threading.Event()
     apply = processor.apply_decoded
 

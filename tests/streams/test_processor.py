@@ -12,10 +12,17 @@ from pathlib import Path
 import msgspec
 import orjson
 import pytest
-from livesupport import Feed, drain_records, log_lines, run_to_quiescence, sorted_lines
+from livesupport import (
+    Feed,
+    declined,
+    drain_records,
+    log_lines,
+    make_processor,
+    run_to_quiescence,
+    sorted_lines,
+)
 from support import make_event, payment_failed, profile
 
-from outreach.core import DecisionCore
 from outreach.replay import replay
 from outreach.rulebook import RuleBook
 from outreach.sample import generate
@@ -23,15 +30,7 @@ from outreach.state import CustomerState
 from outreach.store import Batch, Stamp, Store
 from outreach.store.operator import Operator
 from outreach.streams.codec import DLQ_MAX_BYTES, DLQ_RAW_LIMIT, Record, dead_letter_value
-from outreach.streams.processor import BatchProcessor, StateCache
-
-
-def processor(
-    book: RuleBook, store: Store, group: str = "g", max_bytes: int = 65536
-) -> BatchProcessor:
-    return BatchProcessor(
-        DecisionCore(book), store, group=group, timers_topic="timers", max_event_bytes=max_bytes
-    )
+from outreach.streams.processor import StateCache
 
 
 def line(event: dict) -> bytes:
@@ -56,7 +55,7 @@ def test_live_decisions_equal_replay_of_the_same_file(
     summary = replay(events, book, tmp_path / "replay").summary
     feed = Feed()
     records = [feed.line(raw) for raw in lines]
-    fired = run_to_quiescence(processor(book, store), store, records, feed, 300)
+    fired = run_to_quiescence(make_processor(book, store), store, records, feed, 300)
     out = drain_records(store)
     for name in ("signals", "actions", "messages"):
         want = sorted_lines(log_lines(tmp_path / "replay", name))
@@ -69,11 +68,8 @@ def test_live_decisions_equal_replay_of_the_same_file(
 
 def test_a_redelivered_batch_is_not_applied_twice(book: RuleBook, store: Store) -> None:
     feed = Feed()
-    records = [
-        feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1"))),
-        feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_1"))),
-    ]
-    proc = processor(book, store)
+    records = declined(feed)
+    proc = make_processor(book, store)
     first = proc.apply(records)
     state_after_first = store.load_state("cus_1")
     outbox_after_first = store.outbox_rows()
@@ -104,7 +100,7 @@ def test_invalid_records_go_to_the_dlq_with_raw_bytes_error_and_position(
     feed = Feed()
     good = feed.line(line(profile("2026-10-01T09:00:00Z", "cus_9")))
     bad = feed.record("shipments", b"cus_9", HOSTILE[case], partition=good.partition)
-    result = processor(book, store).apply([bad, good])
+    result = make_processor(book, store).apply([bad, good])
     assert result.dead_letters == 1 and result.events == 1
     (letter,) = [orjson.loads(v) for v in drain_records(store)["dlq"]]
     assert base64.b64decode(letter["raw_base64"]) == HOSTILE[case]
@@ -129,7 +125,7 @@ def test_key_must_equal_customer_id_and_timers_come_only_from_the_timers_topic(
         feed.record("customers", None, event),
         feed.record("customers", b"cus_1", timer),
     ]
-    result = processor(book, store).apply(records)
+    result = make_processor(book, store).apply(records)
     errors = [orjson.loads(v)["error"] for v in drain_records(store)["dlq"]]
     assert result.dead_letters == 3
     assert "does not equal customer_id 'cus_1'" in errors[0]
@@ -153,7 +149,7 @@ def test_one_customer_on_two_partitions_applied_by_two_workers_at_once(
         for w in range(2)
     ]  # fmt: skip
     second = Store(database_url)
-    workers = [processor(book, store), processor(book, second)]
+    workers = [make_processor(book, store), make_processor(book, second)]
     barrier = threading.Barrier(2)
     failures: list[BaseException] = []
 
@@ -182,7 +178,7 @@ def test_records_applied_in_event_time_order_within_a_batch(book: RuleBook, stor
     feed = Feed()
     failed = payment_failed("2026-10-01T10:00:00Z", "cus_1")
     records = [feed.line(line(failed)), feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1")))]
-    processor(book, store).apply(records)
+    make_processor(book, store).apply(records)
     messages = [orjson.loads(v) for v in drain_records(store)["messages"]]
     assert messages and all(m["to"] for m in messages)
 
@@ -193,11 +189,8 @@ def test_a_customers_timers_fire_only_before_its_own_events(book: RuleBook, stor
     broker outage), and replay would run that event first. The timers fire before the
     customer's own next event, in due order, at their due times."""
     feed = Feed()
-    apply = processor(book, store).apply
-    apply([
-        feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1"))),
-        feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_1"))),
-    ])  # fmt: skip
+    apply = make_processor(book, store).apply
+    apply(declined(feed))
 
     def pending() -> dict[str, float]:
         state = msgspec.json.decode(store.load_state("cus_1") or b"", type=CustomerState)
@@ -225,10 +218,7 @@ def test_decision_latency_is_tallied_once_per_applied_record(book: RuleBook, sto
     with the count and the sum in ms; redeliveries, records without a timestamp and timer
     records are not measured."""
     now = 1_700_000_000.0
-    proc = BatchProcessor(
-        DecisionCore(book), store, group="g", timers_topic="timers", max_event_bytes=65536,
-        clock=lambda: now,
-    )  # fmt: skip
+    proc = make_processor(book, store, clock=lambda: now)
     feed = Feed()
     timer = make_event("timer.fired", "2026-10-01T11:00:00Z", "cus_1",
                        timer_id="tmr_x", due_at="2026-10-01T11:00:00Z")  # fmt: skip
@@ -292,9 +282,9 @@ def test_a_kept_state_is_used_while_its_row_is_unchanged_and_read_again_once_it_
     saved itself; a row another worker (another process: another Store) wrote since is read
     again, so neither worker's events are lost."""
     feed = Feed()
-    mine = processor(book, store)
+    mine = make_processor(book, store)
     other_store = Store(database_url)
-    other = processor(book, other_store)
+    other = make_processor(book, other_store)
     decoded: list[bytes] = []
     decode = mine._decode_state
     monkeypatch.setattr(mine, "_decode_state", lambda raw: decoded.append(raw) or decode(raw))
@@ -318,7 +308,7 @@ def test_a_batch_that_fails_leaves_no_half_evaluated_state_behind(
     last write), the worker must not keep that state, or the batch's events would pass for
     duplicates when it is applied again."""
     feed = Feed()
-    proc = processor(book, store)
+    proc = make_processor(book, store)
     proc.apply([feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1")))])
     again = [feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_1")))]
     real = Batch.set_positions

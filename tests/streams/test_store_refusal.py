@@ -16,21 +16,14 @@ import msgspec
 import orjson
 import pytest
 import sqlalchemy as sa
-from livesupport import Feed, drain_records
+from livesupport import Feed, drain_records, make_processor
 from support import payment_failed, profile
 
-from outreach.core import DecisionCore
 from outreach.rulebook import RuleBook
 from outreach.state import CustomerState
 from outreach.store import AuditRow, Batch, Store
 from outreach.store.operator import Operator
-from outreach.streams.processor import BatchProcessor, timer_event
-
-
-def processor(book: RuleBook, store: Store) -> BatchProcessor:
-    return BatchProcessor(
-        DecisionCore(book), store, group="g", timers_topic="timers", max_event_bytes=65536
-    )
+from outreach.streams.processor import timer_event
 
 
 def refuse(
@@ -73,7 +66,7 @@ def test_an_event_whose_writes_the_store_refuses_is_dead_lettered_and_the_rest_a
     feed = Feed()
     records = [feed.line(line(e)) for e in events]
     tried = refuse(monkeypatch, lambda row: row.ref == "evt_2_1")
-    result = processor(book, store).apply(records)
+    result = make_processor(book, store).apply(records)
     assert (result.records, result.events, result.dead_letters) == (16, 15, 1)
     assert result.engine_failures == 1  # counted and alerted on as one
     assert len(tried) <= 2 + 2 * 4, "in halves: about 2 log2(16) tries, not one per record"
@@ -91,14 +84,14 @@ def test_an_event_whose_writes_the_store_refuses_is_dead_lettered_and_the_rest_a
         again = Feed()
         good = [again.line(line(e)) for e in events if e["event_id"] != "evt_2_1"]
         assert len(good) == 15
-        processor(book, clean).apply(good)
+        make_processor(book, clean).apply(good)
         for n in range(4):
             assert store.load_state(f"cus_{n}") == clean.load_state(f"cus_{n}")
     finally:
         clean.close()
     assert Operator(store).tallies()[("events", "engine_failure")] == 1
     # applied is applied: a redelivery skips every record, the refused one included
-    assert processor(book, store).apply(records).redelivered == 16
+    assert make_processor(book, store).apply(records).redelivered == 16
     assert drain_records(store) == {}
 
 
@@ -110,7 +103,7 @@ def test_a_store_refusing_every_batch_fails_it_whole(
     tried = refuse(monkeypatch, None)
     feed = Feed()
     with pytest.raises(sa.exc.IntegrityError):
-        processor(book, store).apply([feed.line(line(e)) for e in updates(2, 4)])
+        make_processor(book, store).apply([feed.line(line(e)) for e in updates(2, 4)])
     assert tried == [8, 4, 2, 1, 0]  # the batch, halves down to its first record, its letter
     assert all(store.load_state(f"cus_{n}") is None for n in range(2))
     assert drain_records(store) == {}
@@ -121,7 +114,7 @@ def test_a_refused_timer_record_is_dead_lettered_and_its_timer_dropped(
 ) -> None:
     """Or the scheduler would deliver it again, and the store refuse it again, for ever."""
     feed = Feed()
-    apply = processor(book, store).apply
+    apply = make_processor(book, store).apply
     apply([
         feed.line(line(profile("2026-10-01T09:00:00Z", "cus_1"))),
         feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_1"))),

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from livesupport import Feed
+from livesupport import Feed, make_processor
 from llm.doubles import OpenAIDouble, failure, text
 from outbound.doubles import TwilioDouble, status, twilio_error
 from pydantic import SecretStr
@@ -34,7 +34,6 @@ from outreach.store import Store
 from outreach.store.operator import Operator
 from outreach.store.tokens import SharedTokens
 from outreach.streams.dispatcher import Dispatcher, DispatcherOptions
-from outreach.streams.processor import BatchProcessor
 from outreach.telemetry import metrics
 from outreach.telemetry.logs import current_ids
 from outreach.telemetry.metrics import REGISTRY, error_class
@@ -164,9 +163,7 @@ def suppressed(event_id: str, reason: str, channel: str = "email") -> bytes:
 
 def test_complaints_are_tallied_once_and_exported_by_the_api(book: RuleBook, store: Store):
     feed = Feed()
-    proc = BatchProcessor(
-        DecisionCore(book), store, group="g", timers_topic="timers", max_event_bytes=65536
-    )
+    proc = make_processor(book, store)
     records = [
         feed.line(orjson.dumps(profile("2026-10-01T09:00:00Z", "cus_1"))),
         feed.line(suppressed("sup_1", "complaint")),
@@ -262,10 +259,7 @@ def test_what_the_core_logs_carries_the_event_and_customer_it_was_deciding(
             return super().plan(playbook, ctx)
 
     feed = Feed()
-    proc = BatchProcessor(
-        DecisionCore(book, Watching()), store, group="g", timers_topic="timers",
-        max_event_bytes=65536,
-    )  # fmt: skip
+    proc = make_processor(DecisionCore(book, Watching()), store)
     late = make_event(
         "shipment.updated", "2026-10-01T15:00:00Z", "cus_7", shipment_id="shp_1",
         order_id="ORD-1", carrier="ups", status="in_transit",
