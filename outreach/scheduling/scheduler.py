@@ -59,8 +59,8 @@ from outreach.store import Claim, Store, StoreBusyError
 from outreach.store.contacts import Contacts
 from outreach.store.operator import Operator
 from outreach.store.schedule import DueTimer, Schedule
+from outreach.streams.evaluation import timer_event
 from outreach.streams.outage import Outage, unavailable
-from outreach.streams.processor import timer_event
 from outreach.streams.topics import Topics
 from outreach.telemetry import metrics
 

@@ -54,161 +54,53 @@ partition and offset. Each applied batch adds to this process's metrics
 (``outreach.telemetry.metrics``: batches, apply time, records by result).
 
 This module is the runtime glue shared by every driver (aiokafka loop, Faust agent): it has no
-Kafka client of its own.
+Kafka client of its own. One pass of the core over a batch (the clock, what it collects, the
+failures it meets) is ``outreach.streams.evaluation``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import msgspec
 import sqlalchemy as sa
 
 from outreach.core import DecisionCore
-from outreach.decisions import Decisions
-from outreach.errors import EngineFailure, StoreRefusal, engine_fault
-from outreach.events import ContactSuppressed, Event, TimerFired, TimerFiredData, is_engine_type
+from outreach.errors import EngineFailure, StoreRefusal
+from outreach.events import Event, TimerFired
 from outreach.rulebook import load_rulebook
 from outreach.rules.yamlfile import RuleFileError
 from outreach.state import CustomerState
-from outreach.store import ApprovalRow, AuditRow, Batch, Stamp, Store, TimerRow
+from outreach.store import Batch, Stamp, Store, TimerRow
 from outreach.store.contacts import address_rows
-from outreach.streams.codec import DeadLetter, Record, dead_letter_value, decode, record_value
+from outreach.streams.codec import DeadLetter, Record, dead_letter_value, decode
+from outreach.streams.evaluation import (
+    BatchResult,
+    Clock,
+    Collected,
+    Failed,
+    Failure,
+    Skipped,
+    timer_event,
+)
 from outreach.streams.latency import add_latencies
-from outreach.streams.outage import store_error, unavailable
+from outreach.streams.outage import unavailable
 from outreach.telemetry import metrics
-from outreach.telemetry.logs import correlate, rebind
 
+__all__ = [
+    "DEFAULT_STATE_CACHE",
+    "BatchProcessor",
+    "BatchResult",
+    "Decoded",
+    "StateCache",
+    "timer_event",
+]
 log = logging.getLogger(__name__)
 Decoded = tuple[Record, Event | DeadLetter]
-
-
-@dataclass
-class BatchResult:
-    """What one batch did (for the live summary and metrics)."""
-
-    records: int = 0
-    redelivered: int = 0  # already applied before: skipped
-    events: int = 0
-    duplicates: int = 0
-    dead_letters: int = 0  # engine failures included
-    engine_failures: int = 0  # valid events and timers the core raised on (dead-lettered)
-    timers_fired: int = 0
-    signals: int = 0
-    effects: int = 0
-    deliveries: int = 0
-    rule_errors: int = 0
-    last_applied: float = 0.0  # time.monotonic() when the last batch was applied
-    actions: Counter[str] = field(default_factory=Counter)
-    messages: Counter[str] = field(default_factory=Counter)
-
-    def add(self, other: BatchResult) -> None:
-        """Accumulate another batch's counts."""
-        for name in (
-            "records", "redelivered", "events", "duplicates", "dead_letters", "engine_failures",
-            "timers_fired", "signals", "effects", "deliveries", "rule_errors",
-        ):  # fmt: skip
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.last_applied = time.monotonic()
-        self.actions.update(other.actions)
-        self.messages.update(other.messages)
-
-
-class _Collected:
-    """Everything a batch writes besides states, gathered while evaluating."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, bytes | None, bytes]] = []
-        self.outbox: list[tuple[str, str, str, str, bytes, float]] = []
-        self.timers: list[TimerRow] = []
-        self.fired: list[str] = []
-        self.audit: list[AuditRow] = []
-        self.approvals: list[ApprovalRow] = []
-        self.tallies: Counter[tuple[str, str]] = Counter()
-        self.result = BatchResult()
-
-    def take(self, decisions: Decisions, at: float) -> None:
-        """Collect what one evaluation at (event) time ``at`` decided."""
-        result, records, audit, tallies = self.result, self.records, self.audit, self.tallies
-        for signal in decisions.signals:
-            value = record_value(signal)
-            records.append(("signals", signal.customer_id.encode(), value))
-            audit.append(AuditRow(signal.customer_id, at, "signal", signal.signal_id, None, value))
-            tallies["signals", signal.rule_id] += 1
-        for action in decisions.actions:
-            value = record_value(action)
-            records.append(("actions", action.customer_id.encode(), value))
-            audit.append(
-                AuditRow(action.customer_id, at, "action", action.action_id, action.status, value)
-            )
-            result.actions[action.status] += 1
-            tallies["actions", f"{action.type}:{action.status}"] += 1
-            self.approvals.append(
-                ApprovalRow(
-                    action.action_id,
-                    action.customer_id,
-                    action.rule_id,
-                    action.type,
-                    action.status,
-                    at,
-                    action.scheduled_for.timestamp() if action.scheduled_for else None,
-                    action.decided_by,
-                    value,
-                )  # fmt: skip
-            )
-        for message in decisions.messages:
-            value = record_value(message)
-            records.append(("messages", message.customer_id.encode(), value))
-            audit.append(
-                AuditRow(
-                    message.customer_id, at, "message", message.message_id, message.status, value
-                )
-            )
-            result.messages[message.status] += 1
-            tallies["messages", f"{message.channel}:{message.status}"] += 1
-        for receipt in decisions.receipts:
-            value = record_value(receipt)
-            records.append(("receipts", receipt.customer_id.encode(), value))
-            audit.append(
-                AuditRow(
-                    receipt.customer_id, at, "receipt", receipt.message_id, receipt.status, value
-                )
-            )
-            if receipt.alert:
-                log.warning(
-                    "ALERT for %s: %s", receipt.customer_id, receipt.reaction,
-                    extra={"customer_id": receipt.customer_id, "message_id": receipt.message_id},
-                )  # fmt: skip
-        for effect in decisions.effects:
-            self.outbox.append((
-                effect.idempotency_key, "effect", effect.customer_id, effect.action_id,
-                effect.model_dump_json().encode(), 0.0,
-            ))  # fmt: skip
-        for delivery in decisions.deliveries:
-            self.outbox.append((
-                delivery.key, "delivery", delivery.customer_id,
-                delivery.message_id, delivery.model_dump_json().encode(), 0.0,
-            ))  # fmt: skip
-        for timer in decisions.timers:
-            self.timers.append(
-                TimerRow(timer.timer_id, timer.customer_id, timer.due_at.timestamp())
-            )
-        for error in decisions.errors:
-            log.warning(
-                "rule %s raised on event %s: %s", error.rule_id, error.event_id, error.error,
-                extra={"event_id": error.event_id, "rule_id": error.rule_id},
-            )  # fmt: skip
-        result.signals += len(decisions.signals)
-        result.effects += len(decisions.effects)
-        result.deliveries += len(decisions.deliveries)
-        result.rule_errors += len(decisions.errors)
 
 
 DEFAULT_STATE_CACHE = 20_000  # customers; ~5 KB each in memory for the sample workload
@@ -255,58 +147,10 @@ class StateCache:
             kept.popitem(last=False)
 
 
-@dataclass(frozen=True)
-class _Failure:
-    """One input the core raised on in a pass over a batch: the batch's ``item`` (an index),
-    or a timer fired by the batch's clock (``timer``: its id and customer)."""
-
-    failure: EngineFailure
-    item: int | None = None
-    timer: tuple[str, str] | None = None
-
-
-class _Failed(Exception):  # noqa: N818 - carries a pass's EngineFailures out of the batch
-    """The core raised on inputs of a batch (``found``, in the order met): the pass is rolled
-    back, to be applied again with all of them skipped."""
-
-    def __init__(self, found: list[_Failure]) -> None:
-        super().__init__(f"the engine failed on {len(found)} input(s) of the batch")
-        self.found = found
-
-
-class _Skipped(DeadLetter):
-    """A valid event's record the core failed on (``str(self)``: the ``EngineFailure``), or
-    whose writes the store refused (``StoreRefusal``)."""
-
-
 def _refused(exc: Exception) -> bool:
     """Whether ``exc`` is the database refusing what a batch wrote (a value too long for its
     column, a constraint), which may be one record's doing; never an outage."""
     return isinstance(exc, sa.exc.DataError | sa.exc.IntegrityError) and not unavailable(exc)
-
-
-def _failed(exc: Exception, what: str, ident: str) -> EngineFailure | None:
-    """The failure to skip the input with, when ``exc`` from the core is the engine failing
-    on it; None when it is not the input's doing (a database error, memory): re-raise it."""
-    if store_error(exc) or not engine_fault(exc):
-        return None
-    failure = EngineFailure(exc, what, ident)
-    failure.__cause__ = exc
-    return failure
-
-
-def timer_event(timer_id: str, customer_id: str, due: float, source: str) -> TimerFired:
-    """The ``timer.fired`` event for a due timer (what replay's clock and the relay deliver)."""
-    when = datetime.fromtimestamp(due, UTC)
-    return TimerFired.model_construct(
-        event_id=timer_id,
-        type="timer.fired",
-        customer_id=customer_id,
-        occurred_at=when,
-        source=source,
-        schema_version=1,
-        data=TimerFiredData.model_construct(timer_id=timer_id, due_at=when),
-    )
 
 
 class BatchProcessor:
@@ -426,7 +270,7 @@ class BatchProcessor:
         dropped: dict[str, tuple[str, EngineFailure | None]] = {}
         if isinstance(event, TimerFired):  # or the scheduler delivers it again
             dropped[event.data.timer_id] = (event.customer_id, None)
-        return self._commit([(record, _Skipped(str(refusal)))], dropped)
+        return self._commit([(record, Skipped(str(refusal)))], dropped)
 
     def _commit(
         self, items: Sequence[Decoded], dropped: dict[str, tuple[str, EngineFailure | None]]
@@ -439,7 +283,7 @@ class BatchProcessor:
             try:
                 result, saved = self.store.run(lambda batch: self._apply(batch, todo, dropped))
                 break
-            except _Failed as failed:  # rolled back: apply the batch again without them
+            except Failed as failed:  # rolled back: apply the batch again without them
                 for found in failed.found:
                     self._skip(found, todo, dropped)
         self.states.put(saved)  # committed: these are the stored states now
@@ -448,7 +292,7 @@ class BatchProcessor:
 
     @staticmethod
     def _skip(
-        found: _Failure, todo: list[Decoded], dropped: dict[str, tuple[str, EngineFailure | None]]
+        found: Failure, todo: list[Decoded], dropped: dict[str, tuple[str, EngineFailure | None]]
     ) -> None:
         """Skip, in the batch's next pass, an input the core failed on: its record becomes a
         dead letter, a timer is dropped."""
@@ -459,7 +303,7 @@ class BatchProcessor:
             return
         assert found.item is not None
         record, event = todo[found.item]
-        todo[found.item] = (record, _Skipped(str(found.failure)))
+        todo[found.item] = (record, Skipped(str(found.failure)))
         if isinstance(event, TimerFired):  # or the scheduler delivers it again
             dropped[event.data.timer_id] = (event.customer_id, None)
 
@@ -492,7 +336,7 @@ class BatchProcessor:
         applied: dict[tuple[str, int], int],
         positions: dict[tuple[str, int], int],
         stamps: list[float],
-        out: _Collected,
+        out: Collected,
     ) -> list[tuple[Event, bytes, int]]:
         """The batch's events not applied before (with their JSON and index in ``items``);
         dead letters go to ``out``. Moves ``applied`` and ``positions`` past every record, and
@@ -512,7 +356,7 @@ class BatchProcessor:
             if isinstance(event, DeadLetter):
                 out.records.append(("dlq", record.key, dead_letter_value(record, str(event))))
                 result.dead_letters += 1
-                if isinstance(event, _Skipped):
+                if isinstance(event, Skipped):
                     result.engine_failures += 1
                 log.info(
                     "dead letter: %s", event,
@@ -534,7 +378,7 @@ class BatchProcessor:
         failed on, to take out of their customers' states (with a dead letter when the
         failure is not told by a record's own)."""
         self._reload_rules(batch)
-        out = _Collected()
+        out = Collected()
         result = out.result
         result.records = len(items)
         applied = batch.positions(self.group, {(r.topic, r.partition) for r, _ in items})
@@ -547,7 +391,7 @@ class BatchProcessor:
         states, saved = self._lock_states(batch, customers)
         before: dict[str, list[tuple[str, str]]] = {}
         timers_before: dict[str, set[str]] = {}
-        clock = _Clock(self.core, batch, out, self.audit_all, dropped, self.timers_topic)
+        clock = Clock(self.core, batch, out, self.audit_all, dropped, self.timers_topic)
         for customer_id, state in states.items():
             before[customer_id] = _addresses(state)
             timers_before[customer_id] = set(state.timers)
@@ -597,13 +441,6 @@ class BatchProcessor:
         return result, {c: (saved[c], state) for c, state in states.items()}
 
 
-def _always_audited(event: Event) -> bool:
-    """Kept in the trail even when nothing was decided: profile and consent changes (they
-    explain later choices of channel) and the engine's own facts (deliveries, replies,
-    approvals)."""
-    return event.type == "customer.updated" or is_engine_type(event)
-
-
 def _addresses(state: CustomerState) -> list[tuple[str, str]]:
     """The customer's addresses per channel (for the address book of inbound webhooks)."""
     profile = state.profile
@@ -613,159 +450,3 @@ def _addresses(state: CustomerState) -> list[tuple[str, str]]:
     if profile.email:
         found.append(("email", profile.email))
     return found
-
-
-class _Clock:
-    """Replay's event-time clock over the customers of one batch: before each event, every
-    timer of its customer due at or before its time fires, in due order, at its due time.
-
-    Per customer, not across the batch: a customer's decisions depend on the order of its own
-    events and timers only, and that order holds whatever order the batch's customers come in.
-    A batch-wide clock fired a customer's timer as soon as *another* customer's later event
-    passed it, so when the batch ran ahead of one partition (a backlog delivered after a
-    broker outage) a payment retry ran before the failure that precedes it in event time. A
-    timer with no later event of its customer in the batch waits for the scheduler."""
-
-    def __init__(
-        self,
-        core: DecisionCore,
-        batch: Batch,
-        out: _Collected,
-        audit_all: bool = True,
-        dropped: dict[str, tuple[str, EngineFailure | None]] | None = None,
-        timers_topic: str = "timers",
-    ) -> None:
-        self.core = core
-        self.audit_all = audit_all
-        self.batch = batch
-        self.out = out
-        self.dropped = dropped or {}  # timers the core failed on: skipped, as replay does
-        self.timers_topic = timers_topic
-        self.heaps: dict[str, list[tuple[float, int, str]]] = {}  # (due, seq, timer id)
-        self._seq = 0
-        # inputs the core failed on in this pass, and their customers, whose later inputs are
-        # not evaluated in this pass: their states are suspect (a pass with failures is
-        # rolled back and the batch applied again with them skipped)
-        self.failures: list[_Failure] = []
-        self.tainted: set[str] = set()
-
-    def watch(self, state: CustomerState) -> None:
-        """Take the customer's pending timers into the clock."""
-        heap = self.heaps[state.customer_id] = []
-        for timer_id, ref in state.timers.items():
-            self._seq += 1
-            heap.append((ref.due, self._seq, timer_id))
-        heapq.heapify(heap)
-
-    def _take(self, decisions: Decisions, at: float) -> None:
-        for timer in decisions.timers:
-            heap = self.heaps.get(timer.customer_id)
-            if heap is not None:
-                self._seq += 1
-                heapq.heappush(heap, (timer.due_at.timestamp(), self._seq, timer.timer_id))
-        self.out.take(decisions, at)
-
-    def drop(self, state: CustomerState, timer_id: str) -> None:
-        """Take a timer the core failed on out of ``state`` (so the timers table loses it
-        too), with a dead letter saying why unless its own record has one."""
-        ref = state.timers.pop(timer_id, None)
-        why = self.dropped[timer_id][1]
-        if ref is None or why is None:
-            return
-        key = state.customer_id.encode()
-        fired = timer_event(timer_id, state.customer_id, ref.due, "worker")
-        # fired by the worker's clock: no Kafka record of its own, so no partition or offset
-        record = Record(self.timers_topic, -1, -1, key, fired.model_dump_json().encode())
-        self.out.records.append(("dlq", key, dead_letter_value(record, str(why))))
-        self.out.result.dead_letters += 1
-        self.out.result.engine_failures += 1
-
-    def _fail(self, customer_id: str, found: _Failure) -> None:
-        """Keep a failure of this pass and taint its customer."""
-        self.failures.append(found)
-        self.tainted.add(customer_id)
-
-    def _fire_due(
-        self, heap: list[tuple[float, int, str]], state: CustomerState, at: float
-    ) -> bool:
-        """Fire, in due order at their due times, the customer's timers due at or before
-        ``at``; False when one failed (the customer is then tainted, the rest left)."""
-        out, customer_id = self.out, state.customer_id
-        while heap and heap[0][0] <= at:
-            due, _, timer_id = heapq.heappop(heap)
-            ref = state.timers.get(timer_id)
-            if ref is None or ref.due != due:
-                continue  # fired or cancelled meanwhile
-            if timer_id in self.dropped:
-                self.drop(state, timer_id)
-                continue
-            fired = timer_event(timer_id, customer_id, due, "worker")
-            rebind(event_id=timer_id, customer_id=customer_id)
-            try:  # what it decided is collected (encoded) in the try too
-                decisions = self.core.evaluate(
-                    fired, state, self.batch.ledger, fired.occurred_at, due
-                )
-                out.fired.append(timer_id)
-                out.result.timers_fired += 1
-                if decisions:
-                    self._take(decisions, due)
-            except Exception as exc:
-                if (failure := _failed(exc, "timer", timer_id)) is None:
-                    raise
-                self._fail(customer_id, _Failure(failure, timer=(timer_id, customer_id)))
-                return False
-        return True
-
-    def run(self, events: list[tuple[Event, bytes, int]], states: dict[str, CustomerState]) -> None:
-        """Evaluate the batch's events (in order, with their JSON and index in the batch); if
-        the core failed on any input, raise ``_Failed`` with them all (the store then rolls
-        the batch back, to be applied again with all of them skipped)."""
-        tainted = self.tainted  # customers an input failed on: the rest of theirs waits
-        with correlate():  # each evaluation rebinds its event's ids; restored after the loop
-            for event, raw, index in events:
-                if tainted and event.customer_id in tainted:
-                    continue
-                self.evaluate(event, states[event.customer_id], raw, index)
-        if self.failures:
-            raise _Failed(self.failures)
-
-    def evaluate(self, event: Event, state: CustomerState, raw: bytes, item: int) -> None:
-        """Fire the customer's timers that are due, then evaluate ``event`` (``raw``: its
-        JSON; ``item``: its index in the batch) at its own time."""
-        stamp = event.occurred_at.timestamp()
-        out = self.out
-        heap = self.heaps[event.customer_id]
-        if heap and heap[0][0] <= stamp and not self._fire_due(heap, state, stamp):
-            return  # a timer before it failed: the customer waits for the next pass
-        if isinstance(event, TimerFired):
-            out.fired.append(event.data.timer_id)
-        else:  # the event first in the trail, then what it caused
-            out.audit.append(AuditRow(event.customer_id, stamp, "event", event.event_id, None, raw))
-        rebind(event_id=event.event_id, customer_id=event.customer_id)
-        try:  # what it decided is collected (encoded) in the try too
-            decisions = self.core.evaluate(
-                event, state, self.batch.ledger, event.occurred_at, stamp
-            )
-            self._collect(event, decisions, stamp)
-        except Exception as exc:
-            if (failure := _failed(exc, "event", event.event_id)) is None:
-                raise
-            self._fail(event.customer_id, _Failure(failure, item=item))
-
-    def _collect(self, event: Event, decisions: Decisions, stamp: float) -> None:
-        """Count what evaluating ``event`` decided and collect it for the batch's writes."""
-        out = self.out
-        out.result.events += 1
-        if (
-            not decisions.duplicate
-            and isinstance(event, ContactSuppressed)
-            and event.data.reason == "complaint"
-        ):  # spam complaints, against messages sent: the bulk-sender thresholds
-            out.tallies["complaints", event.data.channel] += 1
-        if decisions.duplicate:
-            out.result.duplicates += 1
-            out.audit.pop()  # a redelivered copy: already in the trail
-        elif decisions:
-            self._take(decisions, stamp)
-        elif not self.audit_all and not _always_audited(event):
-            out.audit.pop()  # decided nothing: kept only with OUTREACH_AUDIT_EVENTS=all

@@ -260,13 +260,13 @@ def test_decisions_that_cannot_be_written_skip_their_event_live_and_in_replay(
     """Encoding what was decided is part of the evaluation: before the contract bounded
     amounts, a 2**64 amount passed the core and failed the JSON encoding of its records, which
     failed the batch (live) or stopped the run (replay)."""
-    import outreach.streams.processor as processor_module
+    import outreach.streams.evaluation as evaluation_module
     from outreach.decisionlog import DecisionLog
 
     def unwritable(decisions: Decisions) -> bool:
         return any(s.customer_id == "cus_1" for s in decisions.signals)
 
-    encode, write = processor_module.record_value, DecisionLog.write
+    encode, write = evaluation_module.record_value, DecisionLog.write
 
     def failing_encode(record: Any) -> bytes:
         if getattr(record, "customer_id", None) == "cus_1" and hasattr(record, "signal_id"):
@@ -278,7 +278,7 @@ def test_decisions_that_cannot_be_written_skip_their_event_live_and_in_replay(
             raise TypeError("Integer exceeds 64-bit range")
         write(self, decisions)
 
-    monkeypatch.setattr(processor_module, "record_value", failing_encode)
+    monkeypatch.setattr(evaluation_module, "record_value", failing_encode)
     monkeypatch.setattr(DecisionLog, "write", failing_write)
     lines = [
         line(profile("2026-10-01T09:00:00Z", "cus_1")),
