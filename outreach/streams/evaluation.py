@@ -72,6 +72,14 @@ class Collected:
         self.approvals: list[ApprovalRow] = []
         self.tallies: Counter[tuple[str, str]] = Counter()
         self.result = BatchResult()
+        # warnings for the log (message, args, extra), written once the batch has committed:
+        # a pass that is rolled back and applied again would repeat them
+        self.warnings: list[tuple[str, tuple[object, ...], dict[str, str]]] = []
+
+    def log_warnings(self) -> None:
+        """Log what the batch asks an operator to look at (once it has committed)."""
+        for message, args, extra in self.warnings:
+            log.warning(message, *args, extra=extra)
 
     def take(self, decisions: Decisions, at: float) -> None:
         """Collect what one evaluation at (event) time ``at`` decided."""
@@ -121,10 +129,10 @@ class Collected:
                 )
             )
             if receipt.alert:
-                log.warning(
-                    "ALERT for %s: %s", receipt.customer_id, receipt.reaction,
-                    extra={"customer_id": receipt.customer_id, "message_id": receipt.message_id},
-                )  # fmt: skip
+                self.warnings.append((
+                    "ALERT for %s: %s", (receipt.customer_id, receipt.reaction),
+                    {"customer_id": receipt.customer_id, "message_id": receipt.message_id},
+                ))  # fmt: skip
         for effect in decisions.effects:
             self.outbox.append((
                 effect.idempotency_key, "effect", effect.customer_id, effect.action_id,
@@ -140,10 +148,10 @@ class Collected:
                 TimerRow(timer.timer_id, timer.customer_id, timer.due_at.timestamp())
             )
         for error in decisions.errors:
-            log.warning(
-                "rule %s raised on event %s: %s", error.rule_id, error.event_id, error.error,
-                extra={"event_id": error.event_id, "rule_id": error.rule_id},
-            )  # fmt: skip
+            self.warnings.append((
+                "rule %s raised on event %s: %s", (error.rule_id, error.event_id, error.error),
+                {"event_id": error.event_id, "rule_id": error.rule_id},
+            ))  # fmt: skip
         result.signals += len(decisions.signals)
         result.effects += len(decisions.effects)
         result.deliveries += len(decisions.deliveries)

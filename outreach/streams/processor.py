@@ -281,12 +281,14 @@ class BatchProcessor:
         todo = list(items)
         while True:
             try:
-                result, saved = self.store.run(lambda batch: self._apply(batch, todo, dropped))
+                out, saved = self.store.run(lambda batch: self._apply(batch, todo, dropped))
                 break
             except Failed as failed:  # rolled back: apply the batch again without them
                 for found in failed.found:
                     self._skip(found, todo, dropped)
         self.states.put(saved)  # committed: these are the stored states now
+        out.log_warnings()  # the committed pass's only: one line per alert or rule error
+        result = out.result
         metrics.observe_batch(result, time.perf_counter() - started)
         return result
 
@@ -372,11 +374,11 @@ class BatchProcessor:
         batch: Batch,
         items: Sequence[Decoded],
         dropped: dict[str, tuple[str, EngineFailure | None]],
-    ) -> tuple[BatchResult, dict[str, tuple[Stamp, CustomerState]]]:
-        """Apply ``items`` in ``batch``; what it did, and the states it saved with their
-        stamps (kept only once the transaction has committed). ``dropped``: timers the core
-        failed on, to take out of their customers' states (with a dead letter when the
-        failure is not told by a record's own)."""
+    ) -> tuple[Collected, dict[str, tuple[Stamp, CustomerState]]]:
+        """Apply ``items`` in ``batch``; what it collected (``result``: what it did), and the
+        states it saved with their stamps (kept only once the transaction has committed).
+        ``dropped``: timers the core failed on, to take out of their customers' states (with
+        a dead letter when the failure is not told by a record's own)."""
         self._reload_rules(batch)
         out = Collected()
         result = out.result
@@ -438,7 +440,7 @@ class BatchProcessor:
         batch.set_positions(
             self.group, {tp: max(o, applied.get(tp, 0)) for tp, o in positions.items()}
         )
-        return result, {c: (saved[c], state) for c, state in states.items()}
+        return out, {c: (saved[c], state) for c, state in states.items()}
 
 
 def _addresses(state: CustomerState) -> list[tuple[str, str]]:

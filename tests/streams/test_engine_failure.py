@@ -7,6 +7,7 @@ tests also see that a skipped input leaves no half-made change behind."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,10 +30,11 @@ from support import make_event, payment_failed, profile, shipment_exception
 
 from outreach.agents.connectors import FakeConnector
 from outreach.core import DecisionCore
-from outreach.decisions import Decisions
+from outreach.decisions import Decisions, DeliveryRecord
 from outreach.events import Event, TimerFired
 from outreach.replay import replay
 from outreach.rulebook import RuleBook
+from outreach.rules.evaluate import RuleRuntimeError
 from outreach.sample import generate
 from outreach.state import CustomerState
 from outreach.store import Store
@@ -115,6 +117,60 @@ def test_an_event_the_core_raises_on_is_dead_lettered_and_the_rest_of_the_batch_
     again = make_processor(core, store).apply(records)
     assert again.redelivered == 4 and core.raised == 1
     assert letters(store) == []
+
+
+class AlertingCore(FaultyCore):
+    """A ``FaultyCore`` whose evaluations of cus_2's events also ask an operator to look: a
+    receipt with an alert, and a rule that raised."""
+
+    def evaluate(self, event: Event, state: CustomerState, *args: Any, **kw: Any) -> Decisions:
+        decisions = super().evaluate(event, state, *args, **kw)
+        if event.customer_id == "cus_2":
+            decisions.receipts.append(
+                DeliveryRecord(
+                    message_id="msg_1",
+                    customer_id="cus_2",
+                    channel="sms",
+                    attempt=1,
+                    status="failed",
+                    at=event.occurred_at,
+                    provider="dispatcher",
+                    reaction="ALERT: the sms provider failed every attempt",
+                    alert=True,
+                )  # fmt: skip
+            )
+            decisions.errors.append(
+                RuleRuntimeError(
+                    rule_id="r1",
+                    event_id=event.event_id,
+                    customer_id="cus_2",
+                    at=event.occurred_at,
+                    error="KeyError: 'x'",
+                )  # fmt: skip
+            )
+        return decisions
+
+
+def test_alerts_and_rule_errors_are_logged_once_however_many_passes_the_batch_takes(
+    book: RuleBook, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    core = AlertingCore(book, lambda e: e.event_id == "evt_bad")
+    feed = Feed()
+    records = [
+        feed.line(line(profile("2026-10-01T09:00:00Z", "cus_2") | {"event_id": "evt_2"})),
+        feed.line(line(payment_failed("2026-10-01T10:00:00Z", "cus_1") | {"event_id": "evt_bad"})),
+    ]
+    with caplog.at_level(logging.WARNING, logger="outreach.streams"):
+        result = make_processor(core, store).apply(records)
+    assert (result.events, result.engine_failures, result.rule_errors) == (1, 1, 1)
+    assert core.calls == 3  # cus_2's event in both passes: the first was rolled back
+    lines = [r.getMessage() for r in caplog.records]
+    assert [m for m in lines if m.startswith("ALERT for cus_2")] == [
+        "ALERT for cus_2: ALERT: the sms provider failed every attempt"
+    ]
+    assert [m for m in lines if m.startswith("rule r1 raised")] == [
+        "rule r1 raised on event evt_2: KeyError: 'x'"
+    ]
 
 
 def test_a_timer_the_core_raises_on_is_dropped_with_a_dead_letter_of_its_own(
