@@ -43,9 +43,10 @@ The window that remains:
   out after SendGrid had taken it): one duplicate per such crash or timeout.
 - The feed is eventually consistent: a message shows up seconds to minutes after SendGrid
   accepted it (SendGrid states no bound). After a crash the row comes back when its lease runs
-  out (60 s), which usually covers that delay. A send that timed out is tried again after the
-  dispatcher's backoff (up to a second after a first failure), usually before the feed has the
-  message: that one can still go twice.
+  out (60 s), which usually covers that delay. A send that timed out or answered 5xx (it may
+  have gone) is retried no sooner than ``reconcile_wait`` (180 s by default) with the setting
+  on, so that the feed lists it by then; a message the feed lists later than that (or than the
+  lease) can still go twice.
 - The API allows 6 requests per minute per account: beyond that the lookup answers 429 and the
   row is held (``Retry-After``, else ``X-RateLimit-Reset``) without counting an attempt, so
   many retries at once (after an outage) drain slowly but are not given up for it. A send
@@ -120,6 +121,12 @@ class SendGridSettings(BaseSettings):
         description="look a retried email up in the Email Activity API before sending it "
         "again (a paid add-on; the key needs email_activity.read)",
     )
+    reconcile_wait: float = Field(
+        default=180.0,
+        ge=0,
+        description="with reconcile: seconds before retrying an email whose send may have "
+        "reached SendGrid (a timeout, a 5xx), so that the activity feed lists it by then",
+    )
 
 
 def sendgrid_problems(settings: SendGridSettings) -> list[str]:
@@ -167,7 +174,12 @@ class SendGridEmailChannel:
                 log.info("sendgrid: %s was accepted before as %s; not sent again", key, earlier)
                 return SendResult(status="sent", provider_id=earlier, replayed=True)
         await self._limiter.acquire()
-        message_id = await asyncio.to_thread(self._post, body, delivery)
+        try:
+            message_id = await asyncio.to_thread(self._post, body, delivery)
+        except TransientDeliveryError as exc:
+            if self.settings.reconcile and not exc.unsent:  # it may have gone: let the feed
+                exc.retry_after = max(exc.retry_after or 0.0, self.settings.reconcile_wait)
+            raise  # list it before the retry looks for it
         return SendResult(status="sent", provider_id=message_id)
 
     def request_body(self, delivery: Delivery, key: str) -> dict[str, Any]:

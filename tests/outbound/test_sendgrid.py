@@ -443,6 +443,34 @@ async def test_a_timeout_is_transient(api: SendGridDouble) -> None:
     assert [r.answered for r in api.requests] == [None]
 
 
+async def test_with_reconcile_an_email_that_may_have_gone_waits_for_the_feed_before_its_retry(
+    api: SendGridDouble,
+) -> None:
+    """SendGrid's activity feed lists a message only seconds to minutes after accepting it:
+    a retry looked up sooner misses it and sends it twice."""
+    wait = settings(api, reconcile=True, reconcile_wait=42.0, timeout=0.2)
+    channel = SendGridEmailChannel(wait, LINKS)
+    api.script(slow(30, perform=True))  # accepted, answered too late
+    with pytest.raises(TransientDeliveryError) as caught:
+        await channel.send(email(), "msg:m-1")
+    assert (caught.value.retry_after, caught.value.unsent) == (42.0, False)
+    assert len(api.accepted) == 1
+    api.script(status(503, retry_after="300"), status(502))  # a 5xx may have gone too
+    for expected in (300.0, 42.0):  # the provider's own wait when longer
+        with pytest.raises(TransientDeliveryError) as caught:
+            await channel.send(email(), "msg:m-2")
+        assert caught.value.retry_after == expected
+    api.script(status(429, retry_after="5"))  # refused outright: nothing to wait for
+    with pytest.raises(TransientDeliveryError) as caught:
+        await channel.send(email(), "msg:m-3")
+    assert (caught.value.retry_after, caught.value.unsent) == (5.0, True)
+    off = SendGridEmailChannel(settings(api, timeout=0.2), LINKS)
+    api.script(slow(30))  # without the lookup there is nothing to wait for
+    with pytest.raises(TransientDeliveryError) as caught:
+        await off.send(email(), "msg:m-4")
+    assert caught.value.retry_after is None
+
+
 async def test_a_refused_connection_is_transient(api: SendGridDouble) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
