@@ -56,19 +56,25 @@ from reliability.harness import (
 
 def settled(url: str, group: str, topics: Topics, count: int) -> bool:
     """Everything applied, relayed, dispatched and fired: every input record applied, no
-    outbox row pending or in flight, no record waiting for the relay, no timer due."""
+    outbox row pending or in flight, no record waiting for the relay, no timer due.
+
+    The three counts are read in that order: a batch that applies a fired timer deletes its
+    row and adds the outbox rows and relay records it caused in one commit, so a timer counted
+    before that commit keeps this False, and its rows are seen by the later counts. Read the
+    other way round (outbox first), a commit between the counts hid both: the run was judged
+    settled with two payment retries still in the outbox, and stopped before they went."""
     if inputs_applied(url, group, topics) < count:
         return False
     engine = sa.create_engine(url)
     now = time.time()
     try:
         with engine.connect() as conn:
-            busy = conn.execute(
-                sa.text("SELECT COUNT(*) FROM outbox WHERE status NOT IN ('done', 'failed')")
-            ).scalar()
-            waiting = conn.execute(sa.text("SELECT COUNT(*) FROM pending_records")).scalar()
             due = conn.execute(
                 sa.text("SELECT COUNT(*) FROM timers WHERE due_at <= :now"), {"now": now}
+            ).scalar()
+            waiting = conn.execute(sa.text("SELECT COUNT(*) FROM pending_records")).scalar()
+            busy = conn.execute(
+                sa.text("SELECT COUNT(*) FROM outbox WHERE status NOT IN ('done', 'failed')")
             ).scalar()
     except sa.exc.DBAPIError:
         return False
