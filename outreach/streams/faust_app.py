@@ -45,6 +45,7 @@ from typing import Any, cast
 import faust
 from faust.transport.drivers.aiokafka import Consumer
 
+from outreach.store.operator import Operator
 from outreach.streams.codec import Record
 from outreach.streams.outage import Outage, unavailable
 from outreach.streams.processor import BatchProcessor, BatchResult
@@ -102,8 +103,9 @@ class StoreSeekingConsumer(Consumer):
 def caught_up(app: OutreachApp) -> bool:
     """Whether every partition the app's consumer is assigned has been applied, as the store
     says, up to the high watermark its last fetch answered (False while nothing is assigned,
-    as during a group join, or a partition has had no fetch answered yet). Blocks on the
-    store: call it from a thread."""
+    as during a group join, or a partition has had no fetch answered yet). A plain read of
+    the positions (the batch's read locks the partitions' rows, which would hold up the
+    worker's next batch). Blocks on the store: call it from a thread."""
     consumer = app.consumer
     highs: dict[tuple[str, int], int] = {}
     for tp in consumer.assignment():
@@ -113,8 +115,7 @@ def caught_up(app: OutreachApp) -> bool:
         highs[tp.topic, tp.partition] = high
     if not highs:
         return False
-    group, wanted = app.processor.group, list(highs)
-    applied = app.processor.store.run(lambda batch: batch.positions(group, wanted))
+    applied = Operator(app.processor.store).positions(app.processor.group)
     return all(applied.get(tp, 0) >= high for tp, high in highs.items())
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
@@ -12,7 +11,6 @@ from aiokafka import AIOKafkaProducer
 from outreach.api.metrics import kafka_lag
 from outreach.store import Store
 from outreach.store.operator import Operator
-from outreach.store.schema import applied_offsets
 from outreach.streams.topics import Topics
 
 
@@ -33,20 +31,9 @@ async def produce(bootstrap: str, topic: str, counts: dict[int, int]) -> None:
 
 
 def applied(store: Store, group: str, topic: str, positions: dict[int, int]) -> None:
-    with store.engine.begin() as conn:
-        conn.execute(
-            applied_offsets.insert(),
-            [
-                {
-                    "consumer_group": group,
-                    "topic": topic,
-                    "partition": p,
-                    "next_offset": o,
-                    "updated_at": time.time(),
-                }  # fmt: skip
-                for p, o in positions.items()
-            ],
-        )
+    store.run(
+        lambda batch: batch.set_positions(group, {(topic, p): o for p, o in positions.items()})
+    )
 
 
 async def test_lag_is_the_high_watermark_minus_the_applied_position(
