@@ -18,7 +18,8 @@ the customer's state caught up still never reaches an address that opted out; on
 compliance replies themselves (the STOP confirmation, HELP) pass. A delivery that is refused
 (suppressed, a permanent provider error, too many attempts) is reported back to the core as a
 ``message.status`` event, in the same transaction as the row's final state, so its policy
-reaction (suppression, email instead of SMS) happens on the customer's partition.
+reaction (suppression, email instead of SMS) happens on the customer's partition (the events
+it writes back are made in ``outreach.streams.reports``).
 
 An effect's result: ``failed`` (the system answered that it could not do it: the connector's
 ``failed_when``) marks the row ``failed`` with the system's reason; the new states a connector
@@ -61,13 +62,12 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 
 import orjson
 from pydantic import ValidationError
 
-from outreach.agents.connectors import Connector, Effect, EffectResult
+from outreach.agents.connectors import Connector, Effect
 from outreach.decisions import Delivery
 from outreach.errors import (
     ConnectorPaused,
@@ -77,20 +77,11 @@ from outreach.errors import (
     TransientConnectorError,
     TransientDeliveryError,
 )
-from outreach.events import (
-    ActionStatusChanged,
-    ActionStatusData,
-    InvalidEventError,
-    MessageStatus,
-    MessageStatusData,
-    event_from_obj,
-)
 from outreach.outbound.channels import Channel
 from outreach.store import OutboxRow, Store
 from outreach.store.contacts import Contacts
-from outreach.streams.codec import Record, dead_letter_value
 from outreach.streams.outage import Outage, unavailable
-from outreach.streams.topics import logical_topic
+from outreach.streams.reports import relay_reported, report_failure
 from outreach.telemetry import metrics
 from outreach.telemetry.logs import correlate
 
@@ -278,11 +269,11 @@ class Dispatcher:
                 timed(started)
                 now = self._clock()  # the outcome's time (a backoff counts from a failure)
                 replayed, result = effect.replayed, effect.model_dump_json().encode()
-                records = _reported(request, effect, now)
+                records = relay_reported(request, effect, now)
                 self.stats.reported += len(records)
                 if effect.status == "failed":  # what it reported still goes (a decline)
                     refused = f"the system refused: {effect.detail}"
-                    report = _report(row, request, None, refused, now)
+                    report = report_failure(row, request, None, refused, now)
                     await finish(row, "failed", result, refused, *records, report)
                     return
             else:
@@ -307,7 +298,7 @@ class Dispatcher:
             now = self._clock()
             self._provider_error(request, exc)
             code = exc.code if isinstance(exc, PermanentDeliveryError) else None
-            report = _report(row, request, code, str(exc), now)
+            report = report_failure(row, request, code, str(exc), now)
             await finish(row, "failed", None, f"permanent: {exc}", report)
             return
         except (TransientConnectorError, TransientDeliveryError) as exc:
@@ -371,7 +362,9 @@ class Dispatcher:
         if why is None:
             return False
         self.stats.suppressed += 1
-        report = _report(row, delivery, "suppressed", f"address suppressed ({why})", now, why)
+        report = report_failure(
+            row, delivery, "suppressed", f"address suppressed ({why})", now, why
+        )
         await self._finish(row, "failed", None, f"suppressed: {why}", report)
         return True
 
@@ -422,7 +415,7 @@ class Dispatcher:
         trying_for = max(0.0, now - first)  # clocks of two hosts may disagree
         if row.attempts >= opts.max_attempts and trying_for >= opts.retry_for:
             why = f"gave up after {row.attempts} attempts: {error}"
-            report = _report(row, request, "gave_up", why, now)
+            report = report_failure(row, request, "gave_up", why, now)
             await self._finish(row, "failed", None, why, report, tried_at=tried)
             return
         self.stats.retried += 1
@@ -461,89 +454,3 @@ def _outcome(before: DispatchStats, after: DispatchStats) -> str:
     if after.held > before.held or after.paused > before.paused:
         return "held"
     return "lost"
-
-
-def _reported(
-    effect: Effect, result: EffectResult, now: float
-) -> list[tuple[str, bytes | None, bytes]]:
-    """The events a connector's answer reported, as records for the relay (logical topic, key,
-    value); one that is not a valid event goes to the dead-letter topic with the reason."""
-    out: list[tuple[str, bytes | None, bytes]] = []
-    key = effect.customer_id.encode()
-    for i, reported in enumerate(result.events):
-        event = {
-            "event_id": f"connector:{effect.idempotency_key}:{i}",
-            "customer_id": effect.customer_id,
-            "occurred_at": datetime.fromtimestamp(now, UTC).isoformat(),
-            "source": f"connector:{effect.tool}",
-            "schema_version": 1,
-            **reported,
-        }
-        try:
-            valid = event_from_obj(event)
-            out.append((logical_topic(valid.type), key, valid.model_dump_json().encode()))
-        except (InvalidEventError, ValueError) as exc:
-            raw = orjson.dumps(event, default=str)
-            where = Record(f"connector:{effect.tool}", -1, i, key, raw)
-            out.append(("dlq", key, dead_letter_value(where, f"connector event: {exc}")))
-    return out
-
-
-def _report(
-    row: OutboxRow,
-    request: Effect | Delivery,
-    code: str | None,
-    detail: str,
-    now: float,
-    reason: str | None = None,
-) -> tuple[str, bytes | None, bytes]:
-    """The event telling the core a delivery or an effect failed for good (a record for the
-    relay: logical topic, key, value): ``message.status`` for a delivery, ``action.status``
-    for an effect. ``code``: the provider's error code, or ``suppressed`` (``reason``: the
-    suppression's, as ``provider_event``) or ``gave_up`` (transient failures until the last
-    attempt)."""
-    if isinstance(request, Effect):
-        return _action_failed(row, request, detail, now)
-    delivery = request
-    event = MessageStatus(
-        event_id=f"dispatch:{row.idempotency_key}",
-        type="message.status",
-        customer_id=delivery.customer_id,
-        occurred_at=datetime.fromtimestamp(now, UTC),
-        source="dispatcher",
-        data=MessageStatusData(
-            message_id=delivery.message_id,
-            channel="sms" if delivery.channel == "sms" else "email",
-            status="failed",
-            attempt=delivery.attempt,
-            provider="dispatcher",
-            error_code=code,
-            provider_event=reason,
-            detail=detail[:1024],
-        ),
-    )
-    return "customers", delivery.customer_id.encode(), event.model_dump_json().encode()
-
-
-def _action_failed(
-    row: OutboxRow, effect: Effect, detail: str, now: float
-) -> tuple[str, bytes | None, bytes]:
-    """``action.status`` ``failed`` for an effect (the core records the action failed)."""
-    event = ActionStatusChanged(
-        event_id=f"dispatch:{row.idempotency_key}",
-        type="action.status",
-        customer_id=effect.customer_id,
-        occurred_at=datetime.fromtimestamp(now, UTC),
-        source="dispatcher",
-        data=ActionStatusData(
-            action_id=effect.action_id,
-            tool=effect.tool,
-            status="failed",
-            detail=detail[:1024],
-            signal_id=effect.signal_id or None,
-            rule_id=effect.rule_id or None,
-            target=effect.target or None,
-            idempotency_key=effect.idempotency_key,
-        ),
-    )
-    return "customers", effect.customer_id.encode(), event.model_dump_json().encode()
