@@ -23,14 +23,8 @@ from outreach.store.batch import (
     StoreLedger,
     TimerRow,
 )
-from outreach.store.store import (
-    Claim,
-    OutboxRow,
-    PendingRecord,
-    Store,
-    StoreBusyError,
-    StoreSettings,
-)
+from outreach.store.locking import Claim, StoreBusyError
+from outreach.store.store import OutboxRow, PendingRecord, Store, StoreSettings
 
 __all__ = [
     "ApprovalRow",

@@ -17,25 +17,28 @@ Kafka in the order they were written.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
-from outreach.errors import OutreachError
 from outreach.store.batch import Batch, TimerRow
+from outreach.store.locking import (
+    Claim,
+    FileTurn,
+    hold_advisory,
+    hold_file,
+    serialise_sqlite,
+)
 from outreach.store.schema import (
     applied_offsets,
     customer_state,
@@ -63,26 +66,6 @@ POSTGRES_CONNECT: dict[str, int] = {
     "tcp_user_timeout": 60_000,  # milliseconds
 }
 FINISHED = ("done", "failed")  # an outbox row's statuses for good (pending, in_flight before)
-
-
-class StoreBusyError(OutreachError):
-    """Another process holds an exclusive claim on the store."""
-
-    def __init__(self, name: str, url: str, why: str | None = None) -> None:
-        super().__init__(f"another process holds {name!r} on the store {url}" + (
-            f": {why}" if why else ""
-        ))  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Claim:
-    """An exclusive claim on the store (``Store.hold_exclusive``). Calling it releases it."""
-
-    release: Callable[[], None]
-    alive: Callable[[], bool]  # False once the claim is lost (PostgreSQL: the session died)
-
-    def __call__(self) -> None:
-        self.release()
 
 
 class StoreSettings(BaseSettings):
@@ -139,14 +122,14 @@ class Store:
             )
         elif self.url.get_backend_name() == "sqlite":
             self.engine = sa.create_engine(self.url, connect_args={"timeout": 30})
-            _serialise_sqlite(self.engine)
+            serialise_sqlite(self.engine)
         else:
             raise ValueError(
                 f"unsupported database URL {self.url.render_as_string()!r}: use sqlite:///FILE "
                 "or postgresql+psycopg://USER:PASSWORD@HOST/DB"
             )
         relay_lock = None if self.postgres else self._lock_file("relay")
-        self._relay_turn = None if relay_lock is None else _FileTurn(relay_lock)
+        self._relay_turn = None if relay_lock is None else FileTurn(relay_lock)
 
     def _lock_file(self, name: str) -> Path | None:
         """SQLite: the file beside the database that processes ``flock`` to claim ``name``
@@ -161,44 +144,10 @@ class Store:
         process dies); ``StoreBusyError`` if another process holds it. PostgreSQL: a session
         advisory lock on a connection kept open; SQLite: ``flock`` on
         ``<database file>.<name>.lock``. ``why``: the advice the error gives."""
+        where = self.url.render_as_string()
         if self.postgres:
-            conn = self.engine.connect()
-            key = {"name": name}
-            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(hashtext(:name))"), key)
-            if not got.scalar():
-                conn.close()
-                raise StoreBusyError(name, self.url.render_as_string(), why)
-            conn.commit()
-
-            def release_pg() -> None:
-                with contextlib.suppress(sa.exc.DBAPIError):
-                    conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:name))"), key)
-                conn.close()
-
-            def alive_pg() -> bool:
-                try:
-                    conn.execute(sa.text("SELECT 1")).scalar()
-                    conn.commit()
-                except sa.exc.DBAPIError:
-                    return False
-                return True
-
-            return Claim(release_pg, alive_pg)
-        path = self._lock_file(name)
-        if path is None:
-            return Claim(lambda: None, lambda: True)
-        handle = path.open("a")  # noqa: SIM115 - held until released
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise StoreBusyError(name, self.url.render_as_string(), why) from None
-
-        def release_file() -> None:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
-
-        return Claim(release_file, lambda: True)
+            return hold_advisory(self.engine, name, where, why)
+        return hold_file(self._lock_file(name), name, where, why)
 
     def migrate(self) -> None:
         """Bring the schema to the latest Alembic revision (safe to call from every process)."""
@@ -481,72 +430,12 @@ class Store:
             return int(conn.execute(sa.select(sa.func.count()).select_from(target)).scalar() or 0)
 
 
-class _FileTurn:
-    """One holder at a time of ``path``: across processes (``flock``) and across this process's
-    threads. The thread holding it may take it again (a call nested in ``publish``)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._mutex = threading.RLock()
-        self._handle: IO[str] | None = None
-        self._depth = 0
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Wait for the turn, hold it for the block."""
-        with self._mutex:
-            if self._depth == 0:
-                handle = self.path.open("a")  # noqa: SIM115 - closed when the turn ends
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX)  # waits for another process's holder
-                except BaseException:
-                    handle.close()
-                    raise
-                self._handle = handle
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-                if self._depth == 0 and self._handle is not None:
-                    self._handle.close()  # closing the file drops the flock
-                    self._handle = None
-
-
 def _tried(at: float | None) -> dict[str, Any]:
     """The update that records an outbox row's first call to its provider: ``at`` (when this
     attempt called it), unless an earlier attempt already did."""
     if at is None:
         return {}
     return {"first_tried_at": sa.func.coalesce(outbox.c.first_tried_at, at)}
-
-
-def _serialise_sqlite(engine: Engine) -> None:
-    """SQLite: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` so a batch holds the write lock
-    from its first read (the pysqlite default would upgrade late and deadlock two writers)."""
-
-    @sa.event.listens_for(engine, "connect")
-    def _connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        # switching to WAL needs the write lock and ignores the busy timeout: only switch if
-        # needed, and wait for another process that is creating the same file
-        deadline = time.monotonic() + 30
-        while cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            try:
-                cursor.execute("PRAGMA journal_mode=WAL")
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        read_only = conn.get_execution_options().get("read_only", False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _timer_row(r: Any) -> TimerRow:
