@@ -16,6 +16,10 @@ playbook alike:
   approves the action (``HeldBack``): in place of its fallback if that is still waiting to go,
   else after it as its own notice; an offer that must be announced is performed only with it.
 Holdout and shadow are decided here too.
+
+The executor owns the entry points (a signal, a timer, a cancellation, an answer, an approval,
+a failed effect) and the couplings above; ``outreach.agents.actions`` carries out actions'
+verdicts (guardrails) and ``outreach.agents.messages`` messages' (contact policy).
 """
 
 from __future__ import annotations
@@ -24,26 +28,27 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from outreach.agents.aftercare import Aftercare
-from outreach.agents.announcing import (
-    MessageChoice,
-    announced,
-    approved,
-    as_dict,
-    from_held,
-    outbound,
+from outreach.agents.actions import (
+    Actions,
+    announce_approved,
+    awaiting_answer,
+    cancel_action,
+    one_question,
+    record,
 )
-from outreach.agents.guardrails import Check, Guardrails, Ledger, Verdict
-from outreach.agents.plan import Plan, PlannedAction, PlannedMessage
+from outreach.agents.aftercare import Aftercare
+from outreach.agents.announcing import MessageChoice, announced, as_dict
+from outreach.agents.guardrails import Guardrails, Ledger, Verdict
+from outreach.agents.messages import Messages, hold_back
+from outreach.agents.plan import Plan, PlannedAction
 from outreach.agents.planner import Planned, Planner, PlaybookPlanner
 from outreach.agents.playbooks import Playbook, PlaybookContext
-from outreach.agents.recording import action_record, effect, preview, record_message
-from outreach.agents.state import HeldBack, OpenAction
-from outreach.decisions import Decisions, Timer
-from outreach.events import ActionStatusChanged, Event, utc_iso
+from outreach.agents.recording import action_record, preview
+from outreach.agents.state import OpenAction
+from outreach.decisions import Decisions
+from outreach.events import ActionStatusChanged, Event
 from outreach.ids import make_id
-from outreach.outbound.policy import ContactPolicy, MessageDecision, OutboundMessage
-from outreach.outbound.state import DeferredMessage
+from outreach.outbound.policy import ContactPolicy
 from outreach.rules.evaluate import Signal
 from outreach.state import CustomerState, TimerRef
 
@@ -75,6 +80,8 @@ class Executor:
         self.rules = rules
         self.links = links
         self.aftercare = aftercare
+        self.actions = Actions(guardrails)
+        self.messages = Messages(policy, aftercare, self.actions)
 
     # -- signals --------------------------------------------------------------------------
     def run(
@@ -125,11 +132,11 @@ class Executor:
     ) -> None:
         verdicts: dict[str, Verdict] = {}
         for action in plan.actions:  # one at a time: each one's spend counts for the next
-            verdicts[action.ref] = self._check(signal, action, playbook, cs, shared, now)
+            verdicts[action.ref] = self.actions.check(signal, action, playbook, cs, shared, now)
             if action.accept_within and verdicts[action.ref].approved:
-                verdicts[action.ref] = _one_question(verdicts[action.ref], cs)
+                verdicts[action.ref] = one_question(verdicts[action.ref], cs)
             if action.announce is None:
-                self._commit(
+                self.actions.commit(
                     signal,
                     action,
                     verdicts[action.ref],
@@ -141,7 +148,8 @@ class Executor:
                     out,
                 )
         choices = {
-            m.ref: self._decide_message(signal, m, verdicts, cs, shared, now) for m in plan.messages
+            m.ref: self.messages.decide_message(signal, m, verdicts, cs, shared, now)
+            for m in plan.messages
         }
         waiting: dict[str, list[str]] = {}
         for action in plan.actions:
@@ -152,8 +160,8 @@ class Executor:
             waits_for = choice.msg.message_id if due is not None and choice else None
             accept = action.accept_within if choice and choice.decision.channel == "sms" else None
             if accept and verdict.status == "executed":
-                verdict, due = _awaiting_answer(verdict, now, accept)
-            action_id = self._commit(
+                verdict, due = awaiting_answer(verdict, now, accept)
+            action_id = self.actions.commit(
                 signal, action, verdict, playbook, entity_name, cs, shared, now, out, due,
                 waits_for, accept,
             )  # fmt: skip
@@ -164,146 +172,11 @@ class Executor:
             if choice is not None:
                 fallback = choice.planned.fallback if choice.chosen is choice.planned else None
                 promised = [ids[r] for r in choice.chosen.requires if r in ids]
-                self._commit_message(
+                self.messages.commit_message(
                     choice.msg, choice.decision, entity_name, cs, now, out,
                     waiting.get(ref, []), as_dict(fallback), promised,
                 )  # fmt: skip
-        self._hold_back(signal, plan, verdicts, ids, cs)
-
-    def _hold_back(
-        self,
-        signal: Signal,
-        plan: Plan,
-        verdicts: dict[str, Verdict],
-        ids: dict[str, str],
-        cs: CustomerState,
-    ) -> None:
-        """Keep each message that waits only for approvals with the actions it waits for."""
-        actions = {a.ref: a for a in plan.actions}
-        for m in plan.messages:
-            statuses = {r: verdicts[r].status if r in verdicts else "" for r in m.requires}
-            waiting = [r for r, status in statuses.items() if status == "pending_approval"]
-            if not waiting or not all(s in _GOING for s in statuses.values()):
-                continue  # goes now, or never (a requirement was blocked)
-            for r in waiting:
-                oa = cs.agents.open.get(ids[r])
-                if oa is None or oa.status != "pending_approval":
-                    continue
-                action = actions[r]
-                oa.held = HeldBack(
-                    message=as_dict(m) or {}, category=signal.category,
-                    requires=[ids[x] for x in m.requires if x in ids],
-                    announce=action.announce == m.ref, accept_within=action.accept_within,
-                )  # fmt: skip
-
-    def _check(
-        self,
-        signal: Signal,
-        action: PlannedAction,
-        playbook: str,
-        cs: CustomerState,
-        shared: Ledger,
-        now: datetime,
-    ) -> Verdict:
-        key = make_id("eff", signal.signal_id, action.tool, action.target)
-        at = action.at.timestamp() if action.at is not None else None
-        return self.guardrails.check(
-            action.tool, action.params, playbook, key, cs.agents, shared, now.timestamp(), at
-        )
-
-    def _decide_message(
-        self,
-        signal: Signal,
-        planned: PlannedMessage,
-        verdicts: dict[str, Verdict],
-        cs: CustomerState,
-        shared: Ledger,
-        now: datetime,
-    ) -> MessageChoice | None:
-        """The policy's verdict on a planned message, or on its fallback when it cannot go."""
-        chosen: PlannedMessage | None = planned
-        why = ""
-        unmet = [r for r in planned.requires if not approved(verdicts.get(r))]
-        if unmet:
-            first = verdicts.get(unmet[0])
-            why = f"{', '.join(unmet)} not approved ({first.reason if first else 'not planned'})"
-            chosen = planned.fallback
-        if chosen is None:
-            return None
-        msg = outbound(signal.signal_id, signal.rule_id, signal.category, chosen)
-        if cs.contact.notices.get(msg.notice, (0.0, ""))[1] == msg.message_id:
-            return None  # already decided once (a duplicate signal); never twice
-        decision = self.policy.decide(msg, cs.profile, cs.contact, now, shared)
-        if chosen is planned and not decision.deliverable and planned.fallback is not None:
-            why = f"{planned.purpose} version not possible ({decision.reason})"
-            chosen = planned.fallback
-            msg = outbound(signal.signal_id, signal.rule_id, signal.category, chosen)
-            decision = self.policy.decide(msg, cs.profile, cs.contact, now, shared)
-        if why:
-            decision.checks.insert(0, {"check": "fallback", "result": "used", "detail": why})
-        return MessageChoice(planned, chosen, msg, decision, why)
-
-    # -- recording ------------------------------------------------------------------------
-    def _commit(
-        self,
-        signal: Signal,
-        action: PlannedAction,
-        verdict: Verdict,
-        playbook: str,
-        entity_name: str,
-        cs: CustomerState,
-        shared: Ledger,
-        now: datetime,
-        out: Decisions,
-        due: datetime | None = None,
-        waits_for: str | None = None,
-        accept_within: float | None = None,
-    ) -> str:
-        """Record an action's verdict and do what it implies; returns the action id.
-
-        With ``accept_within`` the action waits for the customer's YES: from ``due`` (its
-        announcement, deferred) or, announced now, until ``due`` (the end of the window)."""
-        action_id = make_id("act", signal.signal_id, action.tool, action.target)
-        if verdict.status == "duplicate":
-            return action_id
-        when = due or (action.at if verdict.status == "scheduled" else None)
-        oa = OpenAction(
-            action_id=action_id, signal_id=signal.signal_id, rule_id=signal.rule_id,
-            playbook=playbook, entity=entity_name, tool=action.tool,
-            params=verdict.params.model_dump(mode="json") if verdict.params else action.params,
-            target=action.target, status=verdict.status,
-            idempotency_key=make_id("eff", signal.signal_id, action.tool, action.target),
-            created=now.timestamp(), due=when.timestamp() if when else None, waits_for=waits_for,
-            accept_within=accept_within,
-        )  # fmt: skip
-        if verdict.status == "pending_approval":  # queued first: the record says until when
-            self._await_approval(oa, cs, now, out)
-        self._record(cs, oa, verdict.status, verdict.reason, now, out, verdict)
-        if not verdict.approved:
-            return action_id
-        cs.agents.effects[oa.idempotency_key] = now.timestamp()
-        if verdict.status == "executed":
-            self._perform(oa, verdict, cs, shared, now, out)
-            return action_id
-        if verdict.status == "pending_approval":
-            return action_id
-        if when is not None and waits_for is None:
-            oa.timer_id = self._timer(cs, "action", action_id, when, out)
-        cs.agents.open[action_id] = oa
-        return action_id
-
-    def _await_approval(
-        self, oa: OpenAction, cs: CustomerState, now: datetime, out: Decisions
-    ) -> None:
-        """Queue ``oa`` for a person's approval until it expires (``approval_expiry``)."""
-        if oa.timer_id:
-            cs.timers.pop(oa.timer_id, None)
-        expires = datetime.fromtimestamp(
-            now.timestamp() + self.guardrails.config.approval_expiry.total_seconds(), now.tzinfo
-        )
-        oa.status, oa.due, oa.waits_for = "pending_approval", expires.timestamp(), None
-        oa.timer_id = self._timer(cs, "action", oa.action_id, expires, out)
-        cs.agents.open[oa.action_id] = oa
+        hold_back(signal, plan, verdicts, ids, cs)
 
     def effect_failed(
         self, event: ActionStatusChanged, cs: CustomerState, now: datetime, out: Decisions
@@ -321,61 +194,7 @@ class Executor:
             playbook="", entity=entity_name, tool=d.tool, params={}, target=d.target or "",
             status="failed", idempotency_key=d.idempotency_key or "", created=now.timestamp(),
         )  # fmt: skip
-        self._record(cs, oa, "failed", d.detail, now, out)
-
-    def _record(
-        self,
-        cs: CustomerState,
-        oa: OpenAction,
-        status: str,
-        reason: str,
-        now: datetime,
-        out: Decisions,
-        verdict: Verdict | None = None,
-        decided_by: str | None = None,
-    ) -> None:
-        """Append an action's new status and remember it on its subject (for its playbook)."""
-        out.actions.append(
-            action_record(oa, cs.customer_id, status, reason, now, verdict, decided_by)
-        )
-        entity = cs.agents.entities.get(oa.entity)
-        if entity is not None:
-            entity.outcomes[oa.action_id] = (oa.tool, oa.target, status)
-
-    def _timer(self, cs: CustomerState, kind: str, ref: str, due: datetime, out: Decisions) -> str:
-        timer_id = make_id("tmr", ref, str(due.timestamp()))
-        cs.timers[timer_id] = TimerRef(kind, ref, due.timestamp())
-        out.timers.append(Timer(timer_id, cs.customer_id, due))
-        return timer_id
-
-    def _commit_message(
-        self,
-        msg: OutboundMessage,
-        decision: MessageDecision,
-        entity_name: str,
-        cs: CustomerState,
-        now: datetime,
-        out: Decisions,
-        announces: list[str] | None = None,
-        fallback: dict[str, Any] | None = None,
-        requires: list[str] | None = None,
-    ) -> None:
-        self.policy.commit(msg, decision, cs.contact, now.timestamp())
-        marketing_list = self.policy.config.marketing_list
-        record_message(out, msg, decision, cs.customer_id, marketing_list=marketing_list)
-        if decision.status == "sent":
-            self.aftercare.track(msg, decision, entity_name, cs, now.timestamp())
-        if decision.status != "deferred":
-            return
-        timer_id = self._timer(cs, "message", msg.message_id, decision.send_at, out)
-        cs.contact.deferred[msg.message_id] = DeferredMessage(
-            message_id=msg.message_id, signal_id=msg.signal_id, rule_id=msg.rule_id,
-            entity=entity_name, template=msg.template, purpose=msg.purpose, context=msg.context,
-            notice=msg.notice, category=msg.category, created=now.timestamp(),
-            channel=decision.channel,
-            send_at=decision.send_at.timestamp(), timer_id=timer_id,
-            announces=announces or [], fallback=fallback, requires=requires or [],
-        )  # fmt: skip
+        record(cs, oa, "failed", d.detail, now, out)
 
     def _hold_out(
         self, signal: Signal, plan: Plan, rule: RulePlaybook, now: datetime, out: Decisions
@@ -410,7 +229,7 @@ class Executor:
         cancelled = set()
         for oa in cs.agents.open_for(entity_name, tools):
             cancelled.add(oa.action_id)
-            self._cancel_action(oa.action_id, cs, f"cancelled: {reason}", now, out)
+            cancel_action(oa.action_id, cs, f"cancelled: {reason}", now, out)
         for message_id, deferred in list(cs.contact.deferred.items()):
             if deferred.entity != entity_name:
                 continue
@@ -418,116 +237,25 @@ class Executor:
                 continue
             del cs.contact.deferred[message_id]
             cs.timers.pop(deferred.timer_id, None)
-            self._drop(deferred, cs, f"cancelled: {reason}", now, out)
+            self.messages.drop(deferred, cs, f"cancelled: {reason}", now, out)
         entity = cs.agents.entities.get(entity_name)
         if close and entity is not None:
             entity.closed = reason
             entity.touched = now.timestamp()
-
-    def _cancel_action(
-        self, action_id: str, cs: CustomerState, reason: str, now: datetime, out: Decisions
-    ) -> None:
-        oa = cs.agents.open.pop(action_id, None)
-        if oa is None:
-            return
-        if oa.timer_id:
-            cs.timers.pop(oa.timer_id, None)
-        self._record(cs, oa, "cancelled", reason, now, out)
-
-    def _drop(
-        self,
-        deferred: DeferredMessage,
-        cs: CustomerState,
-        reason: str,
-        now: datetime,
-        out: Decisions,
-    ) -> None:
-        msg = from_held(deferred)
-        decision = MessageDecision("suppressed", self._held_channel(deferred), None, reason, now)
-        self._commit_message(msg, decision, deferred.entity, cs, now, out)
-
-    def _held_channel(self, deferred: DeferredMessage) -> str:
-        """The channel a held message was going to use (older state: its purpose's first)."""
-        order: list[str] = getattr(self.policy.config.channels, deferred.purpose)
-        return deferred.channel or order[0]
 
     def fire(
         self, ref: TimerRef, cs: CustomerState, shared: Ledger, now: datetime, out: Decisions
     ) -> None:
         """A timer fell due: execute the scheduled action or judge the deferred message."""
         if ref.kind == "action":
-            self._fire_action(ref.ref, cs, shared, now, out)
+            self.actions.fire_action(ref.ref, cs, shared, now, out)
             return
         if ref.kind == "resend":
             self.aftercare.fire(ref.ref, cs, shared, now, out)
             return
         deferred = cs.contact.deferred.pop(ref.ref, None)
         if deferred is not None:
-            self._fire_message(deferred, cs, shared, now, out)
-
-    def _fire_message(
-        self,
-        deferred: DeferredMessage,
-        cs: CustomerState,
-        shared: Ledger,
-        now: datetime,
-        out: Decisions,
-    ) -> None:
-        """Judge a deferred message again; its waiting offers go with it or not at all."""
-        msg = from_held(deferred)
-        blocked = self._recheck_announced(deferred.announces, cs, shared, now)
-        if blocked:
-            decision = MessageDecision(
-                "suppressed", self._held_channel(deferred), None, blocked, now
-            )
-        else:
-            decision = self.policy.decide(msg, cs.profile, cs.contact, now, shared)
-        if decision.status == "deferred":
-            self._commit_message(
-                msg, decision, deferred.entity, cs, now, out,
-                deferred.announces, deferred.fallback, deferred.requires,
-            )  # fmt: skip
-            return
-        self._commit_message(msg, decision, deferred.entity, cs, now, out)
-        if decision.status == "sent":
-            for action_id in deferred.announces:
-                oa = cs.agents.open.get(action_id)
-                if oa is not None and oa.accept_within and decision.channel == "sms":
-                    self._ask(oa, cs, now, out)
-                else:
-                    self._fire_action(action_id, cs, shared, now, out)
-            return
-        for action_id in deferred.announces:
-            reason = f"offer not made: its announcement was not sent ({decision.reason})"
-            self._cancel_action(action_id, cs, reason, now, out)
-        if deferred.fallback is not None:
-            planned = PlannedMessage(**deferred.fallback)
-            fallback = outbound(deferred.signal_id, deferred.rule_id, deferred.category, planned)
-            choice = self.policy.decide(fallback, cs.profile, cs.contact, now, shared)
-            why = f"{msg.purpose} version not sent ({decision.reason})"
-            choice.checks.insert(0, {"check": "fallback", "result": "used", "detail": why})
-            self._commit_message(fallback, choice, deferred.entity, cs, now, out)
-
-    def _recheck_announced(
-        self, announces: list[str], cs: CustomerState, shared: Ledger, now: datetime
-    ) -> str:
-        """Why a waiting offer may no longer be made (budgets move overnight), or ''."""
-        for action_id in announces:
-            oa = cs.agents.open.get(action_id)
-            if oa is None:
-                continue
-            verdict = self._recheck(oa, cs, shared, now)
-            if verdict.status != "executed":
-                return f"the offer it announces is no longer allowed ({verdict.reason})"
-        return ""
-
-    def _ask(self, oa: OpenAction, cs: CustomerState, now: datetime, out: Decisions) -> None:
-        """Its announcement just went by SMS: wait for the customer's YES until the window ends."""
-        assert oa.accept_within is not None
-        until, reason = _yes_by(now, oa.accept_within)
-        oa.waits_for, oa.due = None, until.timestamp()
-        oa.timer_id = self._timer(cs, "action", oa.action_id, until, out)
-        self._record(cs, oa, "scheduled", reason, now, out)
+            self.messages.fire_message(deferred, cs, shared, now, out)
 
     def answer_offer(
         self,
@@ -551,21 +279,17 @@ class Executor:
             cs.timers.pop(oa.timer_id, None)
         oa.timer_id, oa.accept_within = None, None  # answered: no longer awaiting
         if not accepted:
-            self._record(
-                cs, oa, "cancelled", f"declined: the customer replied NO ({source})", now, out
-            )
+            record(cs, oa, "cancelled", f"declined: the customer replied NO ({source})", now, out)
             return "declined"
-        verdict = self._recheck(oa, cs, shared, now)
+        verdict = self.actions.recheck(oa, cs, shared, now)
         said = f"the customer replied YES ({source})"
         if verdict.status == "executed":
-            self._record(
-                cs, oa, "executed", f"accepted: {said}; guardrails passed", now, out, verdict
-            )
-            self._perform(oa, verdict, cs, shared, now, out)
+            record(cs, oa, "executed", f"accepted: {said}; guardrails passed", now, out, verdict)
+            self.actions.perform(oa, verdict, cs, shared, now, out)
             return "accepted"
         if verdict.status == "pending_approval":
-            self._await_approval(oa, cs, now, out)
-        self._record(cs, oa, verdict.status, f"{said}, but: {verdict.reason}", now, out, verdict)
+            self.actions.await_approval(oa, cs, now, out)
+        record(cs, oa, verdict.status, f"{said}, but: {verdict.reason}", now, out, verdict)
         return verdict.status
 
     def decide_approval(
@@ -592,183 +316,34 @@ class Executor:
         oa.timer_id, oa.due = None, None
         said = f"{'approved' if approve else 'rejected'} by {by}" + (f": {note}" if note else "")
         if not approve:
-            self._record(cs, oa, "cancelled", said, now, out, decided_by=by)
+            record(cs, oa, "cancelled", said, now, out, decided_by=by)
             return "cancelled"
         oa.approved_by = by
-        verdict = self._recheck(oa, cs, shared, now)
+        verdict = self.actions.recheck(oa, cs, shared, now)
         held, oa.held = oa.held, None
         choice = None
         if held is not None and verdict.status == "executed":
-            choice = self._held_choice(held, oa, cs, shared, now, out)
+            choice = self.messages.held_choice(held, oa, cs, shared, now, out)
             if choice is not None and held.announce:  # the offer goes with it or not at all
-                verdict = self._announce_approved(oa, verdict, choice, held, cs, now, out)
+                verdict = announce_approved(oa, verdict, choice, held, cs, now, out)
         if verdict.status == "executed":
             reason = f"{said}; guardrails passed"
-            self._record(cs, oa, "executed", reason, now, out, verdict, decided_by=by)
-            self._perform(oa, verdict, cs, shared, now, out)
+            record(cs, oa, "executed", reason, now, out, verdict, decided_by=by)
+            self.actions.perform(oa, verdict, cs, shared, now, out)
         else:
             reason = f"{said}, but: {verdict.reason}"
             if verdict.status == "scheduled":
                 reason = f"{said}; {verdict.reason}"
-            self._record(cs, oa, verdict.status, reason, now, out, verdict, decided_by=by)
+            record(cs, oa, verdict.status, reason, now, out, verdict, decided_by=by)
         if choice is not None and held is not None:
             why = f"held back until {action_id} was approved; approved by {by}"
             choice.decision.checks.insert(0, {"check": "approval", "result": "pass", "detail": why})
             announces = [action_id] if oa.waits_for else []
-            self._commit_message(
+            self.messages.commit_message(
                 choice.msg, choice.decision, oa.entity, cs, now, out, announces,
                 requires=held.requires,
             )  # fmt: skip
         return verdict.status
-
-    def _announce_approved(
-        self,
-        oa: OpenAction,
-        verdict: Verdict,
-        choice: MessageChoice,
-        held: HeldBack,
-        cs: CustomerState,
-        now: datetime,
-        out: Decisions,
-    ) -> Verdict:
-        """An approved offer that must be announced: made now, waiting (for its deferred
-        announcement or for the customer's YES), or blocked when its message cannot go."""
-        verdict, due = announced(verdict, choice)
-        accept = held.accept_within if choice.decision.channel == "sms" else None
-        if accept and verdict.status == "executed":
-            verdict, due = _awaiting_answer(verdict, now, accept)
-        if verdict.status != "scheduled":
-            return verdict
-        assert due is not None
-        oa.status, oa.due, oa.accept_within = "scheduled", due.timestamp(), accept
-        if choice.decision.status == "deferred":  # its announcement sends it
-            oa.waits_for = choice.msg.message_id
-        else:  # announced now by SMS: waits for the YES until the window ends
-            oa.timer_id = self._timer(cs, "action", oa.action_id, due, out)
-        cs.agents.open[oa.action_id] = oa
-        return verdict
-
-    def _recheck(self, oa: OpenAction, cs: CustomerState, shared: Ledger, now: datetime) -> Verdict:
-        """Judge an action decided earlier again now (kill switches, budgets); a person's
-        approval (``oa.approved_by``) still passes its threshold."""
-        return self.guardrails.check(
-            oa.tool, oa.params, oa.playbook, oa.idempotency_key, cs.agents, shared,
-            now.timestamp(), recheck=True, approved_by=oa.approved_by,
-        )  # fmt: skip
-
-    def _perform(
-        self,
-        oa: OpenAction,
-        verdict: Verdict,
-        cs: CustomerState,
-        shared: Ledger,
-        now: datetime,
-        out: Decisions,
-    ) -> None:
-        """An executed action: its spend counts and its effect goes to the outbox."""
-        self.guardrails.commit_spend(oa.tool, verdict, cs.agents, shared, now.timestamp())
-        out.effects.append(effect(oa, cs.customer_id))
-
-    def _held_choice(
-        self,
-        held: HeldBack,
-        oa: OpenAction,
-        cs: CustomerState,
-        shared: Ledger,
-        now: datetime,
-        out: Decisions,
-    ) -> MessageChoice | None:
-        """The contact policy's verdict on the message ``oa`` held back, now that ``oa`` is
-        approved; ``None`` while another action it promises still waits (it goes with the
-        last approval) or when one of them did not happen (its fallback said what is true).
-
-        A fallback of the same notice still waiting to go (quiet hours) is superseded when this
-        one can go: the customer gets one message. Once the fallback has gone, this one is a
-        notice of its own.
-        """
-        entity = cs.agents.entities.get(oa.entity)
-        outcomes = entity.outcomes if entity is not None else {}
-        for other in held.requires:
-            if other == oa.action_id:
-                continue
-            waiting = cs.agents.open.get(other)
-            if waiting is not None and waiting.status == "pending_approval":
-                if waiting.held is None:  # it sends the message when approved in turn
-                    waiting.held = held
-                return None
-            if outcomes.get(other, ("", "", ""))[2] not in ("executed", "scheduled"):
-                return None
-        planned = PlannedMessage(**held.message)
-        notice = planned.notice
-        planned.notice = f"{notice}#approved"  # a notice of its own, unless it replaces one
-        msg = outbound(oa.signal_id, oa.rule_id, held.category, planned)
-        decision = self.policy.decide(msg, cs.profile, cs.contact, now, shared)
-        superseded = [
-            d for d in cs.contact.deferred.values()
-            if d.signal_id == oa.signal_id and d.notice == notice
-        ]  # fmt: skip
-        if superseded and decision.deliverable:  # else the waiting fallback still goes
-            for d in superseded:
-                del cs.contact.deferred[d.message_id]
-                cs.timers.pop(d.timer_id, None)
-                reason = f"superseded: {oa.tool} was approved, {msg.message_id} goes instead"
-                self._drop(d, cs, reason, now, out)
-            planned.notice = notice
-            msg = outbound(oa.signal_id, oa.rule_id, held.category, planned)
-            decision = self.policy.decide(msg, cs.profile, cs.contact, now, shared)
-        return MessageChoice(planned, planned, msg, decision, "")
-
-    def _fire_action(
-        self, action_id: str, cs: CustomerState, shared: Ledger, now: datetime, out: Decisions
-    ) -> None:
-        oa = cs.agents.open.pop(action_id, None)
-        if oa is None:
-            return
-        if oa.status == "pending_approval":  # nobody approved it in time
-            until = utc_iso(datetime.fromtimestamp(oa.due or now.timestamp(), now.tzinfo))
-            self._record(cs, oa, "expired", f"no approval by {until}: not performed", now, out)
-            return
-        if oa.status != "scheduled":
-            return
-        if oa.awaiting_reply:  # the window closed with no answer: no discount
-            until = utc_iso(datetime.fromtimestamp(oa.due or now.timestamp(), now.tzinfo))
-            self._record(cs, oa, "cancelled", f"offer expired: no YES by {until}", now, out)
-            return
-        verdict = self._recheck(oa, cs, shared, now)
-        if verdict.status == "pending_approval":
-            oa.timer_id = None  # the timer that fired
-            self._await_approval(oa, cs, now, out)
-        reason = "due; guardrails passed" if verdict.status == "executed" else verdict.reason
-        self._record(cs, oa, verdict.status, reason, now, out, verdict)
-        if verdict.status == "executed":
-            self._perform(oa, verdict, cs, shared, now, out)
-
-
-_GOING = ("executed", "scheduled", "pending_approval")  # requirements a held message may await
-
-
-def _one_question(verdict: Verdict, cs: CustomerState) -> Verdict:
-    """One offer waits for a YES at a time: with two, the customer's YES would be ambiguous."""
-    asking = sorted(oa.action_id for oa in cs.agents.open.values() if oa.accept_within)
-    if not asking:
-        return verdict
-    why = f"offer not made: offer {asking[0]} still awaits the customer's YES or NO"
-    return Verdict("blocked", why, [*verdict.checks, Check("acceptance", "fail", why)])
-
-
-def _yes_by(now: datetime, accept_within: float) -> tuple[datetime, str]:
-    """The end of an offer's window for a YES, and the reason recorded while it waits."""
-    until = datetime.fromtimestamp(now.timestamp() + accept_within, now.tzinfo)
-    return until, f"offer made: applied if the customer replies YES by {utc_iso(until)}"
-
-
-def _awaiting_answer(
-    verdict: Verdict, now: datetime, accept_within: float
-) -> tuple[Verdict, datetime]:
-    """An offer announced by SMS now that asks for a YES: (scheduled verdict, end of window)."""
-    until, why = _yes_by(now, accept_within)
-    checks = [*verdict.checks, Check("acceptance", "wait", why)]
-    return Verdict("scheduled", why, checks, verdict.params, verdict.value, verdict.currency), until
 
 
 __all__ = ["Executor", "MessageChoice", "RulePlaybook"]
