@@ -16,15 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from outreach.cli_admin import audit_app, keys_app
 from outreach.cli_kafka import dlq_app
-from outreach.cli_operator import (
-    approvals_app,
-    audit_app,
-    explain,
-    keys_app,
-    scheduler,
-    setup_logging,
-)
+from outreach.cli_operator import approvals_app, explain, scheduler, setup_logging
 from outreach.cli_rules import connectors_app, eval_app, load_rules, rules_app, schema_app
 from outreach.cli_serve import api, publish, worker
 

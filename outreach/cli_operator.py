@@ -1,4 +1,4 @@
-"""``outreach explain | approvals | keys``: the operator's commands over the store.
+"""``outreach explain | approvals | scheduler``: the operator's commands over the store.
 
 They read the store the workers write (``OUTREACH_DATABASE_URL``); approving or rejecting
 publishes an ``approval.decided`` event to Kafka (``OUTREACH_KAFKA_URL``) for the worker that
@@ -20,12 +20,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from outreach.store.operator import SCOPES, Approval, Operator, iso
+from outreach.store.operator import Approval, Operator, iso
 
 approvals_app = typer.Typer(help="The approvals queue: list, show, approve, reject.",
                             no_args_is_help=True)  # fmt: skip
-keys_app = typer.Typer(help="API keys of the operator API: create, list, revoke.",
-                       no_args_is_help=True)  # fmt: skip
 
 out = Console()
 err = Console(stderr=True)
@@ -79,7 +77,8 @@ def serve_metrics(port: int | None, settings: Any) -> None:
         raise typer.Exit(2) from None
 
 
-def _operator(database_url: str | None) -> Operator:
+def open_operator(database_url: str | None) -> Operator:
+    """The operator's view of the store (``--database-url``, else the environment), migrated."""
     from outreach.store import Store, StoreSettings
 
     store = Store(database_url or StoreSettings().database_url)
@@ -99,7 +98,7 @@ def explain(
     """Why did we message this customer? Everything recorded about them, in time order:
     events, signals with their evidence and rule version, actions with every guardrail
     verdict, messages with every contact-policy verdict, deliveries, replies, approvals."""
-    operator = _operator(database_url)
+    operator = open_operator(database_url)
     try:
         entries = operator.timeline(customer_id, limit)
     finally:
@@ -178,7 +177,7 @@ def approvals_list(
     limit: Annotated[int, typer.Option()] = 200,
 ) -> None:
     """Actions waiting for a person, oldest first (or past entries with --status)."""
-    operator = _operator(database_url)
+    operator = open_operator(database_url)
     try:
         found = operator.approvals(None if status == "all" else status, limit)
     finally:
@@ -201,7 +200,7 @@ def approvals_show(
     action_id: Annotated[str, typer.Argument()], database_url: DatabaseOption = None
 ) -> None:
     """One action of the queue: what it would do, why it needs a person, its checks."""
-    operator = _operator(database_url)
+    operator = open_operator(database_url)
     try:
         approval = _find(operator, action_id)
     finally:
@@ -227,7 +226,7 @@ def _decide(
     action_id: str, decision: str, by: str | None, note: str | None, database_url: str | None,
     kafka_url: str | None, wait: float,
 ) -> None:  # fmt: skip
-    operator = _operator(database_url)  # opened (and migrated) once, polled below
+    operator = open_operator(database_url)  # opened (and migrated) once, polled below
     try:
         _submit(operator, action_id, decision, by, note, kafka_url, wait)
     finally:
@@ -301,61 +300,6 @@ def approvals_reject(
     _decide(action_id, "reject", by, note, database_url, kafka_url, wait)
 
 
-# -- keys -----------------------------------------------------------------------------------
-
-
-@keys_app.command("create")
-def keys_create(
-    name: Annotated[str, typer.Option(help="who or what uses it (shown in records)")],
-    scope: Annotated[str, typer.Option(help="ingest, operator or admin")],
-    database_url: DatabaseOption = None,
-) -> None:
-    """Create an API key and print it once (only its hash is kept)."""
-    if scope not in SCOPES:
-        err.print(f"[bold red]unknown scope {scope!r}:[/] use one of {', '.join(SCOPES)}")
-        raise typer.Exit(2)
-    operator = _operator(database_url)
-    try:
-        key, token = operator.create_key(name, scope)
-    finally:
-        operator.store.close()
-    err.print(f"key {key.key_id} ({key.scope}) for {escape(name)}; shown once, keep it secret:")
-    out.out(token)
-
-
-@keys_app.command("list")
-def keys_list(database_url: DatabaseOption = None) -> None:
-    """Every key (never the secrets)."""
-    operator = _operator(database_url)
-    try:
-        found = operator.keys()
-    finally:
-        operator.store.close()
-    table = Table(title="API keys")
-    for header in ("key", "name", "scope", "created", "revoked"):
-        table.add_column(header)
-    for k in found:
-        revoked = iso(k.revoked_at) if k.revoked_at else ""
-        table.add_row(k.key_id, k.name, k.scope, iso(k.created_at), revoked)
-    out.print(table)
-
-
-@keys_app.command("revoke")
-def keys_revoke(
-    key_id: Annotated[str, typer.Argument()], database_url: DatabaseOption = None
-) -> None:
-    """Revoke a key at once."""
-    operator = _operator(database_url)
-    try:
-        done = operator.revoke_key(key_id)
-    finally:
-        operator.store.close()
-    if not done:
-        err.print(f"[bold red]no live key {escape(key_id)}[/]")
-        raise typer.Exit(1)
-    out.print(f"revoked {key_id}")
-
-
 def scheduler(
     database_url: DatabaseOption = None,
     kafka_url: KafkaOption = None,
@@ -414,32 +358,3 @@ def scheduler(
         asyncio.run(run())
     finally:
         store.close()
-
-
-audit_app = typer.Typer(help="The audit trail: prune old entries.", no_args_is_help=True)
-
-
-@audit_app.command("prune")
-def audit_prune(
-    older_than: Annotated[
-        str, typer.Option(help="delete entries recorded longer ago than this (e.g. 365d)")
-    ],
-    database_url: DatabaseOption = None,
-) -> None:
-    """Delete audit entries (and decided approvals) older than --older-than, by event time.
-    Customers' states, the outbox and the tallies are kept. Running schedulers do this every
-    hour when $OUTREACH_AUDIT_RETENTION is set."""
-    from outreach.rules.durations import parse_duration
-
-    try:
-        keep = parse_duration(older_than)
-    except ValueError as exc:
-        err.print(f"[bold red]--older-than:[/] {exc}")
-        raise typer.Exit(2) from None
-    before = time.time() - keep.total_seconds()
-    operator = _operator(database_url)
-    try:
-        deleted = operator.prune_audit(before)
-    finally:
-        operator.store.close()
-    out.print(f"deleted {deleted} audit entries recorded before {iso(before)}")
