@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from outreach.errors import TemplateRenderError
-from outreach.events import Locale, Timezone
+from outreach.eventfields import Locale, Timezone
 from outreach.outbound.state import ContactState
 from outreach.outbound.templates import Rendered, TemplateCatalog
 from outreach.outbound.unsubscribe import MARKETING_LIST, UNSUBSCRIBE_MARKER
