@@ -56,6 +56,7 @@ class DecisionCore:
         runtime passes the model's when an LLM is configured; replay never does."""
         self.book = book
         self.planner = planner
+        self.composer = composer  # kept for a rules reload, which builds the core again
         policy = book.policy
         self.rules = book.rules
         self.guardrails = Guardrails(policy.guardrails)

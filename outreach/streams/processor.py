@@ -201,7 +201,7 @@ class BatchProcessor:
                 folder, book.fingerprint, validated, book.fingerprint,
             )  # fmt: skip
         log.info("rules reloaded: %s -> %s", self.core.book.fingerprint, book.fingerprint)
-        self.core = DecisionCore(book, self.core.planner)
+        self.core = DecisionCore(book, self.core.planner, self.core.composer)
 
     async def applied_positions(
         self, wanted: list[tuple[str, int]], part: str

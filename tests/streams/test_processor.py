@@ -21,10 +21,12 @@ from livesupport import (
     run_to_quiescence,
     sorted_lines,
 )
-from support import make_event, payment_failed, profile
+from support import make_event, payment_failed, profile, shipment_exception
 
+from outreach.agents.composing import TemplateComposer
+from outreach.core import DecisionCore
 from outreach.replay import replay
-from outreach.rulebook import RuleBook
+from outreach.rulebook import RuleBook, load_rulebook
 from outreach.sample import generate
 from outreach.state import CustomerState
 from outreach.store import Batch, Stamp, Store
@@ -342,3 +344,27 @@ def test_the_state_cache_keeps_the_most_recently_used_up_to_its_capacity() -> No
     none = StateCache(0)
     none.put({"a": (stamp, CustomerState(customer_id="a"))})
     assert len(none) == 0
+
+
+def test_a_rules_reload_keeps_the_composer_the_worker_was_started_with(
+    rules_copy: Path, store: Store
+) -> None:
+    """``POST /v1/rules/reload`` makes each worker build its core again from the folder, with
+    the planner and composer it runs (the model's, when an LLM is configured): before, the
+    composer was dropped, and every message after a reload quietly lost its wording."""
+    book = load_rulebook(rules_copy)
+    composer = TemplateComposer()  # a real composer: the message record then says which
+    proc = make_processor(DecisionCore(book, None, composer), store)
+    feed = Feed()
+    proc.apply([feed.line(line(profile("2026-03-01T09:00:00Z", "cus_1")))])
+    path = rules_copy / "shipment-delay.yaml"
+    path.write_text(path.read_text().replace("credit: {standard: 500", "credit: {standard: 400"))
+    Operator(store).request_rules_reload(load_rulebook(rules_copy).fingerprint)
+    proc.apply([feed.line(line(shipment_exception("2026-03-02T18:00:00Z", "cus_1")))])
+    assert proc.core.book.fingerprint != book.fingerprint, "the rules were not reloaded"
+    records = drain_records(store)
+    credit = next(a for a in map(orjson.loads, records["actions"]) if a["type"] == "grant_credit")
+    assert credit["params"]["amount"] == 400
+    [message] = [orjson.loads(m) for m in records["messages"]]
+    assert message["composer"] is not None and message["composer"]["source"] == "template"
+    assert proc.core.composer is composer
