@@ -1,7 +1,8 @@
 """``outreach schema | rules | connectors | eval``: the offline checks of the files a team
 writes: the event contract (``schema export``), rule folders (``rules check``, ``rules test``),
 the connectors file (``connectors check``) and the agent scenarios (``eval agents``). None
-needs Kafka or the store. Also ``load_rules``, which every command reading a rules folder uses.
+needs Kafka or the store. Also ``load_rules``, which the commands reading a rules folder use
+(``worker`` loads its rules through ``outreach.streams.runtime``).
 Kept apart from ``outreach.cli`` for size, as ``outreach.cli_operator`` is.
 """
 

@@ -468,7 +468,7 @@ _PATTERN_HINTS = {
 
 
 def _time_bound(err: Any) -> bool:
-    """Whether a pydantic error is a time outside [``EARLIEST``, ``LATEST``)."""
+    """Whether a pydantic error is a time outside [``eventfields.EARLIEST``, ``LATEST``)."""
     bound = err.get("ctx", {}).get(_TIME_BOUNDS.get(err["type"], ""))
     return isinstance(bound, datetime) or bound in _BOUND_TEXTS
 

@@ -4,8 +4,9 @@ Owns an action's life once it is planned: its verdict (``Actions.check``, ``Acti
 when judged again), its record in the decision log and on its subject (``record``), its timer
 (``timer``), the approval queue (``Actions.await_approval``), its spend and effect
 (``Actions.perform``), and an offer's wait for the customer's YES (``ask``,
-``awaiting_answer``, ``one_question``). Which actions go with which messages is the executor's
-business (``outreach.agents.executor``), not this module's.
+``awaiting_answer``, ``one_question``), and the message an approved action announces
+(``announce_approved``). Which actions a plan couples with which messages is decided by the
+executor (``outreach.agents.executor``).
 
 Must not import: faust, aiokafka, twilio, sendgrid, openai, fastapi, sqlalchemy.
 """

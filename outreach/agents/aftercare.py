@@ -1,8 +1,9 @@
 """After a message is sent: delivery outcomes and the customer's replies, inside the core.
 
 Delivery outcomes (``message.status``) live in ``aftercare_delivery``; the customer's replies
-(``message.received``) and the conversation in ``aftercare_replies``. ``Aftercare`` remembers
-what was sent, forgets it in time, and hands each event to the module that owns it.
+(``message.received``) and the conversation they add to in ``aftercare_replies``.
+``Aftercare`` remembers what was sent, forgets it and old conversation in time, and hands each
+event to the module that owns it.
 
 Must not import: faust, aiokafka, twilio, sendgrid, openai, fastapi, sqlalchemy.
 """

@@ -18,8 +18,11 @@ playbook alike:
 Holdout and shadow are decided here too.
 
 The executor owns the entry points (a signal, a timer, a cancellation, an answer, an approval,
-a failed effect) and the couplings above; ``outreach.agents.actions`` carries out actions'
-verdicts (guardrails) and ``outreach.agents.messages`` messages' (contact policy).
+a failed effect) and decides the couplings above when a plan is run. Carrying them out later
+is shared: ``outreach.agents.actions`` carries out actions' verdicts (guardrails), including
+an approved action's announcement (``announce_approved``); ``outreach.agents.messages``
+carries out messages' (contact policy), including a deferred message's announced offers when
+its timer fires and a message held back for an approval (``hold_back``, ``held_choice``).
 """
 
 from __future__ import annotations
