@@ -8,8 +8,9 @@ topics shows up, and the other services start only if it succeeded.
 
 Reads the engine's variables: ``OUTREACH_DATABASE_URL``, ``OUTREACH_KAFKA_URL``,
 ``OUTREACH_TOPIC_PREFIX``, ``OUTREACH_PARTITIONS``; ``OUTREACH_PREPARE_TIMEOUT`` (seconds,
-default 120) bounds the wait. ``OUTREACH_REPLICATION_FACTOR`` (default 1, the compose file's
-single broker) is the replication of the topics it creates.
+default 120) bounds the wait. ``OUTREACH_REPLICATION_FACTOR`` (default: 3, or the number of
+brokers if fewer, so 1 with the compose file's single broker) is the replication of the topics
+it creates, as for the worker, the API and ``outreach publish``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def main() -> int:
     finally:
         store.close()
     topics = Topics(kafka.topic_prefix)
-    replication = int(os.environ.get("OUTREACH_REPLICATION_FACTOR", "1"))
+    replication = kafka.replication_factor
 
     def create() -> None:
         asyncio.run(

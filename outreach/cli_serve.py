@@ -60,7 +60,9 @@ def publish(
     )  # fmt: skip
 
     async def run() -> PublishReport:
-        await ensure_topics(url, topics, settings.partitions)
+        await ensure_topics(
+            url, topics, settings.partitions, replication_factor=settings.replication_factor
+        )
         task = bar.add_task("publish", total=events.stat().st_size)
         return await publish_file(
             events, url, topics, rate, lambda done, _: bar.update(task, completed=done)
@@ -309,7 +311,7 @@ def api(
         err.print(f"[yellow]{name} is not set: its endpoint answers 503[/]")
     store = Store(database_url or store_settings.database_url)
     store.migrate()
-    sink = KafkaEventSink(url, topics, kafka.partitions)
+    sink = KafkaEventSink(url, topics, kafka.partitions, kafka.replication_factor)
     operator = Operator(store)
     try:
         web = create_app(

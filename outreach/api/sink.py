@@ -67,15 +67,20 @@ class FakeEventSink:
 class KafkaEventSink:
     """Publishes to the engine's input topics; start it inside the running event loop."""
 
-    def __init__(self, bootstrap: str, topics: Topics, partitions: int) -> None:
+    def __init__(
+        self, bootstrap: str, topics: Topics, partitions: int, replication: int | None = None
+    ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.partitions = partitions
+        self.replication = replication  # None: ensure_topics's default
         self._publisher: EventPublisher | None = None
 
     async def start(self) -> None:
         """Create the topics that are missing (the worker's layout) and connect."""
-        await ensure_topics(self.bootstrap, self.topics, self.partitions)
+        await ensure_topics(
+            self.bootstrap, self.topics, self.partitions, replication_factor=self.replication
+        )
         publisher = EventPublisher(self.bootstrap, self.topics, client_id="outreach-api")
         await publisher.start()
         self._publisher = publisher

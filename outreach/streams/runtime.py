@@ -169,7 +169,9 @@ class LiveEngine:
                 broker = EmbeddedBroker(log_path=settings.data_dir / "broker.log")
                 bootstrap = stack.enter_context(broker).bootstrap
             topics = Topics(kafka.topic_prefix)
-            await ensure_topics(bootstrap, topics, kafka.partitions)
+            await ensure_topics(
+                bootstrap, topics, kafka.partitions, replication_factor=kafka.replication_factor
+            )
             store = await self._store(kafka.kafka_url is None, stack)
             processor = BatchProcessor(
                 DecisionCore(book, *model_parts(store, stack)), store, group=kafka.group_id,

@@ -59,6 +59,11 @@ class KafkaSettings(BaseSettings):
     topic_prefix: str = Field(default="", description="prepended to every topic name")
     partitions: int = Field(default=4, ge=1, description="partitions of every topic")
     group_id: str = Field(default="outreach", min_length=1, description="consumer group")
+    replication_factor: int | None = Field(
+        default=None, ge=1,
+        description="replicas of each topic the engine creates; none: 3, or as many as there "
+        "are brokers if fewer (1 on the embedded broker)",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -168,14 +173,19 @@ def logical_topic(event_type: str) -> str:
 # Kafka's 7-day default, so a letter outlives a long weekend and a fix's release before it is
 # republished (``outreach dlq republish``); change it on the topic (kafka-configs) to suit
 DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
+# replicas of a topic ``ensure_topics`` creates when none is asked for, at most the brokers
+# there are: one lost broker then loses no input, timer or dead letter (with acks=all)
+DEFAULT_REPLICAS = 3
 
 
 async def ensure_topics(
-    bootstrap: str, topics: Topics, partitions: int, *, replication_factor: int = 1
+    bootstrap: str, topics: Topics, partitions: int, *, replication_factor: int | None = None
 ) -> None:
-    """Create the topics that are missing (all with ``partitions``; the dead-letter topic with
-    ``retention.ms`` = ``DLQ_RETENTION_MS``, the rest with the brokers' defaults); existing
-    ones are kept as they are."""
+    """Create the topics that are missing (all with ``partitions`` and ``replication_factor``
+    replicas, by default ``DEFAULT_REPLICAS`` or the number of brokers if fewer; the
+    dead-letter topic with ``retention.ms`` = ``DLQ_RETENTION_MS``, the rest with the brokers'
+    defaults); existing ones are kept as they are. aiokafka's CreateTopics (v3 at most) cannot
+    ask for the brokers' own ``default.replication.factor``, hence the explicit default."""
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, not {partitions}")
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="outreach-admin")
@@ -185,6 +195,9 @@ async def ensure_topics(
         missing = [name for name in topics.all if name not in existing]
         if not missing:
             return
+        if replication_factor is None:
+            brokers = len((await admin.describe_cluster())["brokers"])
+            replication_factor = max(1, min(DEFAULT_REPLICAS, brokers))
         response = await admin.create_topics(
             [
                 NewTopic(name, partitions, replication_factor, topic_configs=_configs(topics, name))

@@ -15,11 +15,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import InvalidReplicationFactorError, MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from support import make_event, payment_failed, profile
 from typer.testing import CliRunner
 
+from outreach.api.sink import KafkaEventSink
 from outreach.cli import app
 from outreach.events import EVENT_TYPES, InvalidEventError, parse_event
 from outreach.streams import publish as publish_module
@@ -31,7 +32,13 @@ from outreach.streams.publish import (
     publish_file,
     route_line,
 )
-from outreach.streams.topics import DLQ_RETENTION_MS, KafkaSettings, Topics, ensure_topics
+from outreach.streams.topics import (
+    DEFAULT_REPLICAS,
+    DLQ_RETENTION_MS,
+    KafkaSettings,
+    Topics,
+    ensure_topics,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -228,6 +235,40 @@ async def test_the_dead_letter_topic_keeps_letters_30_days(
     }
     assert retention[topics.dlq] == str(30 * 24 * 3600 * 1000) == str(DLQ_RETENTION_MS)
     assert retention[topics.payments] != retention[topics.dlq]  # the brokers' default
+
+
+async def replicas(bootstrap: str, names: Iterable[str]) -> tuple[int, dict[str, set[int]]]:
+    """How many brokers there are, and the replica counts of each topic's partitions."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        brokers = len((await admin.describe_cluster())["brokers"])
+        described = await admin.describe_topics(list(names))
+    finally:
+        await admin.close()
+    return brokers, {t["topic"]: {len(p["replicas"]) for p in t["partitions"]} for t in described}
+
+
+async def test_topics_are_created_with_the_replication_asked_for_or_three_at_most_the_brokers(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not 1 whatever the cluster: one lost broker would lose inputs, timers and letters."""
+    default = Topics(f"t{uuid.uuid4().hex}.")
+    await ensure_topics(kafka_bootstrap, default, 2)
+    brokers, found = await replicas(kafka_bootstrap, default.all)
+    assert found == {name: {min(DEFAULT_REPLICAS, brokers)} for name in default.all}
+    monkeypatch.setenv("OUTREACH_REPLICATION_FACTOR", "2")
+    asked = KafkaSettings().replication_factor
+    assert asked == 2
+    made = Topics(f"t{uuid.uuid4().hex}.")
+    sink = KafkaEventSink(kafka_bootstrap, made, 2, asked)  # as `outreach api` builds it
+    try:
+        await sink.start()
+    except InvalidReplicationFactorError as exc:  # a real single broker refuses 2 replicas
+        assert brokers < 2 and "cannot create topic" in str(exc)
+        return
+    await sink.stop()
+    assert (await replicas(kafka_bootstrap, made.all))[1] == {name: {2} for name in made.all}
 
 
 async def test_publish_file_sends_raw_lines_to_their_topics_keyed_by_customer(
