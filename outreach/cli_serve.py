@@ -167,7 +167,7 @@ def worker(
     from outreach.streams.console import run_worker
     from outreach.streams.runtime import WorkerSettings
     from outreach.streams.topics import KafkaSettings
-    from outreach.telemetry.redact import register_settings, register_url
+    from outreach.telemetry.redact import redact_secrets, register_settings, register_url
 
     # after importing faust, which configured the root logger: this replaces its handler
     telemetry = setup_logging(log_level, log_format)
@@ -222,7 +222,7 @@ def worker(
     where = {"file": str(settings.data_dir / "messages.jsonl"), "twilio": "Twilio",
              "sendgrid": "SendGrid"}  # fmt: skip
     err.print(
-        f"store: {settings.database_url} (state, outbox, positions); "
+        f"store: {redact_secrets(settings.database_url)} (state, outbox, positions); "
         f"effects performed: {_effects_where(connector, settings.data_dir)}; "
         f"SMS sent to {where[outbound.sms_channel]}; email sent to {where[outbound.email_channel]}",
         highlight=False,

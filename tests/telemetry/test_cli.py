@@ -1,5 +1,5 @@
-"""The commands' logging and metrics options: --log-format, OUTREACH_LOG_FORMAT,
---metrics-port / OUTREACH_METRICS_PORT."""
+"""The commands' logging and metrics options (--log-format, OUTREACH_LOG_FORMAT,
+--metrics-port / OUTREACH_METRICS_PORT), and what they print past the log filter."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from outreach.cli import app
@@ -54,3 +55,17 @@ def test_every_command_refuses_an_unknown_log_format(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "invalid logging setting" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_the_worker_names_its_store_without_the_password(postgres_url: str, tmp_path: Path) -> None:
+    """The closing summary goes to the terminal (and a container's log) past the log filter."""
+    result = CliRunner().invoke(
+        app,
+        ["worker", "--data-dir", str(tmp_path / "data"), "--until-idle", "--no-scheduler"],
+        env={"OUTREACH_DATABASE_URL": postgres_url, "OUTREACH_KAFKA_URL": None, "COLUMNS": "400"},
+    )
+    assert result.exit_code == 0, result.output
+    password = make_url(postgres_url).password
+    assert password and f":{password}@" in postgres_url
+    assert "store: postgresql" in result.stderr and f":{password}@" not in result.stderr
+    assert ":***@" in result.stderr
