@@ -137,16 +137,29 @@ def worker(
         ),
     ] = False,
     export: Annotated[
-        bool, typer.Option(help="also write the output topics to DATA_DIR/decisions/*.jsonl")
-    ] = False,
-    dispatch: Annotated[bool, typer.Option(help="run the effects dispatcher in-process")] = True,
+        bool | None,
+        typer.Option(
+            help="also write the output topics to DATA_DIR/decisions/*.jsonl "
+            "(default: $OUTREACH_EXPORT or no)",
+            show_default=False,
+        ),
+    ] = None,
+    dispatch: Annotated[
+        bool | None,
+        typer.Option(
+            help="run the effects dispatcher in-process (default: $OUTREACH_DISPATCH or yes)",
+            show_default=False,
+        ),
+    ] = None,
     scheduler: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             help="run the timer scheduler in-process (active, or a standby behind another); "
-            "--no-scheduler when `outreach scheduler` runs on its own"
+            "--no-scheduler when `outreach scheduler` runs on its own "
+            "(default: $OUTREACH_SCHEDULER or yes)",
+            show_default=False,
         ),
-    ] = True,
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "warning",
     log_format: LogFormatOption = None,
     metrics_port: MetricsPortOption = None,
@@ -174,8 +187,7 @@ def worker(
     register_url(database_url or "")
     given = {
         "rules": rules, "database_url": database_url, "data_dir": data_dir, "runtime": runtime,
-        "export": export or None, "dispatch": None if dispatch else False,
-        "scheduler": None if scheduler else False,
+        "export": export, "dispatch": dispatch, "scheduler": scheduler,
     }  # fmt: skip
     try:
         chosen: dict[str, Any] = {k: v for k, v in given.items() if v is not None}

@@ -69,3 +69,18 @@ def test_the_worker_names_its_store_without_the_password(postgres_url: str, tmp_
     assert password and f":{password}@" in postgres_url
     assert "store: postgresql" in result.stderr and f":{password}@" not in result.stderr
     assert ":***@" in result.stderr
+
+
+def test_a_worker_flag_overrides_the_environment_both_ways(tmp_path: Path) -> None:
+    """``--no-export`` wins over ``OUTREACH_EXPORT=true`` (and ``--scheduler`` over
+    ``OUTREACH_SCHEDULER=false``): a flag at its default used to defer to the environment."""
+    data = tmp_path / "data"
+    result = CliRunner().invoke(
+        app,
+        ["worker", "--data-dir", str(data), "--database-url", f"sqlite:///{tmp_path}/w.db",
+         "--until-idle", "--no-export", "--no-scheduler"],
+        env={"OUTREACH_EXPORT": "true", "OUTREACH_KAFKA_URL": None, "COLUMNS": "400"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "decision log:" not in result.stderr
+    assert not (data / "decisions").exists()
