@@ -45,6 +45,7 @@ from typing import TypeVar
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -218,6 +219,7 @@ class TimerScheduler:
         self._loop = asyncio.get_running_loop()
         said_standby = False
         outage = Outage("scheduler", log)
+        brokers_away = 0  # consecutive takeovers the brokers were away for
         while not stop.is_set():
             wait = self.options.standby_poll
             try:
@@ -238,17 +240,32 @@ class TimerScheduler:
                 continue
             outage.recovered()
             said_standby = False
+            takeovers = self.stats.takeovers
             try:
                 grace = self.options.outage_grace if outage.outages else 0.0
                 await self._run_active(stop, claim, grace)
+                brokers_away = 0
+            except KafkaError as exc:
+                # the brokers away (its producer cannot start): step down and try again, as for
+                # the database, instead of ending the worker that runs it (and, one after
+                # another, every standby that takes over); fire() puts a timer back likewise
+                active = self.stats.takeovers > takeovers  # it was: a new outage
+                brokers_away = 1 if active else brokers_away + 1
+                if brokers_away == 1:
+                    log.warning(
+                        "scheduler: Kafka is unreachable (%s); stepped down, retrying until it "
+                        "is back", exc,
+                    )  # fmt: skip
+                wait = min(5.0, 0.2 * 2 ** (brokers_away - 1))
             except Exception as exc:
                 if not unavailable(exc):
                     raise
+                brokers_away = 0
                 wait = outage.failed(exc)  # stepped down; the claim goes with the session
             finally:
                 with contextlib.suppress(Exception):  # a dead session has released it already
                     await asyncio.to_thread(claim.release)
-            if outage.ongoing:
+            if outage.ongoing or brokers_away:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=wait)
         if self.webhook is not None:

@@ -19,7 +19,8 @@ from livesupport import REPO, WorkerProcess, read_topic, wait_for
 from support import profile, shipment_exception
 
 from outreach.scheduling import SchedulerOptions, TimerScheduler
-from outreach.store import Store, TimerRow
+from outreach.scheduling.scheduler import CLAIM
+from outreach.store import Store, StoreBusyError, TimerRow
 from outreach.store.operator import Operator
 from outreach.store.schedule import Schedule
 from outreach.store.schema import audit
@@ -224,3 +225,28 @@ def test_scheduler_command_without_kafka_says_what_to_set(tmp_path: Path) -> Non
     )  # fmt: skip
     assert done.returncode == 2
     assert "OUTREACH_KAFKA_URL" in done.stderr
+
+
+async def test_a_scheduler_taking_over_while_kafka_is_away_steps_down_and_waits_for_it(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its producer cannot start: it must not end the worker that runs it (every standby would
+    then take over and end in turn), but let the claim go and try again."""
+    stop = asyncio.Event()
+    scheduler = TimerScheduler(store, Topics("t."), "127.0.0.1:1", group="g")  # nobody there
+    task = asyncio.create_task(scheduler.run(stop))
+
+    def stepped_down() -> bool:
+        if task.done() or "Kafka is unreachable" not in caplog.text:
+            return False
+        try:
+            store.hold_exclusive(CLAIM)()  # free between tries: taken and given back
+        except StoreBusyError:
+            return False
+        return True
+
+    await until(stepped_down, 30, "the scheduler to step down and wait")
+    assert not task.done()
+    stop.set()
+    await asyncio.wait_for(task, 10)  # ends cleanly, never having been active
+    assert scheduler.stats.takeovers == 0
