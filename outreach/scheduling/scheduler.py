@@ -199,6 +199,7 @@ class TimerScheduler:
         self.group = group
         self.options = options or SchedulerOptions()
         self.stats = SchedulerStats()
+        self._firing: set[str] = set()  # timers whose job is running now (APScheduler threads)
         self.active = False
         self._limit = float("-inf")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -371,6 +372,13 @@ class TimerScheduler:
                 self._aps.remove_job(job_id)
                 self.stats.cancelled += 1
         metrics.SCHEDULER_SWEEPS.inc()
+        # a job that failed (the database away inside ``fire``) is gone from APScheduler's
+        # table while its row stays armed and unpublished: arm it again rather than wait for
+        # the next takeover (a job running now is skipped: it is not lost)
+        lost = self.schedule.recover(self._jobs.jobs_t, skip=frozenset(self._firing))
+        if lost:
+            log.warning("scheduler: %d timers lost their job (its run failed); arming again", lost)
+            self.stats.recovered += lost
         again = self.schedule.redeliver(time.time(), self.options.redeliver_after)
         if again:
             log.warning("scheduler: %d timers produced but never applied; producing again", again)
@@ -408,7 +416,15 @@ class TimerScheduler:
 
     def fire(self, timer_id: str, customer_id: str, due: float) -> None:
         """Run one job (in an APScheduler thread): produce the timer's event if it is still
-        pending and the group's clock has reached it; put it back if the clock has not."""
+        pending and the group's clock has reached it; put it back if the clock has not. A run
+        that raises leaves its row armed with no job: the next ``sweep`` arms it again."""
+        self._firing.add(timer_id)
+        try:
+            self._fire(timer_id, customer_id, due)
+        finally:
+            self._firing.discard(timer_id)
+
+    def _fire(self, timer_id: str, customer_id: str, due: float) -> None:
         row = self.schedule.timer(timer_id)
         if row is None or row.published_at is not None or row.due_at != due:
             return  # fired inside a batch, cancelled, produced already, or moved (its own job)

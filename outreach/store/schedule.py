@@ -20,6 +20,7 @@ released while any worker is still applying events that come before it.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -142,13 +143,15 @@ class Schedule:
             )
         return max(result.rowcount, 0)
 
-    def recover(self, jobs: sa.Table) -> int:
-        """On takeover: armed, unpublished timers with no job in ``jobs`` (APScheduler's
-        table) lost their job with the previous scheduler; disarm them. Returns how many."""
+    def recover(self, jobs: sa.Table, skip: Collection[str] = ()) -> int:
+        """Armed, unpublished timers with no job in ``jobs`` (APScheduler's table) lost their
+        job (with the previous scheduler, or a run that failed); disarm them, but for those in
+        ``skip`` (running now). Returns how many."""
         orphaned = sa.and_(
             timers.c.armed.is_(True),
             timers.c.published_at.is_(None),
             ~sa.exists().where(jobs.c.id == timers.c.timer_id),
+            *([timers.c.timer_id.not_in(sorted(skip))] if skip else []),
         )
         with self.store.batch() as batch:
             result = batch.conn.execute(sa.update(timers).where(orphaned).values(armed=False))

@@ -22,7 +22,7 @@ from outreach.scheduling import SchedulerOptions, TimerScheduler
 from outreach.scheduling.scheduler import CLAIM
 from outreach.store import Store, StoreBusyError, TimerRow
 from outreach.store.operator import Operator
-from outreach.store.schedule import Schedule
+from outreach.store.schedule import DueTimer, Schedule
 from outreach.store.schema import audit
 from outreach.streams.publish import EventPublisher
 from outreach.streams.topics import Topics
@@ -250,3 +250,34 @@ async def test_a_scheduler_taking_over_while_kafka_is_away_steps_down_and_waits_
     stop.set()
     await asyncio.wait_for(task, 10)  # ends cleanly, never having been active
     assert scheduler.stats.takeovers == 0
+
+
+async def test_a_timer_whose_job_fails_once_is_armed_again_and_produced(
+    kafka_bootstrap: str, topics: Topics, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """APScheduler drops a date job before running it: a run that fails on the database
+    left the row armed with no job, and nothing produced it until the next takeover."""
+    schedule = Schedule(store)
+    failures: list[str] = []
+    real = Schedule.timer
+
+    def flaky(self: Schedule, timer_id: str) -> DueTimer | None:
+        if not failures:  # the first read of a job's run: the database away for a moment
+            failures.append(timer_id)
+            raise sa.exc.OperationalError("SELECT", {}, Exception("database is locked"))
+        return real(self, timer_id)
+
+    monkeypatch.setattr(Schedule, "timer", flaky)
+    store.run(lambda b: b.schedule_timers([TimerRow("once", "cus_1", time.time() - 1)]))
+    active = TimerScheduler(store, topics, kafka_bootstrap, group="g", options=FAST)
+    stop = asyncio.Event()
+    run = asyncio.create_task(active.run(stop))
+    try:
+        await until(lambda: active.stats.produced >= 1, 30, "the timer to be produced")
+        assert failures == ["once"] and active.stats.takeovers == 1
+        assert active.stats.recovered == 1  # by a sweep, not by a takeover
+        assert fired(await read_topic(kafka_bootstrap, topics.timers, 1)) == {"once": 1}
+        assert schedule.pending()[0].published_at is not None
+    finally:
+        stop.set()
+        await asyncio.gather(run, return_exceptions=True)
