@@ -269,22 +269,34 @@ def test_a_real_command_writes_no_planted_secret_to_stderr(
     planted: dict[str, str], tmp_path: Path
 ) -> None:
     """``outreach scheduler`` at DEBUG with every secret set: it migrates its store, takes the
-    scheduler claim and fails to reach Kafka (a closed port), logging on the way down."""
+    scheduler claim, fails to reach Kafka (a closed port) and steps down to try again, logging
+    on the way; then it is stopped (SIGTERM)."""
     env = dict(os.environ)
     env.update({
         "OUTREACH_LOG_FORMAT": "json",
         "OUTREACH_APPROVALS_WEBHOOK_URL": f"http://127.0.0.1:{closed_port()}/hook",
         "PYTHONWARNINGS": "ignore",
     })  # fmt: skip
-    done = subprocess.run(  # noqa: S603 - our own command
+    child = subprocess.Popen(  # noqa: S603 - our own command
         [
             str(Path(sys.executable).parent / "outreach"), "scheduler", "--log-level", "debug",
             "--kafka-url", f"127.0.0.1:{closed_port()}",
             "--database-url", f"sqlite:///{tmp_path}/outreach.db",
         ],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=90, check=False,
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    stderr = done.stderr
+    lines: list[str] = []
+    try:
+        assert child.stderr is not None
+        for text in child.stderr:  # until it says it stepped down (or ends)
+            lines.append(text)
+            if "Kafka is unreachable" in text:
+                break
+    finally:
+        child.terminate()
+        out, rest = child.communicate(timeout=60)
+    stderr = "".join(lines) + rest
+    assert "Kafka is unreachable" in stderr, stderr[-2000:]
     assert '"logger": "alembic.runtime.migration"' in stderr  # logged through our handler
     assert '"logger": "aiokafka"' in stderr and '"level": "DEBUG"' in stderr
-    assert leaks(stderr + done.stdout, planted) == {}
+    assert leaks(stderr + out, planted) == {}
