@@ -25,6 +25,8 @@ from outreach.rules.yamlfile import RuleFileError
 
 if TYPE_CHECKING:
     from outreach.streams.publish import PublishReport
+    from outreach.streams.runtime import WorkerSettings
+    from outreach.streams.topics import KafkaSettings
 
 out = Console()
 err = Console(stderr=True)
@@ -178,8 +180,6 @@ def worker(
     from outreach.outbound.sendgrid import SendGridSettings
     from outreach.outbound.twilio import TwilioSettings
     from outreach.streams.console import run_worker
-    from outreach.streams.runtime import WorkerSettings
-    from outreach.streams.topics import KafkaSettings
     from outreach.telemetry.redact import redact_secrets, register_settings, register_url
 
     # after importing faust, which configured the root logger: this replaces its handler
@@ -189,15 +189,7 @@ def worker(
         "rules": rules, "database_url": database_url, "data_dir": data_dir, "runtime": runtime,
         "export": export, "dispatch": dispatch, "scheduler": scheduler,
     }  # fmt: skip
-    try:
-        chosen: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-        settings = WorkerSettings(**chosen)
-        kafka = KafkaSettings()
-        if kafka_url:
-            kafka = kafka.model_copy(update={"kafka_url": kafka_url})
-    except ValidationError as exc:
-        err.print(f"[bold red]invalid setting:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    settings, kafka = _worker_settings(given, kafka_url)
     if publish is not None and not publish.is_file():
         err.print(f"[bold red]cannot read the events file {publish}[/]")
         raise typer.Exit(2)
@@ -341,6 +333,30 @@ def api(
         )  # fmt: skip
     finally:
         store.close()
+
+
+def _worker_settings(
+    given: dict[str, Any], kafka_url: str | None
+) -> tuple[WorkerSettings, KafkaSettings]:
+    """The worker's and Kafka's settings (the options ``given``, the environment for the rest),
+    every one checked now, not once the broker has started and the store is migrated; exits 2
+    naming a bad one."""
+    from outreach.scheduling import SchedulerSettings
+    from outreach.streams.runtime import WorkerSettings
+    from outreach.streams.topics import KafkaSettings, Topics
+
+    try:
+        settings = WorkerSettings(**{k: v for k, v in given.items() if v is not None})
+        kafka = KafkaSettings()
+        if kafka_url:
+            kafka = kafka.model_copy(update={"kafka_url": kafka_url})
+        Topics(kafka.topic_prefix)
+        if settings.scheduler:
+            SchedulerSettings().options()
+    except ValueError as exc:  # pydantic's ValidationError included
+        err.print(f"[bold red]invalid setting:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    return settings, kafka
 
 
 def _stripe_account() -> Any:

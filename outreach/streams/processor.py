@@ -167,6 +167,7 @@ class BatchProcessor:
         audit_events: str = "all",
         state_cache: int = DEFAULT_STATE_CACHE,
         clock: Callable[[], float] = time.time,
+        loaded_at: float | None = None,
     ) -> None:
         self.core = core
         self.clock = clock  # wall time, for the decision latency only (events use their own)
@@ -177,7 +178,9 @@ class BatchProcessor:
         self.audit_all = audit_events == "all"  # else only events that led to decisions
         self._decode_state = msgspec.json.Decoder(CustomerState).decode
         self._encode = msgspec.json.Encoder().encode
-        self.loaded_at = time.time()  # when the running rules were loaded
+        # when the running rules were read (a reload asked for later makes it read them again;
+        # one asked for between the read and this process's start must not be missed)
+        self.loaded_at = time.time() if loaded_at is None else loaded_at
         self.states = StateCache(state_cache)
 
     def _reload_rules(self, batch: Batch) -> None:

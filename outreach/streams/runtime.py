@@ -161,6 +161,7 @@ class LiveEngine:
         """Start everything; on exit (after ``stop`` is set) shut it all down cleanly. If a
         part fails on its own, ``stop`` is set and ``Parts.failure`` says why."""
         settings, kafka = self.settings, self.kafka
+        loaded_at = time.time()  # a reload asked for from now on is applied at the first batch
         book = load_rulebook(settings.rules)  # a bad rules folder fails before anything starts
         with contextlib.ExitStack() as stack:
             bootstrap = kafka.kafka_url
@@ -177,7 +178,7 @@ class LiveEngine:
                 DecisionCore(book, *model_parts(store, stack)), store, group=kafka.group_id,
                 timers_topic=topics.timers,
                 max_event_bytes=settings.max_event_bytes, audit_events=settings.audit_events,
-                state_cache=settings.state_cache,
+                state_cache=settings.state_cache, loaded_at=loaded_at,
             )  # fmt: skip
             _tune_gc()
             exporter = None
@@ -230,9 +231,19 @@ class LiveEngine:
                         app_stopped.set()
                     await relay.stop()
                 await asyncio.gather(*tasks, return_exceptions=True)
-                closing = getattr(self.connector, "aclose", None)
-                if closing is not None:  # the connectors' HTTP connections
-                    await closing()
+                await self._close_ports()
+
+    async def _close_ports(self) -> None:
+        """Release the connectors' HTTP connections and the SMS and email providers'
+        sessions."""
+        closing = getattr(self.connector, "aclose", None)
+        if closing is not None:
+            await closing()
+        release = getattr(self.channel, "close", None)
+        if release is not None:
+            done = release()
+            if asyncio.iscoroutine(done):
+                await done
 
 
 async def _failure(failed: asyncio.Future[None], app_stopped: asyncio.Event) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -368,3 +369,18 @@ def test_a_rules_reload_keeps_the_composer_the_worker_was_started_with(
     [message] = [orjson.loads(m) for m in records["messages"]]
     assert message["composer"] is not None and message["composer"]["source"] == "template"
     assert proc.core.composer is composer
+
+
+def test_a_reload_asked_for_while_the_worker_started_is_not_missed(
+    rules_copy: Path, store: Store
+) -> None:
+    """The worker reads its rules, then starts the broker, the topics and the store: a reload
+    asked for in between must still be applied at its first batch."""
+    read_at = time.time()
+    book = load_rulebook(rules_copy)
+    path = rules_copy / "shipment-delay.yaml"
+    path.write_text(path.read_text().replace("credit: {standard: 500", "credit: {standard: 400"))
+    Operator(store).request_rules_reload(load_rulebook(rules_copy).fingerprint)
+    proc = make_processor(book, store, loaded_at=read_at)  # built after the request
+    proc.apply([Feed().line(line(profile("2026-03-01T09:00:00Z", "cus_1")))])
+    assert proc.core.book.fingerprint != book.fingerprint

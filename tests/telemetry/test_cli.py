@@ -84,3 +84,22 @@ def test_a_worker_flag_overrides_the_environment_both_ways(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     assert "decision log:" not in result.stderr
     assert not (data / "decisions").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [("OUTREACH_TOPIC_PREFIX", "bad prefix", "topic prefix 'bad prefix'"),
+     ("OUTREACH_OUTBOX_RETENTION", "soon", "outbox_retention")],
+)  # fmt: skip
+def test_a_bad_setting_stops_the_worker_before_anything_starts(
+    tmp_path: Path, variable: str, value: str, named: str
+) -> None:
+    data = tmp_path / "data"
+    result = CliRunner().invoke(
+        app,
+        ["worker", "--data-dir", str(data), "--database-url", f"sqlite:///{tmp_path}/w.db"],
+        env={variable: value, "OUTREACH_KAFKA_URL": None, "COLUMNS": "400"},
+    )
+    assert result.exit_code == 2, result.output
+    assert "invalid setting" in result.stderr and named in result.stderr
+    assert not data.exists() and not (tmp_path / "w.db").exists()  # no broker, no store
